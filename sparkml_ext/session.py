@@ -1,0 +1,97 @@
+"""The one place that builds or finds a SparkSession.
+
+Three ways to run, one function:
+
+* embedded (plain ``python``/``sparkml-ext``): ``local[*]`` with Delta's extension and
+  catalog, the Delta jars from Maven Central, settings sized for a small machine;
+* under ``spark-submit``: whatever the submitter set (master, resources, packages) wins;
+  we only add what is missing and never touch master or resources;
+* on Databricks: the existing session, untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pyspark.sql import SparkSession
+
+# Maven Central serves the Delta 4.4 jars for Spark 4.2 as 4.4.0; the Python package
+# delta-spark 4.4.1 is a thin wrapper over the same JVM API (its 4.4.1 jar was never
+# published there), so the jar version is pinned here rather than derived from pip.
+DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
+
+DELTA_SQL_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+# Sane for 2 cores and a few GiB: few shuffle partitions, UTC so event dates do not
+# depend on the machine, no speculation (our jobs have side effects).
+EMBEDDED_CONF = {
+    "spark.master": "local[*]",
+    "spark.jars.packages": DELTA_PACKAGE,
+    "spark.driver.memory": "4g",
+    "spark.sql.shuffle.partitions": "8",
+    "spark.default.parallelism": "4",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.speculation": "false",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.databricks.delta.snapshotPartitions": "2",
+}
+
+
+class DeltaNotAvailable(RuntimeError):
+    """The JVM has no Delta classes: the submitter forgot the Delta package."""
+
+
+def on_databricks() -> bool:
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def under_spark_submit() -> bool:
+    """spark-submit starts the JVM first and hands Python its gateway port."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(app_name: str = "sparkml_ext", conf: Mapping[str, str] | None = None) -> SparkSession:
+    """Return the session for this process, creating it only where we own it.
+
+    `conf` holds extra settings (for example from a pipeline's ``spark:`` section);
+    they never override what spark-submit or Databricks already set.
+    """
+    if on_databricks():
+        return SparkSession.builder.getOrCreate()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+
+    builder = SparkSession.builder.appName(app_name)
+    wanted = dict(DELTA_SQL_CONF)
+    if not under_spark_submit():
+        wanted = {**EMBEDDED_CONF, **wanted}
+    wanted.update(conf or {})
+    if under_spark_submit():
+        from pyspark import SparkConf
+
+        submitted = SparkConf()
+        wanted = {k: v for k, v in wanted.items() if not submitted.contains(k)}
+    for key, value in wanted.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    _require_delta(spark)
+    return spark
+
+
+def _require_delta(spark: SparkSession) -> None:
+    from py4j.java_gateway import JavaClass
+
+    # py4j resolves names through Spark's class loader, which holds --packages jars;
+    # an unknown name comes back as a JavaPackage instead of a JavaClass.
+    if not isinstance(spark.sparkContext._jvm.io.delta.tables.DeltaTable, JavaClass):
+        raise DeltaNotAvailable(
+            "Delta Lake's jars are not on Spark's classpath. Add "
+            f"'--packages {DELTA_PACKAGE}' to spark-submit, or use "
+            "'--properties-file conf/spark/local.conf'."
+        )

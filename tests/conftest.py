@@ -1,0 +1,25 @@
+"""One local SparkSession with Delta for the whole test run (real Spark, real Delta)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from sparkml_ext.session import get_spark
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = get_spark(
+        "sparkml_ext-tests",
+        {
+            "spark.master": "local[2]",
+            "spark.sql.shuffle.partitions": "2",
+            "spark.ui.enabled": "false",
+            "spark.sql.warehouse.dir": str(warehouse),
+            "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse}",
+        },
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
