@@ -1,0 +1,142 @@
+"""`sparkml-ext <job>`: one subcommand per job, plus `pipeline` to run them in order.
+
+The jobs/ scripts for spark-submit call `main` with their job's name, so a job takes
+the same options however it is launched. Exit codes: 0 done, 2 bad config or usage,
+3 input the job refused (nothing written), 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+from sparkml_ext.config import ConfigError, PipelineConfig, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INPUT = 0, 1, 2, 3
+
+
+def _session(cfg: PipelineConfig, log_level: str):
+    from sparkml_ext.session import get_spark
+
+    spark = get_spark(f"sparkml_ext-{cfg.name}", cfg.spark)
+    spark.sparkContext.setLogLevel(log_level)
+    return spark
+
+
+def run_generate(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
+    from sparkml_ext.generate import ClickSpec, generate_clicks
+
+    gen = cfg.generate
+    spec = ClickSpec(
+        rows=gen.rows, seed=gen.seed, batches=gen.batches, fmt=gen.format,
+        start_date=gen.start_date, days=gen.days, null_rate=gen.null_rate,
+        malformed_rate=gen.malformed_rate,
+    )
+    spark = _session(cfg, args.log_level)
+    return generate_clicks(spark, spec, gen.landing, cfg.table_path("truth"))
+
+
+def run_ingest(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
+    from sparkml_ext.ingest import ingest_batch
+
+    spark = _session(cfg, args.log_level)
+    report = ingest_batch(spark, cfg, args.batch_id, args.input)
+    print(report.summary())
+    return asdict(report)
+
+
+def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
+    """Every stage in order for one pipeline file, a progress line each, a table at the end."""
+    stages: list[tuple[str, Callable[[], dict]]] = [("generate", lambda: run_generate(args, cfg))]
+    for batch in range(cfg.generate.batches):
+        batch_args = argparse.Namespace(**{**vars(args), "batch_id": f"batch-{batch:05d}", "input": None})
+        stages.append((f"ingest {batch_args.batch_id}", lambda a=batch_args: run_ingest(a, cfg)))
+    results = {}
+    for number, (name, stage) in enumerate(stages, 1):
+        print(f"[{number}/{len(stages)}] {name} …", flush=True)
+        started = time.monotonic()
+        results[name] = stage()
+        results[name]["stage_seconds"] = round(time.monotonic() - started, 1)
+    print(_summary_table(results))
+    return results
+
+
+def _summary_table(results: dict[str, dict]) -> str:
+    lines = [f"{'stage':<22}{'seconds':>9}  result"]
+    for name, report in results.items():
+        detail = (
+            f"accepted {report['accepted']}, quarantined {report['quarantined']}"
+            if "accepted" in report
+            else f"rows {report.get('rows', '')}"
+        )
+        lines.append(f"{name:<22}{report['stage_seconds']:>9}  {detail}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparkml-ext", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--pipeline", default="conf/pipelines/clicks.yaml",
+        help="pipeline YAML file (default: %(default)s)",
+    )
+    common.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set ingest.on_bad_record=fail (repeatable)",
+    )
+    common.add_argument("--json", action="store_true", help="print the job's report as JSON")
+    common.add_argument(
+        "--log-level", default="ERROR", choices=["ERROR", "WARN", "INFO", "DEBUG"],
+        help="Spark's log level (default: %(default)s)",
+    )
+    jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+
+    gen = jobs.add_parser("generate", parents=[common], help="generate Criteo-like click logs")
+    gen.add_argument("--rows", type=int, help="events to generate (overrides generate.rows)")
+    gen.add_argument("--batches", type=int, help="landing batches (overrides generate.batches)")
+    gen.add_argument("--seed", type=int, help="random seed (overrides generate.seed)")
+    gen.add_argument("--format", choices=["csv", "json", "parquet"], help="landing file format")
+    gen.set_defaults(run=run_generate)
+
+    ing = jobs.add_parser("ingest", parents=[common], help="land one batch in the bronze Delta table")
+    ing.add_argument("--batch-id", required=True, help="batch id, also the folder under source.path")
+    ing.add_argument("--input", help="read this folder instead of <source.path>/<batch-id>")
+    ing.set_defaults(run=run_ingest)
+
+    pipe = jobs.add_parser("pipeline", parents=[common], help="run every stage in order")
+    pipe.set_defaults(run=run_pipeline)
+    return parser
+
+
+def _generate_overrides(args: argparse.Namespace) -> list[str]:
+    """`generate --rows 1000` is sugar for `--set generate.rows=1000`."""
+    names = {"rows": "rows", "batches": "batches", "seed": "seed", "format": "format"}
+    return [f"generate.{key}={getattr(args, attr)}" for attr, key in names.items()
+            if getattr(args, attr, None) is not None]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sparkml_ext.ingest import IngestError
+    from sparkml_ext.lake import BatchConflict
+
+    try:
+        cfg = load_config(args.pipeline, [*args.overrides, *_generate_overrides(args)])
+        report = args.run(args, cfg)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (IngestError, BatchConflict, FileNotFoundError) as err:
+        print(f"{args.job} refused: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Typed, validated pipeline configuration from YAML.
+
+A pipeline file becomes a tree of frozen dataclasses. One generic builder walks the
+dataclass type hints, so adding a section is adding a dataclass: unknown keys, wrong
+types and bad choices all fail with one message naming the file and the dotted key.
+``${VAR}`` / ``${VAR:-default}`` in strings read the environment (paths, secrets);
+``--set a.b=value`` overrides any key before validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+FORMATS = ("csv", "json", "parquet")
+SPARK_TYPES = ("string", "int", "bigint", "double", "float", "boolean", "timestamp", "date")
+
+
+class ConfigError(ValueError):
+    """A pipeline file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Raw landing files of one batch and the schema they must follow."""
+
+    path: str
+    format: Literal["csv", "json", "parquet"]
+    schema: dict[str, str]
+    key: str
+    event_time: str
+    options: dict[str, str] = field(default_factory=dict)
+    timestamp_format: str = "yyyy-MM-dd HH:mm:ss"
+    not_null: list[str] = field(default_factory=list)
+    checks: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    """Delta tables, as paths relative to the lakehouse root or absolute URIs."""
+
+    bronze: str
+    quarantine: str
+    batches: str
+    truth: str
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    on_bad_record: Literal["quarantine", "fail"] = "quarantine"
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    rows: int = 100_000
+    seed: int = 7
+    batches: int = 1
+    format: Literal["csv", "json", "parquet"] = "csv"
+    start_date: str = "2026-01-01"
+    days: int = 7
+    null_rate: float = 0.05
+    malformed_rate: float = 0.0
+    landing: str = "data/generated/landing"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    lakehouse: str
+    source: SourceConfig
+    tables: TablesConfig
+    ingest: IngestConfig = IngestConfig()
+    generate: GenerateConfig = GenerateConfig()
+    spark: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+
+    def table_path(self, name: str) -> str:
+        """Absolute location of one of `tables`: relative entries live under the lakehouse."""
+        where = getattr(self.tables, name)
+        if "://" in where or os.path.isabs(where):
+            return where
+        root = self.lakehouse if "://" in self.lakehouse else os.path.abspath(self.lakehouse)
+        return f"{root.rstrip('/')}/{where}"
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read, interpolate, override and validate one pipeline YAML file."""
+    file = str(path)
+    try:
+        raw = yaml.safe_load(Path(file).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: pipeline file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{file}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping of sections")
+    for item in overrides:
+        _apply_override(raw, item, file)
+    raw = _interpolate(raw, file, "")
+    raw.setdefault("path", file)
+    config = _build(PipelineConfig, raw, file, "")
+    _check_source(config.source, file)
+    return config
+
+
+def _apply_override(raw: dict, item: str, file: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{file}: --set expects key=value, got {item!r}")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{file}: --set {key}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(value) if value else ""
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, file: str, key: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, file, _join(key, str(k))) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, file, f"{key}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def value(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"{file}: {key}: environment variable {name} is not set")
+        return default
+
+    return _ENV.sub(value, node)
+
+
+def _join(key: str, part: str) -> str:
+    return f"{key}.{part}" if key else part
+
+
+def _build(cls: type, raw: Any, file: str, key: str) -> Any:
+    """Turn a parsed YAML mapping into dataclass `cls`, naming the key on any mismatch."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: {key or 'top level'}: expected a mapping, got {_kind(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = _join(key, unknown[0])
+        raise ConfigError(f"{file}: {where}: unknown key (expected one of: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        sub = _join(key, name)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if name in raw:
+            values[name] = _coerce(hints[name], raw[name], file, sub)
+            if required and values[name] in ("", None):
+                raise ConfigError(f"{file}: {sub}: must not be empty")
+        elif required:
+            raise ConfigError(f"{file}: {sub}: required key is missing")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, file, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{file}: {key}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        return _coerce(next(a for a in args if a is not type(None)), value, file, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{file}: {key}: expected a mapping, got {_kind(value)}")
+        return {str(k): _coerce(args[1], v, file, _join(key, str(k))) for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{file}: {key}: expected a list, got {_kind(value)}")
+        return [_coerce(args[0], v, file, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float, bool)):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{file}: {key}: expected {hint.__name__}, got {_kind(value)} {value!r}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def _check_source(source: SourceConfig, file: str) -> None:
+    for column, spark_type in source.schema.items():
+        if spark_type.lower() not in SPARK_TYPES:
+            raise ConfigError(
+                f"{file}: source.schema.{column}: unknown type {spark_type!r} "
+                f"(expected one of {', '.join(SPARK_TYPES)})"
+            )
+    declared = set(source.schema)
+    for name, column in [("key", source.key), ("event_time", source.event_time)] + [
+        (f"not_null[{i}]", c) for i, c in enumerate(source.not_null)
+    ]:
+        if column not in declared:
+            raise ConfigError(f"{file}: source.{name}: column {column!r} is not in source.schema")
+    if source.schema.get(source.event_time, "").lower() != "timestamp":
+        raise ConfigError(f"{file}: source.event_time: column {source.event_time!r} must be a timestamp")
