@@ -1,0 +1,81 @@
+"""Pipeline config: typed values, env interpolation, overrides, and errors naming file + key."""
+
+from pathlib import Path
+
+import pytest
+
+from sparkml_ext.cli import EXIT_CONFIG, main
+from sparkml_ext.config import ConfigError, load_config
+
+CLICKS = "conf/pipelines/clicks.yaml"
+
+
+def test_clicks_pipeline_loads_typed():
+    cfg = load_config(CLICKS)
+    assert cfg.source.format == "csv"
+    assert cfg.source.options["sep"] == "\t"
+    assert list(cfg.source.schema)[:4] == ["event_id", "user_id", "event_time", "label"]
+    assert len(cfg.source.schema) == 4 + 13 + 26
+    assert cfg.ingest.on_bad_record == "quarantine"
+    assert Path(cfg.table_path("bronze")).is_absolute()
+
+
+def test_overrides_are_typed_like_the_file():
+    cfg = load_config(CLICKS, ["generate.rows=1234", "ingest.on_bad_record=fail", "generate.null_rate=0"])
+    assert cfg.generate.rows == 1234
+    assert cfg.generate.null_rate == 0.0
+    assert cfg.ingest.on_bad_record == "fail"
+
+
+def test_environment_interpolation(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARKML_EXT_LAKEHOUSE", str(tmp_path / "lake"))
+    assert load_config(CLICKS).table_path("bronze") == f"{tmp_path}/lake/bronze/clicks"
+    monkeypatch.delenv("SPARKML_EXT_LAKEHOUSE")
+    assert load_config(CLICKS).lakehouse == "lakehouse"
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "override, key, words",
+    [
+        ("ingest.on_bad_record=maybe", "ingest.on_bad_record", "not one of"),
+        ("generate.rows=many", "generate.rows", "expected int"),
+        ("source.bogus=1", "source.bogus", "unknown key"),
+        ("tables.bronze=", "tables.bronze", "must not be empty"),
+        ("source.schema.i1=decimalish", "source.schema.i1", "unknown type"),
+        ("source.key=nope", "source.key", "not in source.schema"),
+        ("source.event_time=label", "source.event_time", "must be a timestamp"),
+    ],
+)
+def test_bad_values_name_the_file_and_key(override, key, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(CLICKS, [override])
+    assert str(err.value).startswith(f"{CLICKS}: {key}:")
+    assert words in str(err.value)
+
+
+def test_missing_environment_variable_is_named(tmp_path):
+    path = _write(tmp_path, "name: x\nlakehouse: ${SPARKML_EXT_SURELY_UNSET}\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: lakehouse: environment variable SPARKML_EXT_SURELY_UNSET"):
+        load_config(path)
+
+
+def test_missing_section_and_broken_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"p.yaml: source: required key is missing"):
+        load_config(_write(tmp_path, "name: x\nlakehouse: l\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(ConfigError, match="pipeline file not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_cli_exits_2_with_one_clear_line(capsys):
+    code = main(["ingest", "--pipeline", CLICKS, "--batch-id", "b", "--set", "ingest.on_bad_record=maybe"])
+    assert code == EXIT_CONFIG
+    err = capsys.readouterr().err.strip()
+    assert err == f"config error: {CLICKS}: ingest.on_bad_record: 'maybe' is not one of quarantine, fail"
