@@ -95,3 +95,10 @@ def _require_delta(spark: SparkSession) -> None:
             f"'--packages {DELTA_PACKAGE}' to spark-submit, or use "
             "'--properties-file conf/spark/local.conf'."
         )
+
+
+if __name__ == "__main__":
+    # `python -m sparkml_ext.session`: start and stop a session once, so the Delta jars are
+    # fetched at install time rather than in the middle of the first job.
+    get_spark("sparkml_ext-setup").stop()
+    print("Spark with Delta is ready")

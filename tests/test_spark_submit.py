@@ -1,0 +1,51 @@
+"""End to end as a user runs it: spark-submit with the local profile, twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clickdata import line, write_batch
+
+pytestmark = pytest.mark.slow
+SPARK_SUBMIT = Path(sys.executable).with_name("spark-submit")
+
+
+def submit(job: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    command = [str(SPARK_SUBMIT), "--properties-file", "conf/spark/local.conf", f"jobs/{job}.py",
+               "--pipeline", "conf/pipelines/clicks.yaml", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def report_of(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout[result.stdout.index("\n{") + 1:])
+
+
+def test_ingest_via_spark_submit_is_idempotent(tmp_path):
+    write_batch(tmp_path / "landing" / "b1", [line(f"e{i}") for i in range(30)] + ["garbage line"])
+    where = [f"--set=lakehouse={tmp_path}/lake", f"--set=source.path={tmp_path}/landing", "--json"]
+
+    first = report_of(submit("ingest", "--batch-id", "b1", *where))
+    assert (first["rows_read"], first["accepted"], first["quarantined"]) == (31, 30, 1)
+    assert first["accepted"] + first["quarantined"] == first["rows_read"]
+    second = report_of(submit("ingest", "--batch-id", "b1", *where))
+    assert second["already_ingested"] is True
+    assert second["accepted"] == 30 and second["versions"] == first["versions"]
+
+    missing = submit("ingest", "--batch-id", "b-absent", *where)
+    assert missing.returncode == 3
+    # spark-submit merges the Python driver's stderr into its own stdout.
+    assert "b-absent does not exist; nothing was written" in missing.stdout
+
+
+def test_broken_config_exits_2_naming_the_key(tmp_path):
+    result = submit("ingest", "--batch-id", "b1", "--set", "generate.rows=lots")
+    assert result.returncode == 2
+    assert "conf/pipelines/clicks.yaml: generate.rows: expected int" in result.stdout
