@@ -49,12 +49,21 @@ def run_ingest(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     return asdict(report)
 
 
+def run_features(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
+    from sparkml_ext.features import build_features
+
+    report = build_features(_session(cfg, args.log_level), cfg)
+    print(report.summary())
+    return asdict(report)
+
+
 def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     """Every stage in order for one pipeline file, a progress line each, a table at the end."""
     stages: list[tuple[str, Callable[[], dict]]] = [("generate", lambda: run_generate(args, cfg))]
     for batch in range(cfg.generate.batches):
         batch_args = argparse.Namespace(**{**vars(args), "batch_id": f"batch-{batch:05d}", "input": None})
         stages.append((f"ingest {batch_args.batch_id}", lambda a=batch_args: run_ingest(a, cfg)))
+    stages.append(("features", lambda: run_features(args, cfg)))
     results = {}
     for number, (name, stage) in enumerate(stages, 1):
         print(f"[{number}/{len(stages)}] {name} …", flush=True)
@@ -68,11 +77,12 @@ def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
 def _summary_table(results: dict[str, dict]) -> str:
     lines = [f"{'stage':<22}{'seconds':>9}  result"]
     for name, report in results.items():
-        detail = (
-            f"accepted {report['accepted']}, quarantined {report['quarantined']}"
-            if "accepted" in report
-            else f"rows {report.get('rows', '')}"
-        )
+        if "accepted" in report:
+            detail = f"accepted {report['accepted']}, quarantined {report['quarantined']}"
+        elif "rows_merged" in report:
+            detail = f"merged {report['rows_merged']} rows (bronze v{report['bronze_version']})"
+        else:
+            detail = f"rows {report.get('rows', '')}"
         lines.append(f"{name:<22}{report['stage_seconds']:>9}  {detail}")
     return "\n".join(lines)
 
@@ -107,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--input", help="read this folder instead of <source.path>/<batch-id>")
     ing.set_defaults(run=run_ingest)
 
+    feat = jobs.add_parser("features", parents=[common], help="bronze → feature table (incremental)")
+    feat.set_defaults(run=run_features)
+
     pipe = jobs.add_parser("pipeline", parents=[common], help="run every stage in order")
     pipe.set_defaults(run=run_pipeline)
     return parser
@@ -121,6 +134,7 @@ def _generate_overrides(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from sparkml_ext.features import FeaturesError
     from sparkml_ext.ingest import IngestError
     from sparkml_ext.lake import BatchConflict
 
@@ -130,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    except (IngestError, BatchConflict, FileNotFoundError) as err:
+    except (IngestError, FeaturesError, BatchConflict, FileNotFoundError) as err:
         print(f"{args.job} refused: {err}", file=sys.stderr)
         return EXIT_INPUT
     if args.json:

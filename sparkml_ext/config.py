@@ -51,11 +51,40 @@ class TablesConfig:
     quarantine: str
     batches: str
     truth: str
+    features: str
 
 
 @dataclass(frozen=True)
 class IngestConfig:
     on_bad_record: Literal["quarantine", "fail"] = "quarantine"
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """The feature spec: point-in-time entity aggregates, numeric and categorical transforms."""
+
+    entity: str = "user_id"
+    label: str = "label"
+    windows: list[str] = field(default_factory=lambda: ["1h", "1d", "7d"])
+    window_means: list[str] = field(default_factory=list)
+    numeric: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    hash_buckets: int = 1 << 20
+    clip: float = 20.0
+
+    def window_seconds(self) -> dict[str, int]:
+        return {w: parse_duration(w) for w in self.windows}
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '15m', '1h', '7d' → seconds."""
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 90s, 15m, 1h or 7d")
+    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -79,6 +108,7 @@ class PipelineConfig:
     tables: TablesConfig
     ingest: IngestConfig = IngestConfig()
     generate: GenerateConfig = GenerateConfig()
+    features: FeaturesConfig = FeaturesConfig()
     spark: dict[str, str] = field(default_factory=dict)
     path: str = ""
 
@@ -108,6 +138,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     raw.setdefault("path", file)
     config = _build(PipelineConfig, raw, file, "")
     _check_source(config.source, file)
+    _check_features(config.features, file)
     return config
 
 
@@ -221,3 +252,13 @@ def _check_source(source: SourceConfig, file: str) -> None:
             raise ConfigError(f"{file}: source.{name}: column {column!r} is not in source.schema")
     if source.schema.get(source.event_time, "").lower() != "timestamp":
         raise ConfigError(f"{file}: source.event_time: column {source.event_time!r} must be a timestamp")
+
+
+def _check_features(spec: FeaturesConfig, file: str) -> None:
+    for i, window in enumerate(spec.windows):
+        try:
+            parse_duration(window)
+        except ValueError as err:
+            raise ConfigError(f"{file}: features.windows[{i}]: {err}") from None
+    if spec.hash_buckets < 2:
+        raise ConfigError(f"{file}: features.hash_buckets: must be at least 2")

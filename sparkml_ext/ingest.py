@@ -80,6 +80,7 @@ def ingest_batch(
     bronze_version = lake.append_once(
         _accepted(records, batch_id, cfg.source.event_time), bronze,
         app_id=f"{JOB}:{batch_id}", partition_by=["event_date"], metadata=meta,
+        properties={"delta.enableChangeDataFeed": "true"},  # features read only new rows
     )
     quarantine_version = lake.append_once(
         _quarantined(records, batch_id), quarantine,

@@ -10,8 +10,10 @@ table first, and a reused batch id with other content is refused.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+from delta.exceptions import DeltaConcurrentModificationException
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -53,10 +55,12 @@ def append_once(
     app_id: str,
     partition_by: list[str] | None = None,
     metadata: dict | None = None,
+    properties: dict[str, str] | None = None,
 ) -> int | None:
     """Append `df` unless `app_id` already committed to this table.
 
-    Returns the version written, or None when Delta skipped the write as a repeat.
+    `properties` (e.g. ``delta.enableChangeDataFeed``) apply when this write creates the
+    table. Returns the version written, or None when Delta skipped the write as a repeat.
     """
     spark = df.sparkSession
     before = current_version(spark, path)
@@ -66,6 +70,8 @@ def append_once(
         .option("txnAppId", app_id)
         .option("txnVersion", 0)
     )
+    if before is None and properties:
+        writer = writer.options(**properties)
     if metadata:
         writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
     if partition_by:
@@ -75,8 +81,82 @@ def append_once(
     return after if after != before else None
 
 
+def merge_by_key(
+    df: DataFrame,
+    path: str,
+    key: str,
+    *,
+    metadata: dict,
+    partition_by: list[str] | None = None,
+    attempts: int = 3,
+) -> int:
+    """Upsert `df` by `key` (creating the table on first use); returns the version written.
+
+    The source is deduplicated by key first (MERGE refuses several matches per target
+    row), `metadata` lands in the commit atomically with the data, and a conflict with a
+    concurrent writer is retried a bounded number of times.
+    """
+    spark = df.sparkSession
+    source = df.dropDuplicates([key])
+    attempt = 1
+    while True:
+        try:
+            _upsert(source, path, key, metadata, partition_by)
+            return current_version(spark, path)
+        except DeltaConcurrentModificationException:
+            if attempt >= attempts:
+                raise
+            attempt += 1
+
+
+def _upsert(source: DataFrame, path: str, key: str, metadata: dict, partition_by: list[str] | None) -> None:
+    spark = source.sparkSession
+    if not is_delta(spark, path):
+        writer = source.write.format("delta").mode("append")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        writer.option("userMetadata", json.dumps(metadata, sort_keys=True)).save(path)
+        return
+    with _commit_metadata(spark, metadata):
+        (
+            DeltaTable.forPath(spark, path).alias("t")
+            .merge(source.alias("s"), f"t.`{key}` = s.`{key}`")
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+
+
+@contextmanager
+def _commit_metadata(spark: SparkSession, metadata: dict):
+    """MERGE takes no writer options: its commit metadata comes from the session."""
+    conf = "spark.databricks.delta.commitInfo.userMetadata"
+    spark.conf.set(conf, json.dumps(metadata, sort_keys=True))
+    try:
+        yield
+    finally:
+        spark.conf.unset(conf)
+
+
+def last_metadata(spark: SparkSession, path: str, job: str) -> dict | None:
+    """The newest commit metadata `job` left on a table (None for no table or no such commit)."""
+    if not is_delta(spark, path):
+        return None
+    for row in (
+        DeltaTable.forPath(spark, path).history()
+        .where(F.col("userMetadata").isNotNull())
+        .orderBy(F.col("version").desc())
+        .select("userMetadata")
+        .toLocalIterator()
+    ):
+        meta = json.loads(row[0])
+        if meta.get("job") == job:
+            return meta
+    return None
+
+
 def rows_written(spark: SparkSession, path: str, version: int) -> int:
-    """Rows a write added, from the commit's own metrics (no table scan)."""
+    """Rows a write added or rewrote, from the commit's own metrics (no table scan)."""
     row = (
         DeltaTable.forPath(spark, path)
         .history()
@@ -84,7 +164,12 @@ def rows_written(spark: SparkSession, path: str, version: int) -> int:
         .select("operationMetrics")
         .head()
     )
-    return int(row[0].get("numOutputRows", 0)) if row else 0
+    if not row:
+        return 0
+    metrics = row[0]
+    if "numTargetRowsInserted" in metrics:  # a MERGE: inserted + updated, not copied rows
+        return int(metrics["numTargetRowsInserted"]) + int(metrics["numTargetRowsUpdated"])
+    return int(metrics.get("numOutputRows", 0))
 
 
 def ledger_record(spark: SparkSession, ledger: str, job: str, batch_id: str) -> BatchRecord | None:

@@ -1,0 +1,191 @@
+"""Bronze → feature table: point-in-time entity aggregates and column transforms.
+
+Incremental and idempotent: the feature table's commits record the bronze version they
+cover; a run reads only the rows bronze gained since then (Delta's change data feed),
+plus the earlier events of the same entities that fall inside the longest window, and
+MERGEs by event key. A run with nothing new writes nothing. All native expressions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from sparkml_ext import lake
+from sparkml_ext.config import ConfigError, FeaturesConfig, PipelineConfig
+
+JOB = "features"
+
+
+class FeaturesError(RuntimeError):
+    """The job cannot run on what is in the lakehouse (no bronze, nothing to do, ...)."""
+
+
+@dataclass
+class FeaturesReport:
+    bronze_version: int
+    previous_bronze_version: int | None
+    rows_in: int = 0
+    rows_merged: int = 0
+    feature_version: int | None = None
+    seconds: float = 0.0
+    columns: dict[str, list[str]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        if self.feature_version is None:
+            return f"features: bronze v{self.bronze_version} already processed; nothing written"
+        return (
+            f"features: bronze v{self.previous_bronze_version}→v{self.bronze_version}, "
+            f"{self.rows_in} new events, merged {self.rows_merged} rows → feature table "
+            f"v{self.feature_version} in {self.seconds}s"
+        )
+
+
+def feature_columns(spec: FeaturesConfig) -> dict[str, list[str]]:
+    """The model-facing columns the feature table holds, by kind."""
+    aggregates = []
+    for window in spec.windows:
+        aggregates += [f"u_events_{window}", f"u_click_rate_{window}"]
+        aggregates += [f"u_mean_{c}_{window}" for c in spec.window_means]
+    return {
+        "numeric": [f"log_{c}" for c in spec.numeric]
+        + [f"isnull_{c}" for c in spec.numeric]
+        + aggregates
+        + ["u_seconds_since_prev", "u_no_recent_event"],
+        "categorical_ids": [f"{c}_id" for c in spec.categorical],
+        "categorical_raw": list(spec.categorical),
+    }
+
+
+def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
+    """Bring the feature table up to the current bronze version."""
+    started = time.monotonic()
+    spec, key, event_time = cfg.features, cfg.source.key, cfg.source.event_time
+    bronze_path, target = cfg.table_path("bronze"), cfg.table_path("features")
+    bronze, version = _read_bronze(spark, bronze_path)
+    _check_spec(spec, bronze.columns, cfg.path)
+    fingerprint = spec_fingerprint(spec)
+    done = processed_version(spark, target, fingerprint, cfg.path)
+    report = FeaturesReport(version, done, columns=feature_columns(spec))
+    if done == version:
+        return report
+
+    if done is None:
+        new, context = bronze, bronze
+    else:
+        new = _changes(spark, bronze_path, done + 1, version).select(*bronze.columns)
+        context = _context(bronze, new, spec.entity, event_time, max(spec.window_seconds().values()))
+    report.rows_in = new.count()
+    if report.rows_in == 0:
+        raise FeaturesError(f"bronze gained no rows between v{done} and v{version}")
+
+    features = engineer(context, spec, key, event_time).join(new.select(key), key, "left_semi")
+    meta = {"job": JOB, "bronze_version": version, "spec": fingerprint}
+    report.feature_version = lake.merge_by_key(features, target, key, metadata=meta,
+                                               partition_by=["event_date"])
+    report.rows_merged = lake.rows_written(spark, target, report.feature_version)
+    report.seconds = round(time.monotonic() - started, 2)
+    return report
+
+
+def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str) -> DataFrame:
+    """Every feature column, each row seeing only its entity's strictly earlier events."""
+    seconds = F.col(event_time).cast("long")
+    by_entity = Window.partitionBy(spec.entity).orderBy(seconds)
+    label = F.col(spec.label).cast("double")
+    aggregates: list[Column] = []
+    for name, width in spec.window_seconds().items():
+        before = by_entity.rangeBetween(-width, -1)
+        aggregates += [
+            F.count(label).over(before).cast("int").alias(f"u_events_{name}"),
+            F.coalesce(F.avg(label).over(before), F.lit(0.0)).alias(f"u_click_rate_{name}"),
+        ]
+        aggregates += [
+            F.coalesce(F.avg(F.log1p(_non_negative(c))).over(before), F.lit(0.0)).alias(f"u_mean_{c}_{name}")
+            for c in spec.window_means
+        ]
+    # The gap to the previous event counts only inside the longest window, so that an
+    # incremental run (which sees that much history) computes exactly what a full one does.
+    horizon = max(spec.window_seconds().values())
+    gap = seconds - F.lag(seconds).over(Window.partitionBy(spec.entity).orderBy(seconds, F.col(key)))
+    recent = F.coalesce(gap <= horizon, F.lit(False))
+    return events.select(
+        key,
+        spec.entity,
+        event_time,
+        F.to_date(event_time).alias("event_date"),
+        F.col(spec.label),
+        *[F.least(F.log1p(_non_negative(c)), F.lit(spec.clip)).alias(f"log_{c}") for c in spec.numeric],
+        *[F.col(c).isNull().cast("int").alias(f"isnull_{c}") for c in spec.numeric],
+        *aggregates,
+        F.when(recent, gap).otherwise(-1).cast("double").alias("u_seconds_since_prev"),
+        (~recent).cast("int").alias("u_no_recent_event"),
+        *[_hashed_id(c, spec.hash_buckets) for c in spec.categorical],
+        *spec.categorical,
+    )
+
+
+def _non_negative(column: str) -> Column:
+    return F.greatest(F.coalesce(F.col(column).cast("double"), F.lit(0.0)), F.lit(0.0))
+
+
+def _hashed_id(column: str, buckets: int) -> Column:
+    hashed = F.pmod(F.xxhash64(F.col(column)), F.lit(buckets)) + 1
+    return F.when(F.col(column).isNull(), 0).otherwise(hashed).cast("int").alias(f"{column}_id")
+
+
+def spec_fingerprint(spec: FeaturesConfig) -> str:
+    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def processed_version(spark: SparkSession, target: str, fingerprint: str, file: str) -> int | None:
+    """The bronze version the feature table already covers, from its own commits."""
+    meta = lake.last_metadata(spark, target, JOB)
+    if meta is None:
+        return None
+    if meta["spec"] != fingerprint:
+        raise ConfigError(
+            f"{file}: features: the feature spec changed since {target} was built "
+            f"(spec {meta['spec']} → {fingerprint}); write to a new tables.features path"
+        )
+    return int(meta["bronze_version"])
+
+
+def _read_bronze(spark: SparkSession, path: str) -> tuple[DataFrame, int]:
+    try:
+        return lake.read_version(spark, path)
+    except FileNotFoundError:
+        raise FeaturesError(f"no bronze table at {path}: run `sparkml-ext ingest` first") from None
+
+
+def _check_spec(spec: FeaturesConfig, columns: list[str], file: str) -> None:
+    named = {"entity": [spec.entity], "label": [spec.label], "window_means": spec.window_means,
+             "numeric": spec.numeric, "categorical": spec.categorical}
+    for section, names in named.items():
+        for name in names:
+            if name not in columns:
+                raise ConfigError(f"{file}: features.{section}: column {name!r} is not in the bronze table")
+
+
+def _changes(spark: SparkSession, path: str, start: int, end: int) -> DataFrame:
+    """Rows appended to bronze in versions [start, end] (bronze is append-only)."""
+    return (
+        spark.read.format("delta")
+        .option("readChangeFeed", "true")
+        .option("startingVersion", start)
+        .option("endingVersion", end)
+        .load(path)
+        .where(F.col("_change_type") == "insert")
+    )
+
+
+def _context(bronze: DataFrame, new: DataFrame, entity: str, event_time: str, horizon: int) -> DataFrame:
+    """The new rows' entities' events recent enough to fall in some window of a new row."""
+    earliest = new.agg(F.min(event_time)).head()[0]
+    since = F.lit(earliest) - F.make_interval(secs=F.lit(horizon))
+    return bronze.join(new.select(entity).distinct(), entity, "left_semi").where(F.col(event_time) >= since)
