@@ -57,6 +57,24 @@ def run_features(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     return asdict(report)
 
 
+def run_train_mllib(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
+    from sparkml_ext.mllib import train_mllib
+
+    card = train_mllib(_session(cfg, args.log_level), cfg)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in card["metrics"].items() if isinstance(v, float))
+    print(f"train-mllib: {card['model_version']} on {card['feature_table']} v{card['feature_version']}: {metrics}")
+    return card
+
+
+def run_score(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
+    from sparkml_ext.scoring import score
+
+    report = score(_session(cfg, args.log_level), cfg, args.model)
+    print(f"score: {report['model']} on feature v{report['feature_version']}: {report['rows']} predictions "
+          f"→ {report['predictions_table']} v{report['predictions_version']}")
+    return report
+
+
 def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     """Every stage in order for one pipeline file, a progress line each, a table at the end."""
     stages: list[tuple[str, Callable[[], dict]]] = [("generate", lambda: run_generate(args, cfg))]
@@ -64,6 +82,8 @@ def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
         batch_args = argparse.Namespace(**{**vars(args), "batch_id": f"batch-{batch:05d}", "input": None})
         stages.append((f"ingest {batch_args.batch_id}", lambda a=batch_args: run_ingest(a, cfg)))
     stages.append(("features", lambda: run_features(args, cfg)))
+    stages.append(("train-mllib", lambda: run_train_mllib(args, cfg)))
+    stages.append(("score", lambda: run_score(argparse.Namespace(**{**vars(args), "model": None}), cfg)))
     results = {}
     for number, (name, stage) in enumerate(stages, 1):
         print(f"[{number}/{len(stages)}] {name} …", flush=True)
@@ -81,6 +101,9 @@ def _summary_table(results: dict[str, dict]) -> str:
             detail = f"accepted {report['accepted']}, quarantined {report['quarantined']}"
         elif "rows_merged" in report:
             detail = f"merged {report['rows_merged']} rows (bronze v{report['bronze_version']})"
+        elif "metrics" in report:
+            shown = {k: v for k, v in report["metrics"].items() if k in ("auc_roc", "bayes_optimal_auc")}
+            detail = f"{report['model_version']} " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
         else:
             detail = f"rows {report.get('rows', '')}"
         lines.append(f"{name:<22}{report['stage_seconds']:>9}  {detail}")
@@ -120,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     feat = jobs.add_parser("features", parents=[common], help="bronze → feature table (incremental)")
     feat.set_defaults(run=run_features)
 
+    mllib = jobs.add_parser("train-mllib", parents=[common], help="fit, tune and store an MLlib model")
+    mllib.set_defaults(run=run_train_mllib)
+
+    sco = jobs.add_parser("score", parents=[common], help="predictions of a stored model into Delta")
+    sco.add_argument("--model", help="model version, e.g. gbt/v3 or gbt/latest (default: score.model)")
+    sco.set_defaults(run=run_score)
+
     pipe = jobs.add_parser("pipeline", parents=[common], help="run every stage in order")
     pipe.set_defaults(run=run_pipeline)
     return parser
@@ -137,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sparkml_ext.features import FeaturesError
     from sparkml_ext.ingest import IngestError
     from sparkml_ext.lake import BatchConflict
+    from sparkml_ext.mllib import TrainError
 
     try:
         cfg = load_config(args.pipeline, [*args.overrides, *_generate_overrides(args)])
@@ -144,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    except (IngestError, FeaturesError, BatchConflict, FileNotFoundError) as err:
+    except (IngestError, FeaturesError, TrainError, BatchConflict, FileNotFoundError) as err:
         print(f"{args.job} refused: {err}", file=sys.stderr)
         return EXIT_INPUT
     if args.json:

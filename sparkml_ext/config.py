@@ -52,6 +52,8 @@ class TablesConfig:
     batches: str
     truth: str
     features: str
+    models: str
+    predictions: str
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,32 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
+MLLIB_MODELS = ("logistic_regression", "gbt", "random_forest", "linear_regression", "gbt_regression", "kmeans")
+
+
+@dataclass(frozen=True)
+class TrainMllibConfig:
+    """One MLlib model: its type, fixed params, the grid to search and how."""
+
+    model: Literal[MLLIB_MODELS] = "gbt"
+    label: str | None = None  # default: features.label
+    feature_version: int | None = None
+    search: Literal["train_validation_split", "cross_validator"] = "train_validation_split"
+    folds: int = 3
+    parallelism: int = 2
+    params: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    max_categories: int = 1000
+    sample_fraction: float = 1.0
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    model: str = "latest"
+    kind: Literal["mllib", "torch"] = "mllib"
+    feature_version: int | None = None
+
+
 @dataclass(frozen=True)
 class GenerateConfig:
     rows: int = 100_000
@@ -109,6 +137,8 @@ class PipelineConfig:
     ingest: IngestConfig = IngestConfig()
     generate: GenerateConfig = GenerateConfig()
     features: FeaturesConfig = FeaturesConfig()
+    train_mllib: TrainMllibConfig = TrainMllibConfig()
+    score: ScoreConfig = ScoreConfig()
     spark: dict[str, str] = field(default_factory=dict)
     path: str = ""
 
@@ -206,6 +236,8 @@ def _build(cls: type, raw: Any, file: str, key: str) -> Any:
 
 def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, file, key)
     if origin is Literal:

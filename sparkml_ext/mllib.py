@@ -1,0 +1,250 @@
+"""train-mllib: an MLlib Pipeline from config, tuned, judged on a holdout, stored as a version.
+
+The feature table is read at one pinned Delta version, and rows are split by a hash of
+their key (not `randomSplit`, whose result moves with partitioning), so a run can be
+repeated exactly. The model store keeps every run; nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+
+from pyspark.ml import Estimator, Pipeline, PipelineModel
+from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomForestClassifier
+from pyspark.ml.clustering import KMeans
+from pyspark.ml.evaluation import (
+    BinaryClassificationEvaluator,
+    ClusteringEvaluator,
+    Evaluator,
+    RegressionEvaluator,
+)
+from pyspark.ml.feature import OneHotEncoder, StandardScaler, VectorAssembler
+from pyspark.ml.functions import vector_to_array
+from pyspark.ml.regression import GBTRegressor, LinearRegression
+from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import NumericType
+
+from sparkml_ext import lake, modelstore
+from sparkml_ext.config import ConfigError, PipelineConfig
+from sparkml_ext.features import feature_columns
+from sparkml_ext.stages import FrequencyEncoder, TargetEncoder
+
+ESTIMATORS = {
+    "logistic_regression": LogisticRegression,
+    "gbt": GBTClassifier,
+    "random_forest": RandomForestClassifier,
+    "linear_regression": LinearRegression,
+    "gbt_regression": GBTRegressor,
+    "kmeans": KMeans,
+}
+CLASSIFIERS = {"logistic_regression", "gbt", "random_forest"}
+REGRESSORS = {"linear_regression", "gbt_regression"}
+LINEAR = {"logistic_regression", "linear_regression"}
+SPLIT_TRAIN, SPLIT_VALIDATION = 0.8, 0.9  # cumulative: 80% train, 10% validation, 10% test
+
+
+class TrainError(RuntimeError):
+    """Training cannot start on this data: no table, no rows, a label of the wrong type."""
+
+
+def split_of(key: str) -> Column:
+    """'train' / 'validation' / 'test' from a hash of the key: stable across runs and clusters."""
+    u = F.pmod(F.xxhash64(F.col(key), F.lit("split")), F.lit(10_000)) / 10_000.0
+    return F.when(u < SPLIT_TRAIN, "train").when(u < SPLIT_VALIDATION, "validation").otherwise("test")
+
+
+def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
+    """Fit, tune, evaluate and store one model; returns its card."""
+    started = time.monotonic()
+    tm, key = cfg.train_mllib, cfg.source.key
+    label = tm.label or cfg.features.label
+    table = cfg.table_path("features")
+    try:
+        data, version = lake.read_version(spark, table, tm.feature_version)
+    except FileNotFoundError:
+        raise TrainError(f"no feature table at {table}: run `sparkml-ext features` first") from None
+    if tm.model != "kmeans":
+        _check_label(data, label, tm.model)
+    data = data.withColumn("_split", split_of(key))
+    if tm.sample_fraction < 1.0:
+        data = data.where(F.pmod(F.xxhash64(key, F.lit("sample")), 10_000) < tm.sample_fraction * 10_000)
+
+    pipeline, evaluator = build_pipeline(cfg, label)
+    grid = _param_grid(pipeline.getStages()[-1], cfg)
+    fit_data = data.where(F.col("_split") != "test").cache()
+    counts = {r["_split"]: r["count"] for r in data.groupBy("_split").count().collect()}  # driver-ok: 3 rows
+    if counts.get("train", 0) == 0 or counts.get("test", 0) == 0:
+        raise TrainError(f"feature table {table} v{version} has too few rows to split ({counts})")
+
+    fitted_at = time.monotonic()
+    model, search = _search(pipeline, grid, evaluator, fit_data, tm, key)
+    fit_seconds = round(time.monotonic() - fitted_at, 1)
+    fit_data.unpersist()
+    test = data.where(F.col("_split") == "test")
+    metrics = evaluate(model, test, tm.model, label)
+    optimum = bayes_optimal_auc(spark, cfg, test, label) if tm.model in CLASSIFIERS else None
+    if optimum is not None:
+        metrics["bayes_optimal_auc"] = optimum
+
+    card = {
+        "model": tm.model,
+        "feature_table": table,
+        "feature_version": version,
+        "label": label,
+        "rows": counts,
+        "config_hash": config_hash(cfg),
+        "params": {k: v for k, v in tm.params.items()},
+        "search": search,
+        "metrics": metrics,
+        "timings": {"fit_seconds": fit_seconds, "total_seconds": round(time.monotonic() - started, 1)},
+        "created_unix": time.time(),
+    }
+    root = cfg.table_path("models")
+    staged = modelstore.staging(root, tm.model)
+    model.write().save(f"{staged}/model")
+    modelstore.write_json(f"{staged}/metrics.json", metrics)
+    modelstore.write_json(f"{staged}/card.json", card)
+    stored = modelstore.publish(root, tm.model, staged)
+    card["model_version"] = stored.name
+    card["model_uri"] = stored.uri
+    return card
+
+
+def build_pipeline(cfg: PipelineConfig, label: str) -> tuple[Pipeline, Evaluator]:
+    """Encoders and assembler suited to the model type, the estimator last."""
+    tm, columns = cfg.train_mllib, feature_columns(cfg.features)
+    numeric, raw = columns["numeric"], columns["categorical_raw"]
+    estimator = ESTIMATORS[tm.model]()
+    _set_params(estimator, tm.params, cfg.path, "params")
+    if tm.model == "kmeans":
+        stages = [
+            VectorAssembler(inputCols=numeric, outputCol="numeric_vector"),
+            StandardScaler(inputCol="numeric_vector", outputCol="features", withMean=True),
+        ]
+        return Pipeline(stages=[*stages, estimator]), ClusteringEvaluator()
+
+    if tm.model in LINEAR:
+        ids = [f"{c}_freq" for c in raw]
+        hot = [f"{c}_hot" for c in raw]
+        stages = [
+            FrequencyEncoder(inputCols=raw, outputCols=ids, maxCategories=tm.max_categories),
+            OneHotEncoder(inputCols=ids, outputCols=hot, dropLast=False, handleInvalid="keep"),
+            VectorAssembler(inputCols=numeric + hot, outputCol="features"),
+        ]
+    else:
+        encoded = [f"{c}_te" for c in raw]
+        stages = [
+            TargetEncoder(inputCols=raw, outputCols=encoded, labelCol=label),
+            VectorAssembler(inputCols=numeric + encoded, outputCol="features"),
+        ]
+    estimator.set(estimator.labelCol, label)
+    if tm.model in CLASSIFIERS:
+        evaluator = BinaryClassificationEvaluator(labelCol=label, metricName="areaUnderROC")
+    else:
+        evaluator = RegressionEvaluator(labelCol=label, metricName="rmse")
+    return Pipeline(stages=[*stages, estimator]), evaluator
+
+
+def _set_params(estimator: Estimator, params: dict, file: str, section: str) -> None:
+    for name, value in params.items():
+        if not estimator.hasParam(name):
+            raise ConfigError(
+                f"{file}: train_mllib.{section}.{name}: {type(estimator).__name__} has no such parameter"
+            )
+        if section == "params":
+            estimator.set(estimator.getParam(name), value)
+
+
+def _param_grid(estimator: Estimator, cfg: PipelineConfig) -> list[dict]:
+    _set_params(estimator, cfg.train_mllib.grid, cfg.path, "grid")
+    builder = ParamGridBuilder()
+    for name, values in cfg.train_mllib.grid.items():
+        builder.addGrid(estimator.getParam(name), values)
+    return builder.build()
+
+
+def _search(
+    pipeline: Pipeline, grid: list[dict], evaluator: Evaluator, data: DataFrame, tm, key: str
+) -> tuple[PipelineModel, dict]:
+    """Pick the best grid point on the hash-split validation rows (or hash folds)."""
+    if tm.search == "cross_validator":
+        fold = F.pmod(F.xxhash64(F.col(key), F.lit("fold")), F.lit(tm.folds)).cast("int")
+        folds = data.withColumn("_fold", fold)
+        cv = CrossValidator(estimator=pipeline, estimatorParamMaps=grid, evaluator=evaluator,
+                            foldCol="_fold", numFolds=tm.folds, parallelism=tm.parallelism)
+        fitted = cv.fit(folds)
+        return fitted.bestModel, {"kind": "cross_validator", "folds": tm.folds,
+                                  "scores": [float(s) for s in fitted.avgMetrics], "grid": _grid_text(grid)}
+
+    train = data.where(F.col("_split") == "train")
+    validation = data.where(F.col("_split") == "validation")
+
+    def fit_and_score(params: dict) -> tuple[float, PipelineModel]:
+        model = pipeline.fit(train, params)
+        return float(evaluator.evaluate(model.transform(validation))), model
+
+    with ThreadPoolExecutor(max_workers=max(1, tm.parallelism)) as pool:
+        results = list(pool.map(fit_and_score, grid or [{}]))
+    scores = [score for score, _ in results]
+    best = (max if evaluator.isLargerBetter() else min)(range(len(results)), key=scores.__getitem__)
+    return results[best][1], {"kind": "train_validation_split", "scores": scores,
+                              "grid": _grid_text(grid), "best": best}
+
+
+def _grid_text(grid: list[dict]) -> list[dict]:
+    return [{p.name: v for p, v in point.items()} for point in grid]
+
+
+def evaluate(model: PipelineModel, test: DataFrame, model_type: str, label: str) -> dict:
+    """Holdout metrics for the model's kind."""
+    scored = model.transform(test).cache()
+    try:
+        if model_type == "kmeans":
+            return {"silhouette": ClusteringEvaluator().evaluate(scored), "k": len(model.stages[-1].clusterCenters())}
+        if model_type in REGRESSORS:
+            return {m: RegressionEvaluator(labelCol=label, metricName=m).evaluate(scored)
+                    for m in ("rmse", "mae", "r2")}
+        auc = {m: BinaryClassificationEvaluator(labelCol=label, rawPredictionCol="probability",
+                                                metricName=m).evaluate(scored)
+               for m in ("areaUnderROC", "areaUnderPR")}
+        p = F.least(F.greatest(vector_to_array("probability")[1], F.lit(1e-15)), F.lit(1 - 1e-15))
+        y = F.col(label).cast("double")
+        row = scored.agg(
+            F.avg(-(y * F.log(p) + (1 - y) * F.log(1 - p))).alias("log_loss"),
+            F.avg((F.col("prediction") == y).cast("double")).alias("accuracy"),
+            F.count(F.lit(1)).alias("rows"),
+        ).head()
+        return {"auc_roc": auc["areaUnderROC"], "auc_pr": auc["areaUnderPR"],
+                "log_loss": row.log_loss, "accuracy": row.accuracy, "test_rows": row.rows}
+    finally:
+        scored.unpersist()
+
+
+def bayes_optimal_auc(spark: SparkSession, cfg: PipelineConfig, test: DataFrame, label: str) -> float | None:
+    """AUC of the generator's planted probability on the same test rows (None without truth)."""
+    truth_path = cfg.table_path("truth")
+    if not lake.is_delta(spark, truth_path):
+        return None
+    truth = spark.read.format("delta").load(truth_path).select(cfg.source.key, "p_click").where("p_click IS NOT NULL")
+    joined = test.select(cfg.source.key, label).join(truth, cfg.source.key)
+    return float(BinaryClassificationEvaluator(labelCol=label, rawPredictionCol="p_click").evaluate(
+        joined.withColumn("p_click", F.col("p_click").cast("double"))))
+
+
+def config_hash(cfg: PipelineConfig) -> str:
+    sections = {"features": asdict(cfg.features), "train_mllib": asdict(cfg.train_mllib)}
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_label(data: DataFrame, label: str, model_type: str) -> None:
+    if label not in data.columns:
+        raise TrainError(f"label column {label!r} is not in the feature table")
+    kind = data.schema[label].dataType
+    if not isinstance(kind, NumericType):
+        raise TrainError(f"label column {label!r} has type {kind.simpleString()}; {model_type} needs a numeric label")
