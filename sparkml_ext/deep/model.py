@@ -1,0 +1,108 @@
+"""A DLRM-style click model built from a plain config, so `state_dict` + config rebuild it.
+
+Each categorical column has its own embedding table; a bottom MLP maps the numeric
+features into the same space; the pairwise dot products of all these vectors, next to
+the bottom output, feed a top MLP that gives one logit per row.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparkml_ext.deep.checkpoint import atomic_save
+
+
+@dataclass(frozen=True)
+class DLRMConfig:
+    """Shapes of the model. `embedding_sizes` has one table size per categorical column."""
+
+    num_numeric: int
+    embedding_sizes: tuple[int, ...]
+    embedding_dim: int = 16
+    bottom_mlp: tuple[int, ...] = (64,)
+    top_mlp: tuple[int, ...] = (64, 32)
+
+    def __post_init__(self):
+        if self.num_numeric < 0 or (self.num_numeric == 0 and not self.embedding_sizes):
+            raise ValueError("the model needs at least one numeric or categorical feature")
+        if any(s < 1 for s in self.embedding_sizes) or self.embedding_dim < 1:
+            raise ValueError(
+                f"embedding sizes and dim must be >= 1, got {self.embedding_sizes} "
+                f"and {self.embedding_dim}"
+            )
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> DLRMConfig:
+        """From a plain dict (e.g. a checkpoint's); lists become tuples, unknown keys fail."""
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+    def to_dict(self) -> dict:
+        """Plain lists and ints: safe for `torch.load(weights_only=True)` and JSON."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _mlp(sizes: list[int], last_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        layers.append(nn.Linear(a, b))
+        if last_activation or i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class DLRM(nn.Module):
+    """logit = top([bottom(numeric), pairwise dots of {bottom(numeric), embeddings}])."""
+
+    def __init__(self, config: DLRMConfig):
+        super().__init__()
+        self.config = config
+        d = config.embedding_dim
+        self.embeddings = nn.ModuleList(nn.Embedding(size, d) for size in config.embedding_sizes)
+        self.register_buffer(
+            "table_sizes", torch.tensor(config.embedding_sizes, dtype=torch.int64), persistent=False
+        )
+        self.bottom = (
+            _mlp([config.num_numeric, *config.bottom_mlp, d], last_activation=True)
+            if config.num_numeric
+            else None
+        )
+        vectors = len(config.embedding_sizes) + (1 if self.bottom is not None else 0)
+        pairs = torch.triu_indices(vectors, vectors, offset=1)
+        self.register_buffer("pairs", pairs, persistent=False)
+        top_in = pairs.shape[1] + (d if self.bottom is not None else 0)
+        self.top = _mlp([top_in, *config.top_mlp, 1], last_activation=False)
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """numeric float [B, num_numeric], categorical int [B, columns] -> logits [B]."""
+        # ids outside a table (new categories, negative values) are the unknown id 0
+        ids = torch.where((categorical >= 0) & (categorical < self.table_sizes), categorical, 0)
+        dense = [self.bottom(numeric)] if self.bottom is not None else []
+        vectors = torch.stack(
+            dense + [table(ids[:, i]) for i, table in enumerate(self.embeddings)], dim=1
+        )
+        dots = torch.bmm(vectors, vectors.transpose(1, 2))[:, self.pairs[0], self.pairs[1]]
+        return self.top(torch.cat([*dense, dots], dim=1)).squeeze(1)
+
+
+def save_model(model: DLRM, path: str | os.PathLike, columns: dict[str, Any]) -> None:
+    """Write {"state_dict", "config"} atomically; `columns` says which inputs it was trained on."""
+    config = {"model": model.config.to_dict(), "columns": columns}
+    atomic_save({"state_dict": model.state_dict(), "config": config}, path)
+
+
+def load_model(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[DLRM, dict[str, Any]]:
+    """Rebuild a model saved by `save_model`; refuses files that hold anything but weights."""
+    saved = torch.load(path, map_location=map_location, weights_only=True)
+    model = DLRM(DLRMConfig.from_dict(saved["config"]["model"]))
+    model.load_state_dict(saved["state_dict"])
+    return model, saved["config"]

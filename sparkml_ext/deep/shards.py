@@ -1,0 +1,137 @@
+"""Reading the Arrow IPC shards Spark wrote: where they live and how a column becomes numpy.
+
+Local shards are memory-mapped, so a rank touches only the pages it reads and several
+DataLoader workers share one copy in the page cache; other URIs (s3://, hdfs://, ...)
+go through `pyarrow.fs`. Every conversion is column-wise: no Python runs per row.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+
+from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it; bare paths are local."""
+    return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+
+
+def _vanished(what: str, path: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{what} {path} does not exist: the Arrow shards vanished after the manifest was "
+        "written (cleaned up, or a path this process cannot see); re-export them from Spark"
+    )
+
+
+def read_manifest(location: str) -> Manifest:
+    """Load `_manifest.json` from its path or from the folder/URI that holds it."""
+    fs, path = _filesystem(location)
+    if os.path.basename(path) != MANIFEST_NAME:
+        path = f"{path.rstrip('/')}/{MANIFEST_NAME}"
+    try:
+        with fs.open_input_stream(path) as f:
+            return Manifest.from_json(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise _vanished("manifest", path) from None
+
+
+class ShardReader:
+    """Opens the shard files under one manifest root, keeping the last few open.
+
+    Not picklable on purpose: each DataLoader worker makes its own (memory maps and
+    file handles do not cross process boundaries).
+    """
+
+    def __init__(self, root: str, max_open: int = 64):
+        self._fs, self._root = _filesystem(root)
+        self._local = isinstance(self._fs, pafs.LocalFileSystem)
+        self._max_open = max_open
+        self._tables: OrderedDict[str, pa.Table] = OrderedDict()
+
+    def table(self, path: str) -> pa.Table:
+        """The whole shard as a table; zero-copy over a memory map for local files."""
+        if path in self._tables:
+            self._tables.move_to_end(path)
+            return self._tables[path]
+        full = f"{self._root.rstrip('/')}/{path}"
+        try:
+            source = pa.memory_map(full) if self._local else self._fs.open_input_file(full)
+        except FileNotFoundError:
+            raise _vanished("shard file", full) from None
+        table = pa.ipc.open_file(source).read_all()
+        self._tables[path] = table
+        if len(self._tables) > self._max_open:
+            self._tables.popitem(last=False)
+        return table
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def check_column(name: str, t: pa.DataType, role: str) -> None:
+    """Raise ValueError unless a column of type `t` can feed `role` (numeric/categorical/label)."""
+    if role == "categorical":
+        ok = pa.types.is_integer(t)
+        want = "integer ids (encode categories to int in Spark; 0 = unknown)"
+    elif role == "numeric":
+        is_list = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+        ok = _is_number(t) or (is_list and _is_number(t.value_type))
+        want = "int/float/bool, or a (fixed-size) list of them"
+    else:
+        ok = _is_number(t)
+        want = "int/float/bool"
+    if not ok:
+        raise ValueError(
+            f"{role} column {name!r} has Arrow type {t}, which cannot become a tensor; want {want}"
+        )
+
+
+def _flat_numpy(arr: pa.Array) -> np.ndarray:
+    """A 1-D numpy array (a zero-copy view when there are no nulls); nulls become 0."""
+    if arr.null_count:
+        arr = pc.fill_null(arr, pa.scalar(0).cast(arr.type))
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def list_width(column: pa.ChunkedArray) -> int:
+    """Length of a list column's vectors: the fixed size, else the first non-null entry's length."""
+    if pa.types.is_fixed_size_list(column.type):
+        return column.type.list_size
+    lengths = pc.drop_null(pc.list_value_length(column))
+    if len(lengths) == 0:
+        raise ValueError(
+            f"list column of type {column.type} has only null entries: its width is unknown"
+        )
+    return lengths[0].as_py()
+
+
+def _list_numpy(arr: pa.Array, width: int, name: str) -> np.ndarray:
+    """[rows, width] from a list column without a per-row step; null vectors become zeros."""
+    if not pa.types.is_fixed_size_list(arr.type):
+        lengths = pc.list_value_length(arr)
+        wrong = pc.filter(lengths, pc.not_equal(lengths, width))
+        if len(wrong):
+            raise ValueError(
+                f"list column {name!r} must hold vectors of one length ({width}); found {wrong[0]}"
+            )
+    values = _flat_numpy(arr.flatten()).reshape(-1, width)
+    if not arr.null_count:
+        return values
+    out = np.zeros((len(arr), width), dtype=values.dtype)
+    out[arr.is_valid().to_numpy(zero_copy_only=False)] = values
+    return out
+
+
+def column_parts(column: pa.ChunkedArray, name: str, width: int | None = None) -> list[np.ndarray]:
+    """A column's chunks as numpy: 1-D for scalars, [rows, width] for list columns; nulls -> 0."""
+    if width is None:
+        return [_flat_numpy(chunk) for chunk in column.chunks]
+    return [_list_numpy(chunk, width, name) for chunk in column.chunks]

@@ -1,0 +1,75 @@
+"""Checkpoints: atomic, rotated, fall back past broken files, and never execute a pickle."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from sparkml_ext.deep.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+def test_keeps_the_newest_k_and_leaves_no_temporary_files(tmp_path):
+    (tmp_path / ".step-000000001-dead.tmp").write_bytes(b"half a checkpoint from a killed writer")
+    for step in (5, 10, 15, 20):
+        save_checkpoint({"step": step, "w": torch.full((3,), float(step))}, tmp_path, step, keep=2)
+    assert sorted(os.listdir(tmp_path)) == ["step-000000015.pt", "step-000000020.pt"]
+    path, state = latest_checkpoint(tmp_path)
+    assert path.name == "step-000000020.pt" and state["step"] == 20
+    assert torch.equal(state["w"], torch.full((3,), 20.0))
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_truncated_latest_falls_back_to_the_previous_with_a_warning(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint({"step": step}, tmp_path, step)
+    newest = list_checkpoints(tmp_path)[-1]
+    newest.write_bytes(newest.read_bytes()[:40])
+    with pytest.warns(UserWarning, match=r"step-000000003\.pt cannot be loaded"):
+        path, state = latest_checkpoint(tmp_path)
+    assert state["step"] == 2 and path.name == "step-000000002.pt"
+
+
+class Payload:
+    """Pickles to a call of os.system: what a malicious checkpoint would contain."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    save_checkpoint({"step": 1}, tmp_path / "ckpt", 1)
+    evil = tmp_path / "ckpt" / "step-000000002.pt"
+    torch.save({"step": 2, "model": Payload(marker)}, evil)
+
+    torch.load(evil, weights_only=False)  # the payload is real: an unsafe load runs it
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_checkpoint(evil)
+    with pytest.warns(UserWarning, match="cannot be loaded"):
+        _, state = latest_checkpoint(tmp_path / "ckpt")
+    assert state == {"step": 1}
+    assert not marker.exists()
+
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    save_checkpoint({"rng": rng_state()}, tmp_path, 1)
+    before = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(load_checkpoint(tmp_path / "step-000000001.pt")["rng"])
+    after = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(before[0], after[0])
+    assert np.array_equal(before[1], after[1]) and before[2] == after[2]

@@ -1,0 +1,64 @@
+"""DLRM: shapes, unknown ids, and a rebuild from config + state_dict alone."""
+
+import pytest
+import torch
+
+from sparkml_ext.deep.model import DLRM, DLRMConfig, load_model, save_model
+
+
+def inputs(rows=8, numeric=5, sizes=(10, 20, 30), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randint(0, s, (rows,), generator=g) for s in sizes], dim=1)
+    return torch.randn(rows, numeric, generator=g), ids
+
+
+def test_logit_per_row_and_pairwise_interactions():
+    model = DLRM(DLRMConfig(num_numeric=5, embedding_sizes=(10, 20, 30), embedding_dim=4))
+    assert model.pairs.shape == (2, 6)  # 4 vectors (bottom + 3 tables) -> 6 pairs
+    assert model(*inputs()).shape == (8,)
+    only_tables = DLRM(DLRMConfig(num_numeric=0, embedding_sizes=(10, 20)))
+    assert only_tables(torch.zeros(8, 0), inputs(sizes=(10, 20))[1]).shape == (8,)
+    only_numeric = DLRM(DLRMConfig(num_numeric=5, embedding_sizes=()))
+    assert only_numeric(inputs()[0], torch.zeros(8, 0, dtype=torch.int64)).shape == (8,)
+    with pytest.raises(ValueError, match="at least one numeric or categorical"):
+        DLRMConfig(num_numeric=0, embedding_sizes=())
+
+
+def test_ids_outside_a_table_are_the_unknown_id():
+    model = DLRM(DLRMConfig(num_numeric=5, embedding_sizes=(10, 20, 30)))
+    numeric, ids = inputs()
+    unknown = ids.clone()
+    unknown[:, 0] = 0
+    strange = ids.clone()
+    strange[:, 0] = torch.tensor([10, 11, -1, 999, 10**12, -5, 10, 10])
+    assert torch.equal(model(numeric, strange), model(numeric, unknown))
+
+
+def test_config_and_state_dict_rebuild_the_model(tmp_path):
+    config = DLRMConfig(
+        num_numeric=5,
+        embedding_sizes=(10, 20, 30),
+        embedding_dim=8,
+        bottom_mlp=(16, 8),
+        top_mlp=(12,),
+    )
+    model = DLRM(config)
+    rebuilt = DLRM(DLRMConfig.from_dict(config.to_dict()))
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.equal(model(*inputs()), rebuilt(*inputs()))
+
+    columns = {"numeric": ["a"], "categorical": ["b", "c", "d"], "label": "y"}
+    save_model(model, tmp_path / "out" / "model.pt", columns)
+    loaded, saved_config = load_model(tmp_path / "out" / "model.pt")
+    assert saved_config == {"model": config.to_dict(), "columns": columns}
+    assert torch.equal(model(*inputs()), loaded(*inputs()))
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        DLRMConfig.from_dict({**config.to_dict(), "dropout": 0.1})
+
+
+def test_forward_under_mixed_precision_autocast():
+    """Embeddings stay fp32 while MLP outputs are bf16: the interaction must accept both."""
+    model = DLRM(DLRMConfig(num_numeric=5, embedding_sizes=(10, 20, 30)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(*inputs())
+    assert logits.shape == (8,) and torch.isfinite(logits.float()).all()

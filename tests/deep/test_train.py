@@ -1,0 +1,64 @@
+"""train_worker in this process (no process group): config errors, early stopping, resume."""
+
+import pytest
+import torch
+
+from sparkml_ext.deep.checkpoint import list_checkpoints
+from sparkml_ext.deep.train import train_worker
+
+BASE = dict(batch_size=64, embedding_sizes=64, shuffle_buffer=256, chunk_rows=128, num_threads=1)
+
+
+def test_config_errors_name_the_key(clicks):
+    path = str(clicks(rows=200))
+    with pytest.raises(ValueError, match=r"unknown train config keys \['learning_rate'\]"):
+        train_worker(path, {**BASE, "learning_rate": 0.1})
+    with pytest.raises(ValueError, match="'embedding_sizes' is required for categorical columns"):
+        train_worker(path, {k: v for k, v in BASE.items() if k != "embedding_sizes"})
+    with pytest.raises(ValueError, match=r"'embedding_sizes' has no size for columns \['c1'\]"):
+        train_worker(path, {**BASE, "embedding_sizes": {"c0": 10}})
+
+
+def test_early_stopping_when_validation_loss_stops_improving(clicks):
+    train, val = str(clicks(rows=300)), str(clicks(rows=200, seed=1, name="val"))
+    metrics = train_worker(train, {**BASE, "lr": 0.0, "epochs": 10, "patience": 2}, val)
+    assert metrics["stopped_early"] and metrics["epochs"] == 3  # best at epoch 0, then 2 bad
+    assert metrics["val_loss"][0] == metrics["val_loss"][2] == metrics["best_val_loss"]
+
+
+def test_a_rerun_resumes_from_the_last_checkpoint(clicks, tmp_path):
+    train = str(clicks(rows=300))  # 5 steps per epoch
+    config = {
+        **BASE,
+        "epochs": 2,
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+        "checkpoint_every": 4,
+        "output_dir": str(tmp_path / "out"),
+    }
+    first = train_worker(train, config)
+    assert (first["steps"], first["resumed_from_step"]) == (10, 0)
+    checkpoints = list_checkpoints(tmp_path / "ckpt")
+    assert [p.name for p in checkpoints] == [
+        "step-000000004.pt",
+        "step-000000008.pt",
+        "step-000000010.pt",
+    ]
+    checkpoints[-1].unlink()  # as if killed after step 8: steps 9-10 are redone
+    again = train_worker(train, {**config, "epochs": 3})
+    assert again["resumed_from_step"] == 8
+    assert again["steps"] == 15 and again["epochs"] == 3
+    assert again["train_loss"][:2] == pytest.approx(first["train_loss"], rel=1e-9)
+    finished = train_worker(train, {**config, "epochs": 3})  # nothing left to do
+    assert finished["resumed_from_step"] == 15 and finished["train_loss"] == again["train_loss"]
+    saved = torch.load(again["model_path"], weights_only=True)
+    assert set(saved) == {"state_dict", "config"}
+
+
+def test_a_changed_data_plan_restarts_the_interrupted_epoch(clicks, tmp_path, caplog):
+    train = str(clicks(rows=300))
+    config = {**BASE, "checkpoint_dir": str(tmp_path / "ckpt"), "checkpoint_every": 3}
+    train_worker(train, config)  # checkpoints at steps 3 and 5 (the end)
+    (tmp_path / "ckpt" / "step-000000005.pt").unlink()
+    again = train_worker(train, {**config, "batch_size": 32})  # 10 batches per epoch now
+    assert "the data plan changed" in caplog.text
+    assert again["resumed_from_step"] == 3 and again["steps"] == 3 + 10
