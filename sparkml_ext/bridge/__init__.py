@@ -1,0 +1,18 @@
+"""Spark side of the deep path: DataFrame -> Arrow shards + manifest, and DDP launching.
+
+The torch side (`sparkml_ext.deep`) never sees a DataFrame: it gets a manifest path and
+a config dict, and reads the shards itself.
+"""
+
+from sparkml_ext.bridge.launch import Attempt, LaunchFailed, LaunchResult, launch, pick_backend
+from sparkml_ext.bridge.shards import export_shards, export_table
+
+__all__ = [
+    "Attempt",
+    "LaunchFailed",
+    "LaunchResult",
+    "export_shards",
+    "export_table",
+    "launch",
+    "pick_backend",
+]
