@@ -33,7 +33,7 @@ from pyspark.sql.types import NumericType
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import ConfigError, PipelineConfig
 from sparkml_ext.features import feature_columns
-from sparkml_ext.stages import FrequencyEncoder, TargetEncoder
+from sparkml_ext.stages import FrequencyEncoder
 
 ESTIMATORS = {
     "logistic_regression": LogisticRegression,
@@ -121,29 +121,33 @@ def build_pipeline(cfg: PipelineConfig, label: str) -> tuple[Pipeline, Evaluator
     tm, columns = cfg.train_mllib, feature_columns(cfg.features)
     numeric, raw = columns["numeric"], columns["categorical_raw"]
     estimator = ESTIMATORS[tm.model]()
-    _set_params(estimator, tm.params, cfg.path, "params")
     if tm.model == "kmeans":
+        _set_params(estimator, tm.params, cfg.path, "params")
         stages = [
             VectorAssembler(inputCols=numeric, outputCol="numeric_vector"),
             StandardScaler(inputCol="numeric_vector", outputCol="features", withMean=True),
         ]
         return Pipeline(stages=[*stages, estimator]), ClusteringEvaluator()
 
+    ids = [f"{c}_freq" for c in raw]
+    stages = [FrequencyEncoder(inputCols=raw, outputCols=ids, maxCategories=tm.max_categories)]
     if tm.model in LINEAR:
-        ids = [f"{c}_freq" for c in raw]
+        # Scale the numerics once and leave the one-hot columns as they are: the estimator's
+        # own standardization would blow rare categories up into huge, overfitting weights.
         hot = [f"{c}_hot" for c in raw]
-        stages = [
-            FrequencyEncoder(inputCols=raw, outputCols=ids, maxCategories=tm.max_categories),
+        stages += [
+            VectorAssembler(inputCols=numeric, outputCol="numeric_vector"),
+            StandardScaler(inputCol="numeric_vector", outputCol="numeric_scaled", withMean=True),
             OneHotEncoder(inputCols=ids, outputCols=hot, dropLast=False, handleInvalid="keep"),
-            VectorAssembler(inputCols=numeric + hot, outputCol="features"),
+            VectorAssembler(inputCols=["numeric_scaled", *hot], outputCol="features"),
         ]
+        estimator.set(estimator.standardization, False)
     else:
-        encoded = [f"{c}_te" for c in raw]
-        stages = [
-            TargetEncoder(inputCols=raw, outputCols=encoded, labelCol=label),
-            VectorAssembler(inputCols=numeric + encoded, outputCol="features"),
-        ]
+        # Trees split frequency ids directly. Target encoding fitted on the training rows
+        # would leak: a value seen once encodes its own label, and a tree splits on that.
+        stages.append(VectorAssembler(inputCols=numeric + ids, outputCol="features"))
     estimator.set(estimator.labelCol, label)
+    _set_params(estimator, tm.params, cfg.path, "params")
     if tm.model in CLASSIFIERS:
         evaluator = BinaryClassificationEvaluator(labelCol=label, metricName="areaUnderROC")
     else:

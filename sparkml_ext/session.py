@@ -12,6 +12,7 @@ Three ways to run, one function:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 
 from pyspark.sql import SparkSession
@@ -71,6 +72,9 @@ def get_spark(app_name: str = "sparkml_ext", conf: Mapping[str, str] | None = No
     wanted = dict(DELTA_SQL_CONF)
     if not under_spark_submit():
         wanted = {**EMBEDDED_CONF, **wanted}
+        # Python workers must run this interpreter (with numpy, pyarrow, this package),
+        # not whatever `python3` is first on PATH; pyspark reads it at context start.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     wanted.update(conf or {})
     if under_spark_submit():
         from pyspark import SparkConf

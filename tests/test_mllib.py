@@ -1,0 +1,105 @@
+"""The chain generate → ingest → features → train-mllib → score on small data, real Spark + Delta."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pyspark.ml import PipelineModel
+
+from sparkml_ext import lake, modelstore
+from sparkml_ext.config import ConfigError, load_config
+from sparkml_ext.features import build_features
+from sparkml_ext.generate import ClickSpec, generate_clicks
+from sparkml_ext.ingest import ingest_batch
+from sparkml_ext.mllib import TrainError, evaluate, split_of, train_mllib
+from sparkml_ext.scoring import score
+
+pytestmark = pytest.mark.slow
+FAST = ["train_mllib.params={maxIter: 5, seed: 7}", "train_mllib.grid={maxDepth: [2, 3]}"]
+
+
+@pytest.fixture(scope="module")
+def lakehouse(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain")
+    cfg = load_config("conf/pipelines/clicks.yaml", [f"lakehouse={root}/lake", f"source.path={root}/landing"])
+    generate_clicks(spark, ClickSpec(rows=4000, batches=1, malformed_rate=0.01), f"{root}/landing",
+                    cfg.table_path("truth"))
+    ingest_batch(spark, cfg, "batch-00000")
+    build_features(spark, cfg)
+    return root
+
+
+def _cfg(root: Path, *overrides: str):
+    return load_config("conf/pipelines/clicks.yaml",
+                       [f"lakehouse={root}/lake", f"source.path={root}/landing", *overrides])
+
+
+def test_gbt_is_stored_reloads_and_scores_idempotently(spark, lakehouse):
+    cfg = _cfg(lakehouse, *FAST)
+    card = train_mllib(spark, cfg)
+    assert card["model_version"] == "gbt/v1" and card["feature_version"] == 0
+    metrics = card["metrics"]
+    assert 0.55 < metrics["auc_roc"] <= 1 and 0 < metrics["log_loss"] < 1
+    assert 0.6 < metrics["bayes_optimal_auc"] < 0.95
+    assert len(card["search"]["scores"]) == 2
+    stored = json.loads(Path(card["model_uri"].removeprefix("file:"), "metrics.json").read_text())
+    assert stored == metrics
+
+    # The reloaded model, on the same pinned version and hash split, gives the stored metrics.
+    pinned = spark.read.format("delta").option("versionAsOf", card["feature_version"]).load(cfg.table_path("features"))
+    reloaded = PipelineModel.load(f"{card['model_uri']}/model")
+    again = evaluate(reloaded, pinned.where(split_of("event_id") == "test"), "gbt", "label")
+    assert again["log_loss"] == pytest.approx(metrics["log_loss"], abs=1e-12)
+    assert again["auc_roc"] == pytest.approx(metrics["auc_roc"], abs=1e-12)
+
+    first = score(spark, cfg, "gbt/v1")
+    predictions = spark.read.format("delta").load(cfg.table_path("predictions"))
+    rows = predictions.count()
+    assert rows == first["rows"] == spark.read.format("delta").load(cfg.table_path("features")).count()
+    score(spark, cfg, "gbt/v1")
+    assert spark.read.format("delta").load(cfg.table_path("predictions")).count() == rows
+
+    second = train_mllib(spark, cfg)
+    assert second["model_version"] == "gbt/v2"
+    assert [v.name for v in modelstore.versions(cfg.table_path("models"), "gbt")] == ["gbt/v1", "gbt/v2"]
+
+
+@pytest.mark.parametrize(
+    "model, overrides, metric",
+    [
+        ("logistic_regression", ["train_mllib.params={maxIter: 20, regParam: 0.01}", "train_mllib.grid={}"], "auc_roc"),
+        ("random_forest", ["train_mllib.params={numTrees: 5, maxDepth: 3}", "train_mllib.grid={}"], "auc_roc"),
+        ("gbt_regression", ["train_mllib.label=log_i5", "train_mllib.params={maxIter: 3}", "train_mllib.grid={}"], "rmse"),
+        ("linear_regression", ["train_mllib.label=log_i5", "train_mllib.params={}", "train_mllib.grid={regParam: [0.0, 0.1]}"], "r2"),
+        ("kmeans", ["train_mllib.params={k: 3, seed: 1}", "train_mllib.grid={}"], "silhouette"),
+    ],
+)
+def test_each_model_type_trains(spark, lakehouse, model, overrides, metric):
+    card = train_mllib(spark, _cfg(lakehouse, f"train_mllib.model={model}", *overrides))
+    assert card["model_version"].startswith(f"{model}/v")
+    assert metric in card["metrics"]
+
+
+def test_cross_validator_on_hash_folds(spark, lakehouse):
+    card = train_mllib(spark, _cfg(lakehouse, "train_mllib.search=cross_validator", "train_mllib.folds=2", *FAST))
+    assert card["search"]["kind"] == "cross_validator" and len(card["search"]["scores"]) == 2
+
+
+def test_bad_requests_are_clear_and_write_nothing(spark, lakehouse, tmp_path):
+    with pytest.raises(ConfigError, match="train_mllib.model: 'deep_forest' is not one of"):
+        _cfg(lakehouse, "train_mllib.model=deep_forest")
+    with pytest.raises(ConfigError, match="train_mllib.params.maxDepht: GBTClassifier has no such parameter"):
+        train_mllib(spark, _cfg(lakehouse, "train_mllib.params={maxDepht: 3}"))
+    with pytest.raises(TrainError, match="label column 'c1' has type string"):
+        train_mllib(spark, _cfg(lakehouse, "train_mllib.label=c1"))
+    with pytest.raises(TrainError, match="no feature table .* run `sparkml-ext features` first"):
+        train_mllib(spark, _cfg(tmp_path))
+    empty = _cfg(tmp_path)
+    spark.read.format("delta").load(_cfg(lakehouse).table_path("features")).limit(0).write.format("delta").save(
+        empty.table_path("features"))
+    with pytest.raises(TrainError, match="too few rows to split"):
+        train_mllib(spark, empty)
+    assert modelstore.versions(empty.table_path("models"), "gbt") == []
+    assert lake.current_version(spark, empty.table_path("predictions")) is None
