@@ -6,7 +6,6 @@ import math
 
 import pytest
 from chispa import assert_df_equality
-from pyspark.sql import functions as F
 
 from clickdata import line, write_batch
 from sparkml_ext import lake
