@@ -20,6 +20,9 @@ from sparkml_ext import lake
 from sparkml_ext.config import ConfigError, FeaturesConfig, PipelineConfig
 
 JOB = "features"
+# Part of the spec fingerprint: bump it when a feature's definition changes in code, so
+# a table built by the old code is never extended by the new one.
+DEFINITIONS_VERSION = 2
 
 
 class FeaturesError(RuntimeError):
@@ -56,7 +59,7 @@ def feature_columns(spec: FeaturesConfig) -> dict[str, list[str]]:
         "numeric": [f"log_{c}" for c in spec.numeric]
         + [f"isnull_{c}" for c in spec.numeric]
         + aggregates
-        + ["u_seconds_since_prev", "u_no_recent_event"],
+        + ["u_log_seconds_since_prev", "u_no_recent_event"],
         "categorical_ids": [f"{c}_id" for c in spec.categorical],
         "categorical_raw": list(spec.categorical),
     }
@@ -123,7 +126,7 @@ def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str)
         *[F.least(F.log1p(_non_negative(c)), F.lit(spec.clip)).alias(f"log_{c}") for c in spec.numeric],
         *[F.col(c).isNull().cast("int").alias(f"isnull_{c}") for c in spec.numeric],
         *aggregates,
-        F.when(recent, gap).otherwise(-1).cast("double").alias("u_seconds_since_prev"),
+        F.when(recent, F.log1p(gap)).otherwise(-1.0).alias("u_log_seconds_since_prev"),
         (~recent).cast("int").alias("u_no_recent_event"),
         *[_hashed_id(c, spec.hash_buckets) for c in spec.categorical],
         *spec.categorical,
@@ -140,7 +143,8 @@ def _hashed_id(column: str, buckets: int) -> Column:
 
 
 def spec_fingerprint(spec: FeaturesConfig) -> str:
-    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:16]
+    described = {"spec": asdict(spec), "definitions": DEFINITIONS_VERSION}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def processed_version(spark: SparkSession, target: str, fingerprint: str, file: str) -> int | None:

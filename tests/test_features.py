@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from chispa import assert_df_equality
+from chispa import assert_approx_df_equality, assert_df_equality
 
 from clickdata import line, write_batch
 from sparkml_ext import lake
@@ -50,22 +50,22 @@ def test_aggregates_see_only_strictly_earlier_events(spark, tmp_path):
 
     got = _table(spark, cfg).select(
         "event_id", "u_events_1h", "u_click_rate_1h", "u_events_1d", "u_click_rate_1d",
-        "u_seconds_since_prev", "u_no_recent_event",
+        "u_log_seconds_since_prev", "u_no_recent_event",
     )
     expected = spark.createDataFrame(
         [
             ("u1-a", 0, 0.0, 0, 0.0, -1.0, 1),
-            ("u1-b", 1, 1.0, 1, 1.0, 30.0, 0),   # u1-c shares its second: not "before"
+            ("u1-b", 1, 1.0, 1, 1.0, math.log1p(30), 0),  # u1-c shares its second: not "before"
             ("u1-c", 1, 1.0, 1, 1.0, 0.0, 0),
-            ("u1-d", 0, 0.0, 3, 2 / 3, 5370.0, 0),  # 10:00-10:00:30 fall outside 1h
+            ("u1-d", 0, 0.0, 3, 2 / 3, math.log1p(5370), 0),  # 10:00-10:00:30 fall outside 1h
             ("u2-a", 0, 0.0, 0, 0.0, -1.0, 1),
-            ("u2-b", 0, 0.0, 0, 0.0, 168600.0, 0),  # 2 days later: inside 7d only
+            ("u2-b", 0, 0.0, 0, 0.0, math.log1p(168600), 0),  # 2 days later: inside 7d only
             ("u3-a", 0, 0.0, 0, 0.0, -1.0, 1),
         ],
         "event_id string, u_events_1h int, u_click_rate_1h double, u_events_1d int, "
-        "u_click_rate_1d double, u_seconds_since_prev double, u_no_recent_event int",
+        "u_click_rate_1d double, u_log_seconds_since_prev double, u_no_recent_event int",
     )
-    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+    assert_approx_df_equality(got, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
 
     row = _table(spark, cfg).where("event_id = 'u1-b'").head()
     assert row.isnull_i1 == 1 and row.log_i1 == 0.0
