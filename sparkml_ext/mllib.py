@@ -32,7 +32,7 @@ from pyspark.sql.types import NumericType
 
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import ConfigError, PipelineConfig
-from sparkml_ext.features import feature_columns
+from sparkml_ext.features import feature_columns, processed_version, spec_fingerprint
 from sparkml_ext.stages import FrequencyEncoder
 
 ESTIMATORS = {
@@ -69,6 +69,7 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
         data, version = lake.read_version(spark, table, tm.feature_version)
     except FileNotFoundError:
         raise TrainError(f"no feature table at {table}: run `sparkml-ext features` first") from None
+    processed_version(spark, table, spec_fingerprint(cfg.features), cfg.path)  # same spec and code
     if tm.model != "kmeans":
         _check_label(data, label, tm.model)
     data = data.withColumn("_split", split_of(key))

@@ -92,6 +92,8 @@ def test_bad_requests_are_clear_and_write_nothing(spark, lakehouse, tmp_path):
         _cfg(lakehouse, "train_mllib.model=deep_forest")
     with pytest.raises(ConfigError, match="train_mllib.params.maxDepht: GBTClassifier has no such parameter"):
         train_mllib(spark, _cfg(lakehouse, "train_mllib.params={maxDepht: 3}"))
+    with pytest.raises(ConfigError, match="features: the feature spec changed since"):
+        train_mllib(spark, _cfg(lakehouse, "features.clip=5"))
     with pytest.raises(TrainError, match="label column 'c1' has type string"):
         train_mllib(spark, _cfg(lakehouse, "train_mllib.label=c1"))
     with pytest.raises(TrainError, match="no feature table .* run `sparkml-ext features` first"):
