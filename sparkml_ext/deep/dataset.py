@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sparkml_ext.deep.manifest import Manifest, RowSlice, assign_rows
-from sparkml_ext.deep.shards import ShardReader, check_column, column_parts, list_width
+from sparkml_ext.deep.shards import ShardReader, check_column, list_width
 
 Batch = dict[str, torch.Tensor]
 
@@ -133,8 +133,13 @@ class ShardDataset(IterableDataset):
 
     def batches(self, num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
         """The rest of the epoch through a DataLoader, advancing the stored position per batch."""
-        loader = DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
-        for batch in loader:
+        if num_workers == 0 and not pin_memory:
+            source = iter(self)  # a DataLoader would only re-wrap each ready batch
+        else:
+            source = DataLoader(
+                self, batch_size=None, num_workers=num_workers, pin_memory=pin_memory
+            )
+        for batch in source:
             self._batches_done += 1  # before handing it over: a checkpoint taken after it counts it
             yield batch
 
@@ -190,19 +195,24 @@ class ShardDataset(IterableDataset):
             targets.append((name, None, buffers["categorical"].numpy()[:, j : j + 1]))
         if self.label is not None:
             targets.append((self.label, None, buffers["label"].numpy()[:, None]))
+        columns = [(name, width) for name, width, _ in targets]
         start = 0
         for piece in pieces:
-            table = reader.table(piece.path).slice(piece.offset, piece.length)
-            if self.label is not None and table.column(self.label).null_count:
-                raise ValueError(
-                    f"label column {self.label!r} has nulls; drop or fill them in Spark"
-                )
-            for name, width, target in targets:
-                at = start
-                for part in column_parts(table.column(name), name, width):
-                    target[at : at + len(part)] = part.reshape(len(part), -1)
-                    at += len(part)
-            start += piece.length
+            if self.label is not None:
+                label = reader.table(piece.path).column(self.label)
+                if label.slice(piece.offset, piece.length).null_count:
+                    raise ValueError(
+                        f"label column {self.label!r} has nulls; drop or fill them in Spark"
+                    )
+            bounds, parts = reader.views(piece.path, columns)
+            lo, hi = piece.offset, piece.offset + piece.length
+            k = int(np.searchsorted(bounds, lo, side="right")) - 1
+            while lo < hi:  # the record batches this piece spans
+                a, b = lo - bounds[k], min(hi, bounds[k + 1]) - bounds[k]
+                for chunks, (_, _, target) in zip(parts, targets, strict=True):
+                    target[start : start + b - a] = chunks[k][a:b].reshape(b - a, -1)
+                start += b - a
+                lo, k = bounds[k + 1], k + 1
         return {key: values[:start] for key, values in buffers.items()}
 
     def __iter__(self) -> Iterator[Batch]:

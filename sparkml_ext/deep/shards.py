@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +55,7 @@ class ShardReader:
         self._local = isinstance(self._fs, pafs.LocalFileSystem)
         self._max_open = max_open
         self._tables: OrderedDict[str, pa.Table] = OrderedDict()
+        self._views: OrderedDict[tuple, tuple[np.ndarray, list[list[np.ndarray]]]] = OrderedDict()
 
     def table(self, path: str) -> pa.Table:
         """The whole shard as a table; zero-copy over a memory map for local files."""
@@ -70,6 +72,33 @@ class ShardReader:
         if len(self._tables) > self._max_open:
             self._tables.popitem(last=False)
         return table
+
+    def views(
+        self, path: str, columns: Sequence[tuple[str, int | None]]
+    ) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+        """(row bounds of the shard's record batches, each column's batches as numpy).
+
+        Made once per file and kept as long as the file stays open, so that reading a
+        slice costs numpy slicing only, not an Arrow-to-numpy conversion per column.
+        """
+        key = (path, tuple(columns))
+        if key in self._views:
+            self._views.move_to_end(key)
+            return self._views[key]
+        table = self.table(path)
+        first = table.column(columns[0][0]) if columns else None
+        if first is not None and any(
+            [len(c) for c in table.column(name).chunks] != [len(c) for c in first.chunks]
+            for name, _ in columns
+        ):
+            table = table.combine_chunks()  # IPC files never need this: batches share rows
+            first = table.column(columns[0][0])
+        bounds = np.cumsum([0] + [len(c) for c in first.chunks]) if first is not None else None
+        view = (bounds, [column_parts(table.column(name), name, width) for name, width in columns])
+        self._views[key] = view
+        if len(self._views) > self._max_open:
+            self._views.popitem(last=False)
+        return view
 
 
 def _is_number(t: pa.DataType) -> bool:
