@@ -1,0 +1,748 @@
+"""The Spark -> torch bridge against its references, side by side in one run.
+
+    python benchmarks/bridge.py [--rows 2000000] [--quick]
+
+Builds (or reuses) a Delta table of `--rows` rows x (13 float + 26 int + label) under
+data/generated/bench/ (ignored by git), exports it to Arrow IPC shards with
+`export_table`, and measures rows/s per rank delivered as ready tensors (float32 [B, 13],
+int64 [B, 26], float32 label [B]; B = 4096) by:
+
+  (a) the bridge: `ShardDataset` (shuffle on) through `batches()`, as the trainer uses it,
+      for world_size 1 and for each rank of world_size 2 (one after the other);
+  (b) pyspark's own `TorchDistributor._train_on_dataframe` loader, in-process on a sample:
+      the partition's Arrow batches written by `TorchDistributor._setup_spark_partition_data`
+      (what its barrier task does), read back by `_get_spark_partition_data_loader`
+      (`_SparkPartitionTorchDataset`: `to_pandas()` + `itertuples` per row + torch's
+      default collate), then stacked into the same three tensors;
+  (c) `df.toPandas()` -> `torch.tensor` -> `TensorDataset` -> `DataLoader(shuffle=True)`;
+  (d) the limit: the same shard files memory-mapped, column buffers -> `torch.from_numpy`
+      -> `torch.stack`, in file order, no shuffle;
+  (e) petastorm's `make_batch_reader` over Parquet files of the same rows, in a virtual
+      environment of its own (petastorm needs pyarrow < 16), as a subprocess.
+
+Also: the first 60 steps of an epoch (20 with --quick) of a small DLRM fed by the bridge
+vs the same batches held in memory;
+shard writing vs Spark's own Parquet writer; TorchDistributor's per-run overhead vs
+plain torchrun. Loader measurements are interleaved in rounds and reported as medians,
+because the machine is shared. The last lines are `RATIO <name> <value>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from sparkml_ext.bridge import export_table, launch
+from sparkml_ext.deep.dataset import ShardDataset
+from sparkml_ext.deep.manifest import Manifest
+from sparkml_ext.deep.model import DLRM, DLRMConfig
+from sparkml_ext.session import get_spark
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "data" / "generated" / "bench"
+NUMERIC = [f"f{i}" for i in range(13)]
+CATEGORICAL = [f"c{i}" for i in range(26)]
+LABEL = "label"
+CARDINALITY = 10_000  # ids per categorical column
+BATCH = 4096
+SHUFFLE_BUFFER = 65536  # the trainer's defaults
+CHUNK_ROWS = 8192
+# One intra-op thread everywhere: a 2-core machine runs 2 DDP ranks (torchrun sets
+# OMP_NUM_THREADS=1 for them too), and on a busy shared machine torch's spinning OpenMP
+# threads make a 2-thread step up to 30x slower than a 1-thread one (measured here).
+THREADS = 1
+PETASTORM_PINS = ["petastorm==0.12.1", "pyarrow==14.0.2", "numpy<2", "pandas<2.2", "torch"]
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # numeric, categorical, label
+Rate = tuple[float, float]  # rows/s of wall time, rows per CPU-second of this process (or nan)
+
+
+# -- data -----------------------------------------------------------------------------
+
+
+def ensure_table(spark, rows: int) -> str:
+    """A Delta table of `rows` hash-based rows, written once and reused while it is complete."""
+    path = BENCH / f"table-{rows}"
+    marker = path / "_bench_complete.json"
+    if marker.exists() and json.loads(marker.read_text()).get("rows") == rows:
+        return str(path)
+    shutil.rmtree(path, ignore_errors=True)
+    floats = [
+        f"CAST(pmod(xxhash64(id, {i}), 1048576) / 1048576.0 AS FLOAT) AS f{i}" for i in range(13)
+    ]
+    ids = [f"CAST(pmod(xxhash64(id, {100 + i}), {CARDINALITY}) AS INT) AS c{i}" for i in range(26)]
+    label = "CAST(pmod(xxhash64(id, 999), 4) = 0 AS FLOAT) AS label"
+    started = time.perf_counter()
+    frame = spark.range(rows, numPartitions=4).selectExpr(*floats, *ids, label)
+    frame.write.format("delta").save(str(path))
+    marker.write_text(json.dumps({"rows": rows}))
+    print(f"wrote the Delta table {path} ({rows:,} rows) in {time.perf_counter() - started:.1f} s")
+    return str(path)
+
+
+def training_frame(spark, table: str, version: int):
+    """The table's training columns in the types the shards hold (float, bigint, float)."""
+    from pyspark.sql import functions as F
+
+    return (
+        spark.read.format("delta")
+        .option("versionAsOf", version)
+        .load(table)
+        .select(
+            *[F.col(c).cast("float").alias(c) for c in NUMERIC],
+            *[F.col(c).cast("bigint").alias(c) for c in CATEGORICAL],
+            F.col(LABEL).cast("float").alias(LABEL),
+        )
+    )
+
+
+def export(spark, table: str, version: int, cache_root: str) -> Manifest:
+    return export_table(
+        spark,
+        table,
+        version=version,
+        numeric=NUMERIC,
+        categorical=CATEGORICAL,
+        label=LABEL,
+        cache_root=cache_root,
+    )
+
+
+# -- timing helpers -------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def drain(batches: Iterator[Batch], max_rows: int | None = None) -> tuple[int, Rate]:
+    """Consume ready batches (checking the first one's shapes); (rows, (wall, CPU) rows/s).
+
+    The CPU rate counts this process's CPU time only: it says what a loader costs when
+    other engineers' jobs take the cores away (wall time), but it leaves out the work of
+    DataLoader worker processes, so it is reported only where there are none.
+    """
+    rows, started, cpu = 0, time.perf_counter(), time.process_time()
+    for i, (numeric, categorical, label) in enumerate(batches):
+        if i == 0:
+            b = len(label)
+            assert numeric.shape == (b, 13) and numeric.dtype == torch.float32, numeric.shape
+            assert categorical.shape == (b, 26) and categorical.dtype == torch.int64
+            assert label.shape == (b,) and label.dtype == torch.float32
+        rows += len(label)
+        if max_rows is not None and rows >= max_rows:
+            break
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return rows, (rows / wall, rows / cpu if cpu > 0 else math.nan)
+
+
+def median(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def medians(runs: list[Rate]) -> Rate:
+    return median([r[0] for r in runs]), median([r[1] for r in runs])
+
+
+# -- (a) the bridge -------------------------------------------------------------------
+
+
+def bridge_dataset(manifest: Manifest, rank: int, world_size: int, **kwargs) -> ShardDataset:
+    return ShardDataset.from_manifest(
+        manifest,
+        rank,
+        world_size,
+        batch_size=BATCH,
+        shuffle=True,
+        seed=0,
+        shuffle_buffer=SHUFFLE_BUFFER,
+        chunk_rows=CHUNK_ROWS,
+        **kwargs,
+    )
+
+
+def bridge_batches(ds: ShardDataset, epoch: int, num_workers: int = 0) -> Iterator[Batch]:
+    ds.set_epoch(epoch)
+    for batch in ds.batches(num_workers):
+        yield batch["numeric"], batch["categorical"], batch["label"]
+
+
+def measure_bridge(manifest: Manifest, world_size: int, epoch: int, workers: int = 0) -> Rate:
+    """Median over this world's ranks of one epoch's rows/s per rank."""
+    rates = []
+    for rank in range(world_size):
+        ds = bridge_dataset(manifest, rank, world_size)
+        rows, rate = drain(bridge_batches(ds, epoch, workers))
+        assert rows == ds.rows, (rows, ds.rows)
+        rates.append(rate if workers == 0 else (rate[0], math.nan))
+    return medians(rates)
+
+
+# -- (d) the limit --------------------------------------------------------------------
+
+
+def _column(batch: pa.RecordBatch, name: str) -> torch.Tensor:
+    """A column's data buffer as a tensor, no copy (the shards have no nulls)."""
+    return torch.from_numpy(batch.column(name).to_numpy())
+
+
+def raw_batches(manifest: Manifest) -> Iterator[Batch]:
+    """Memory-mapped IPC -> exact batches of BATCH rows with one copy per value, no shuffle.
+
+    Each record batch's columns are stacked once into row-major tensors; batches are
+    views of those, and only a batch that spans two record batches is concatenated.
+    """
+    pending: list[Batch] = []
+    held = 0
+    for shard in manifest.files:
+        reader = pa.ipc.open_file(pa.memory_map(os.path.join(manifest.root, shard.path)))
+        for i in range(reader.num_record_batches):
+            rb = reader.get_batch(i)
+            numeric = torch.stack([_column(rb, c) for c in NUMERIC], dim=1)
+            categorical = torch.stack([_column(rb, c) for c in CATEGORICAL], dim=1)
+            label = _column(rb, LABEL)
+            lo, n = 0, len(label)
+            if held:
+                take = min(BATCH - held, n)
+                pending.append((numeric[:take], categorical[:take], label[:take]))
+                held, lo = held + take, take
+                if held == BATCH:
+                    yield tuple(torch.cat(parts) for parts in zip(*pending))
+                    pending, held = [], 0
+            while n - lo >= BATCH:
+                yield numeric[lo : lo + BATCH], categorical[lo : lo + BATCH], label[lo : lo + BATCH]
+                lo += BATCH
+            if lo < n:
+                pending.append((numeric[lo:], categorical[lo:], label[lo:]))
+                held += n - lo
+    if pending:
+        yield tuple(torch.cat(parts) for parts in zip(*pending))
+
+
+# -- (b) TorchDistributor's loader -----------------------------------------------------
+
+
+def measure_torchdistributor(
+    spark, frame, sample_rows: int, repeats: int, workers: tuple[int, ...] = (0, 1)
+) -> dict[int, list[Rate]]:
+    """rows/s of pyspark's per-partition loader, `num_workers` -> one rate per repeat.
+
+    The partition file is written by `TorchDistributor._setup_spark_partition_data`, the
+    context manager its barrier task runs around the train function, from the same Arrow
+    record batches (Spark's default 10,000 rows each) that task would be handed; the loader
+    is `_get_spark_partition_data_loader`, the function the train function calls.
+    """
+    from pyspark.ml.torch.distributor import TorchDistributor, _get_spark_partition_data_loader
+
+    sample = frame.limit(sample_rows)
+    batches = sample.toArrow().to_batches(max_chunksize=10_000)
+    schema = sample.schema.jsonValue()
+    rates: dict[int, list[Rate]] = {w: [] for w in workers}
+    with TorchDistributor._setup_spark_partition_data(iter(batches), schema):
+        for _ in range(repeats):
+            for w in workers:
+                loader = _get_spark_partition_data_loader(sample_rows, BATCH, num_workers=w)
+
+                def ready(loader=loader) -> Iterator[Batch]:
+                    for columns in loader:  # 40 tensors of [B]: float64 or int64 per column
+                        yield (
+                            torch.stack(columns[:13], dim=1).float(),
+                            torch.stack(columns[13:39], dim=1),
+                            columns[39].float(),
+                        )
+
+                rows, rate = drain(ready())
+                assert rows == sample_rows, rows
+                rates[w].append(rate if w == 0 else (rate[0], math.nan))
+    return rates
+
+
+# -- (c) toPandas -> TensorDataset ------------------------------------------------------
+
+
+def pandas_tensors(frame) -> tuple[tuple[torch.Tensor, ...], float]:
+    """The whole frame as three tensors via toPandas; and the seconds that took."""
+    started = time.perf_counter()
+    pdf = frame.toPandas()
+    tensors = (
+        torch.tensor(pdf[NUMERIC].to_numpy()),
+        torch.tensor(pdf[CATEGORICAL].to_numpy()),
+        torch.tensor(pdf[LABEL].to_numpy()),
+    )
+    del pdf
+    return tensors, time.perf_counter() - started
+
+
+def pandas_batches(tensors: tuple[torch.Tensor, ...], seed: int) -> Iterator[Batch]:
+    loader = DataLoader(
+        TensorDataset(*tensors),
+        batch_size=BATCH,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    yield from loader
+
+
+# -- (e) petastorm ----------------------------------------------------------------------
+
+PETASTORM_READER = r'''
+"""Run inside the petastorm virtual environment: rows/s of make_batch_reader as tensors."""
+import json, statistics, sys, time
+import numpy as np, torch
+torch.set_num_threads(1)
+from petastorm import make_batch_reader
+from petastorm.pytorch import BatchedDataLoader
+
+url, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+numeric = [f"f{i}" for i in range(13)]
+categorical = [f"c{i}" for i in range(26)]
+
+
+def plain():
+    """make_batch_reader (row groups in shuffled order) -> stacked tensors -> B-row views."""
+    rows = 0
+    with make_batch_reader(url, num_epochs=1, shuffle_row_groups=True) as reader:
+        for group in reader:
+            x = torch.from_numpy(np.stack([getattr(group, c) for c in numeric], axis=1))
+            ids = torch.from_numpy(np.stack([getattr(group, c) for c in categorical], axis=1))
+            y = torch.from_numpy(np.asarray(group.label))
+            assert x.dtype == torch.float32 and ids.dtype == torch.int64, (x.dtype, ids.dtype)
+            for lo in range(0, len(y), batch):
+                b = x[lo : lo + batch], ids[lo : lo + batch], y[lo : lo + batch]
+                rows += len(b[2])
+    return rows
+
+
+def shuffled():
+    """petastorm's BatchedDataLoader with a 65,536-row shuffling queue, stacked to matrices."""
+    rows = 0
+    with make_batch_reader(url, num_epochs=1, shuffle_row_groups=True) as reader:
+        for b in BatchedDataLoader(reader, batch_size=batch, shuffling_queue_capacity=65536):
+            x = torch.stack([b[c] for c in numeric], dim=1)
+            ids = torch.stack([b[c] for c in categorical], dim=1)
+            rows += len(b["label"])
+    return rows
+
+
+out = {}
+for name, fn in (("plain", plain), ("shuffled", shuffled)):
+    rates = []
+    for _ in range(repeats):
+        started, cpu = time.perf_counter(), time.process_time()
+        rows = fn()
+        rates.append([rows / (time.perf_counter() - started), rows / (time.process_time() - cpu)])
+    out[name] = {"rows": rows, "rates": rates}
+print("PETASTORM " + json.dumps(out))
+'''
+
+
+def petastorm_python(timeout_s: int) -> tuple[str | None, str]:
+    """The petastorm venv's python (built on first use), or None and why it cannot be had."""
+    venv = BENCH / "petastorm-venv"
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import petastorm, petastorm.pytorch, pyarrow, torch"]
+    if python.exists() and subprocess.run(probe, check=False, capture_output=True).returncode == 0:
+        return str(python), "reused"
+    shutil.rmtree(venv, ignore_errors=True)
+    print(f"building {venv} ({' '.join(PETASTORM_PINS)}; at most {timeout_s} s) ...", flush=True)
+    started = time.perf_counter()
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet", *PETASTORM_PINS]
+        done = subprocess.run(pip, check=False, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None, f"pip install of {' '.join(PETASTORM_PINS)} took over {timeout_s} s"
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return None, f"could not create the venv: {exc}"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return None, f"pip install of {' '.join(PETASTORM_PINS)} failed: {last}"
+    check = subprocess.run(probe, check=False, capture_output=True, text=True)
+    if check.returncode != 0:
+        last = (check.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return None, f"petastorm was installed but does not import: {last}"
+    return str(python), f"built in {time.perf_counter() - started:.0f} s"
+
+
+def measure_petastorm(python: str, parquet: str, repeats: int) -> tuple[dict | None, str]:
+    script = BENCH / "petastorm_reader.py"
+    script.write_text(PETASTORM_READER)
+    url = Path(parquet).resolve().as_uri()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_PYTHON")}
+    env["OMP_NUM_THREADS"] = str(THREADS)
+    try:
+        done = subprocess.run(
+            [python, str(script), url, str(BATCH), str(repeats)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return None, "the petastorm reader ran over 900 s"
+    for line in done.stdout.splitlines():
+        if line.startswith("PETASTORM "):
+            return json.loads(line[len("PETASTORM ") :]), "ok"
+    last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return None, f"the petastorm reader failed: {last}"
+
+
+# -- the model: epoch fed by the bridge vs in memory ------------------------------------
+
+
+def small_dlrm() -> DLRM:
+    torch.manual_seed(0)
+    config = DLRMConfig(
+        num_numeric=13,
+        embedding_sizes=(CARDINALITY,) * 26,
+        embedding_dim=8,
+        bottom_mlp=(32,),
+        top_mlp=(32, 16),
+    )
+    return DLRM(config)
+
+
+def train_epoch(batches: Iterator[Batch]) -> tuple[float, float]:
+    """One pass of a fresh small DLRM with AdamW over `batches`; (wall, CPU) seconds."""
+    model = small_dlrm()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    model.train()
+    started, cpu = time.perf_counter(), time.process_time()
+    for numeric, categorical, label in batches:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            model(numeric, categorical), label
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+# -- launching: TorchDistributor vs torchrun --------------------------------------------
+
+RANK_SCRIPT = """
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.ones(1)
+dist.all_reduce(t)
+dist.destroy_process_group()
+"""
+
+
+def trivial_rank() -> float:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    dist.destroy_process_group()
+    return float(total)
+
+
+def measure_launch(repeats: int) -> dict[str, list[float]]:
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
+        script.write(RANK_SCRIPT)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+    ways = {
+        "torchrun": lambda: subprocess.run(
+            [*torchrun, "--nproc_per_node=2", script.name], check=True, capture_output=True
+        ),
+        "TorchDistributor local": lambda: TorchDistributor(2, True, False).run(trivial_rank),
+        "TorchDistributor barrier": lambda: TorchDistributor(2, False, False).run(trivial_rank),
+        "bridge launch() local": lambda: launch(trivial_rank, num_processes=2),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    try:
+        for _ in range(repeats):
+            for name, way in ways.items():
+                seconds[name].append(timed(way))
+    finally:
+        os.remove(script.name)
+    return seconds
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=2_000_000, help="rows of the Delta table")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller samples")
+    parser.add_argument(
+        "--petastorm-install-timeout", type=int, default=1200, help="seconds for its pip install"
+    )
+    args = parser.parse_args()
+    quick = args.quick
+    torch.set_num_threads(THREADS)
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    rounds = 2 if quick else 5
+    td_sample = min(args.rows, 50_000 if quick else 200_000)
+    pandas_rows = min(args.rows, 100_000 if quick else 250_000)
+    train_batches = 20 if quick else 60
+    BENCH.mkdir(parents=True, exist_ok=True)
+    scratch = BENCH / "tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    loads = [load()]
+    print(f"rows={args.rows:,} quick={quick} load average at start: {loads[0]}", flush=True)
+
+    spark = get_spark("bench-bridge", {"spark.master": "local[2]"})
+    spark.sparkContext.setLogLevel("ERROR")
+    table = ensure_table(spark, args.rows)
+    from delta.tables import DeltaTable
+
+    version = DeltaTable.forPath(spark, table).history(1).first()["version"]
+    frame = training_frame(spark, table, version)
+
+    # -- shard writing vs Spark's Parquet writer (fresh folders each time) -----------------
+    export_s, parquet_s, parquet_read_s, scan_s = [], [], [], []
+    for i in range(1 if quick else 3):
+        ipc, out = str(scratch / f"ipc{i}"), str(scratch / f"parquet{i}")
+        scan_s.append(timed(lambda: frame.write.format("noop").mode("overwrite").save()))
+        export_s.append(timed(lambda ipc=ipc: export(spark, table, version, ipc)))
+        parquet_s.append(timed(lambda out=out: frame.write.parquet(out)))
+        parquet_read_s.append(timed(lambda out=out: pads.dataset(out, format="parquet").to_table()))
+        shutil.rmtree(ipc)
+        shutil.rmtree(out)
+    print(f"export rounds done; load {load()}", flush=True)
+
+    # -- the data every loader reads ---------------------------------------------------------
+    manifest = export(spark, table, version, str(BENCH / "shards"))  # cached after the 1st run
+    parquet = BENCH / f"parquet-{args.rows}-v{version}"
+    if not (parquet / "_SUCCESS").exists():
+        shutil.rmtree(parquet, ignore_errors=True)
+        frame.write.parquet(str(parquet))
+    python, petastorm_note = petastorm_python(args.petastorm_install_timeout)
+    if python is None:
+        print(f"petastorm skipped: {petastorm_note}", flush=True)
+    pandas_data, to_pandas_s = pandas_tensors(frame)
+    td_rates = measure_torchdistributor(spark, frame, td_sample, 1 if quick else 3)
+
+    # -- loaders, interleaved in rounds ------------------------------------------------------
+    names = ("bridge1", "bridge2", "bridge1w", "limit", "pandas", "petastorm", "petastorm_shuf")
+    runs: dict[str, list[Rate]] = {k: [] for k in names}
+    for r in range(rounds):
+        runs["bridge1"].append(measure_bridge(manifest, 1, epoch=r))
+        runs["bridge2"].append(measure_bridge(manifest, 2, epoch=r))
+        runs["bridge1w"].append(measure_bridge(manifest, 1, epoch=r, workers=1))
+        rows, rate = drain(raw_batches(manifest))
+        assert rows == manifest.rows, rows
+        runs["limit"].append(rate)
+        runs["pandas"].append(drain(pandas_batches(pandas_data, seed=r), max_rows=pandas_rows)[1])
+        if python is not None and r < (1 if quick else 3):
+            result, why = measure_petastorm(python, str(parquet), 1)
+            if result is None:
+                print(f"petastorm skipped: {why}", flush=True)
+                python, petastorm_note = None, why
+            else:
+                runs["petastorm"] += [tuple(x) for x in result["plain"]["rates"]]
+                runs["petastorm_shuf"] += [tuple(x) for x in result["shuffled"]["rates"]]
+        print(f"round {r + 1}/{rounds} done; load {load()}", flush=True)
+    loads.append(load())
+    del pandas_data
+
+    # -- one epoch's worth of steps: bridge-fed vs the same batches in memory --------------
+    epoch_bridge, epoch_memory = [], []  # (wall s, CPU s)
+    for r in range(1 if quick else 3):
+        ds = bridge_dataset(manifest, 0, 1, max_batches=train_batches)
+        in_memory = list(bridge_batches(ds, epoch=100 + r))
+        epoch_memory.append(train_epoch(iter(in_memory)))
+        del in_memory
+        ds = bridge_dataset(manifest, 0, 1, max_batches=train_batches)
+        epoch_bridge.append(train_epoch(bridge_batches(ds, epoch=100 + r)))
+    train_rows = min(train_batches * BATCH, manifest.rows)
+    print(f"training done; load {load()}", flush=True)
+
+    # -- launching -------------------------------------------------------------------------------
+    launch_s = measure_launch(1 if quick else 3)
+    loads.append(load())
+    spark.stop()
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    # -- report ----------------------------------------------------------------------------------
+    med = {k: medians(v) for k, v in runs.items()}
+    for w, v in td_rates.items():
+        med[f"td{w}"] = medians(v)
+    td_key = max((f"td{w}" for w in td_rates), key=lambda k: med[k][0])
+    med["td"] = med[td_key]
+    if python is None:
+        med["petastorm"] = med["petastorm_shuf"] = (math.nan, math.nan)
+    pet_key = max(("petastorm", "petastorm_shuf"), key=lambda k: med[k][0])
+    a, a_cpu = med["bridge1"]
+
+    def ratio_text(x: float, y: float) -> str:
+        return f"{x / y:7.2f}x" if y and not math.isnan(y) and not math.isnan(x) else "      - "
+
+    def line(label: str, key: str, shown: list[Rate], note: str = "") -> None:
+        wall, cpu = med[key]
+        cpu_text = f"{cpu / 1e6:8.3f}" if not math.isnan(cpu) else "       -"
+        runs_text = ", ".join(f"{x[0] / 1e6:.2f}" for x in shown)
+        print(
+            f"  {label:55s} {wall / 1e6:8.3f} {ratio_text(a, wall)}  {cpu_text} "
+            f"{ratio_text(a_cpu, cpu)}  [{runs_text}] {note}"
+        )
+
+    rows = manifest.rows
+    print()
+    print(
+        f"== loaders: rows per rank delivered as ready tensors (B={BATCH}; float32 [B,13], "
+        f"int64 [B,26], float32 [B]), medians, 1 torch thread =="
+    )
+    print(
+        f"  {'':55s} {'M rows/s':>8s} {'bridge/x':>8s}  {'M/cpu-s':>8s} {'bridge/x':>8s}  "
+        "[wall runs, M rows/s]"
+    )
+    line("(a) bridge ShardDataset, world 1, shuffle", "bridge1", runs["bridge1"], f"{rows:,} rows")
+    line("(a) bridge ShardDataset, world 2, per rank", "bridge2", runs["bridge2"])
+    line("(a) bridge ShardDataset, world 1, 1 DataLoader worker", "bridge1w", runs["bridge1w"])
+    for w in sorted(td_rates):
+        line(
+            f"(b) TorchDistributor loader, num_workers={w}",
+            f"td{w}",
+            td_rates[w],
+            f"{td_sample:,}-row sample",
+        )
+    line(
+        "(c) toPandas -> TensorDataset -> DataLoader(shuffle)",
+        "pandas",
+        runs["pandas"],
+        f"{pandas_rows:,} rows/run; toPandas + torch.tensor once: {to_pandas_s:.1f} s",
+    )
+    line("(d) limit: mmap IPC -> from_numpy -> stack, no shuffle", "limit", runs["limit"])
+    if python is not None:
+        line(
+            "(e) petastorm make_batch_reader -> stack, no row shuffle",
+            "petastorm",
+            runs["petastorm"],
+            f"venv {petastorm_note}",
+        )
+        line(
+            "(e) petastorm + BatchedDataLoader(shuffling 65536)",
+            "petastorm_shuf",
+            runs["petastorm_shuf"],
+        )
+    else:
+        print(f"  (e) petastorm: skipped: {petastorm_note}")
+
+    ms = lambda s: f"{median(s):6.2f} s  [{', '.join(f'{x:.2f}' for x in s)}]"
+    print(f"\n== shard writing from the Delta table ({rows:,} rows), medians ==")
+    print(f"  {'scan only (noop write)':44s} {rows / median(scan_s) / 1e6:6.2f} M/s  {ms(scan_s)}")
+    print(
+        f"  {'export_table (mapInArrow -> Arrow IPC)':44s} "
+        f"{rows / median(export_s) / 1e6:6.2f} M/s  {ms(export_s)}"
+    )
+    print(
+        f"  {'Spark df.write.parquet':44s} "
+        f"{rows / median(parquet_s) / 1e6:6.2f} M/s  {ms(parquet_s)}"
+    )
+    print(
+        f"  {'  + pyarrow read of that Parquet':44s} "
+        f"{rows / median(parquet_read_s) / 1e6:6.2f} M/s  {ms(parquet_read_s)}"
+    )
+
+    wall = lambda runs: [x[0] for x in runs]
+    cpu = lambda runs: [x[1] for x in runs]
+    print(f"\n== {train_batches} steps of a small DLRM (AdamW), {train_rows:,} rows, medians ==")
+    for label, e in (
+        ("fed by the bridge (ShardDataset, shuffle)", epoch_bridge),
+        ("same batches already in memory", epoch_memory),
+    ):
+        print(
+            f"  {label:44s} {ms(wall(e))}  {train_rows / median(wall(e)) / 1e6:.3f} M rows/s; "
+            f"CPU {median(cpu(e)):.2f} s"
+        )
+
+    print("\n== launching a trivial 2-process function, medians ==")
+    for name, s in launch_s.items():
+        print(f"  {name:44s} {ms(s)}")
+    print(
+        f"\nload average (1, 5, 15 min): start {loads[0]} | after loaders {loads[1]} | "
+        f"end {loads[2]}"
+    )
+    print(
+        f"(b) measured: pyspark.ml.torch.distributor._get_spark_partition_data_loader"
+        f"(num_samples={td_sample}, batch_size={BATCH}, num_workers=0|1) over the Arrow "
+        "stream file written by TorchDistributor._setup_spark_partition_data (what its "
+        "barrier task runs); it iterates pyspark.ml.torch.data._SparkPartitionTorchDataset "
+        "(RecordBatch.to_pandas, then itertuples and a converter per row) with torch's "
+        "default_collate, then torch.stack makes the 3 tensors; the ratio uses its faster "
+        f"setting ({td_key.replace('td', 'num_workers=')})."
+    )
+    print(
+        f"(e) the ratio uses petastorm's faster way "
+        f"({'make_batch_reader' if pet_key == 'petastorm' else 'BatchedDataLoader'})."
+    )
+    print(
+        "CPU-time ratios (robust to the machine's load; not for (b) num_workers=1): "
+        f"bridge/limit {a_cpu / med['limit'][1]:.3f}, "
+        f"bridge/TorchDistributor(num_workers=0) {a_cpu / med['td0'][1]:.1f}, "
+        f"bridge/pandas {a_cpu / med['pandas'][1]:.1f}, "
+        f"bridge/petastorm {a_cpu / med[pet_key][1]:.3f}, "
+        f"epoch/in-memory {median(cpu(epoch_bridge)) / median(cpu(epoch_memory)):.3f}"
+    )
+
+    goals = [
+        ("bridge_vs_limit >= 0.5", a / med["limit"][0] >= 0.5),
+        ("bridge_vs_torchdistributor >= 50", a / med["td"][0] >= 50),
+        ("bridge_vs_petastorm >= 1", a / med[pet_key][0] >= 1 if python else None),
+        (
+            "epoch_vs_inmemory <= 1.1",
+            median(wall(epoch_bridge)) / median(wall(epoch_memory)) <= 1.1,
+        ),
+    ]
+    print(
+        "goals (wall time): "
+        + ", ".join(f"{g}: {'n/a' if ok is None else 'met' if ok else 'MISSED'}" for g, ok in goals)
+    )
+    print(
+        "ratios: bridge_vs_* = the bridge's rows/s over the reference's; epoch_vs_inmemory = "
+        "epoch time fed by the bridge over in memory; export_vs_parquet_write = Parquet write "
+        "time over export time (> 1: shards are faster); torchdistributor_vs_torchrun = run "
+        "time over run time"
+    )
+    print()
+    ratio = lambda name, x: print(f"RATIO {name} {x:.3f}")
+    ratio("bridge_vs_limit", a / med["limit"][0])
+    ratio("bridge_vs_torchdistributor", a / med["td"][0])
+    ratio("bridge_vs_pandas", a / med["pandas"][0])
+    if python is not None:
+        ratio("bridge_vs_petastorm", a / med[pet_key][0])
+    else:
+        print(f"RATIO bridge_vs_petastorm nan ({petastorm_note})")
+    ratio("epoch_vs_inmemory", median(wall(epoch_bridge)) / median(wall(epoch_memory)))
+    ratio("export_vs_parquet_write", median(parquet_s) / median(export_s))
+    ratio(
+        "torchdistributor_vs_torchrun",
+        median(launch_s["TorchDistributor local"]) / median(launch_s["torchrun"]),
+    )
+
+
+if __name__ == "__main__":
+    main()
