@@ -37,7 +37,10 @@ def run_generate(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
         malformed_rate=gen.malformed_rate,
     )
     spark = _session(cfg, args.log_level)
-    return generate_clicks(spark, spec, gen.landing, cfg.table_path("truth"))
+    report = generate_clicks(spark, spec, gen.landing, cfg.table_path("truth"))
+    print(f"generate: {report['rows']} events in {report['batches']} {gen.format} batch(es) under "
+          f"{gen.landing} ({report['malformed']} malformed) in {report['seconds']}s")
+    return report
 
 
 def run_ingest(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
@@ -66,6 +69,16 @@ def run_train_mllib(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     return card
 
 
+def run_train_torch(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
+    from sparkml_ext.torch_job import train_torch
+
+    card = train_torch(_session(cfg, args.log_level), cfg)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in card["metrics"].items() if isinstance(v, float))
+    print(f"train-torch: {card['model_version']} on {card['feature_table']} v{card['feature_version']}: "
+          f"{metrics}; {len(card['attempts'])} attempt(s), {card['rows_per_s']['train_loop']} rows/s")
+    return card
+
+
 def run_score(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.scoring import score
 
@@ -83,8 +96,14 @@ def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
         stages.append((f"ingest {batch_args.batch_id}", lambda a=batch_args: run_ingest(a, cfg)))
     stages.append(("features", lambda: run_features(args, cfg)))
     stages.append(("train-mllib", lambda: run_train_mllib(args, cfg)))
-    stages.append(("score", lambda: run_score(argparse.Namespace(**{**vars(args), "model": None}), cfg)))
-    results = {}
+    stages.append(("train-torch", lambda: run_train_torch(args, cfg)))
+    results: dict[str, dict] = {}
+
+    def score_model(trained: str) -> dict:  # the version the train stage just stored
+        return run_score(argparse.Namespace(**{**vars(args), "model": results[trained]["model_version"]}), cfg)
+
+    stages.append(("score mllib", lambda: score_model("train-mllib")))
+    stages.append(("score torch", lambda: score_model("train-torch")))
     for number, (name, stage) in enumerate(stages, 1):
         print(f"[{number}/{len(stages)}] {name} …", flush=True)
         started = time.monotonic()
@@ -146,8 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     mllib = jobs.add_parser("train-mllib", parents=[common], help="fit, tune and store an MLlib model")
     mllib.set_defaults(run=run_train_mllib)
 
+    deep = jobs.add_parser("train-torch", parents=[common],
+                           help="train a DLRM with PyTorch DDP on Arrow shards and store it")
+    deep.set_defaults(run=run_train_torch)
+
     sco = jobs.add_parser("score", parents=[common], help="predictions of a stored model into Delta")
-    sco.add_argument("--model", help="model version, e.g. gbt/v3 or gbt/latest (default: score.model)")
+    sco.add_argument("--model", help="model version, e.g. gbt/v3, torch/latest (default: score.model)")
     sco.set_defaults(run=run_score)
 
     pipe = jobs.add_parser("pipeline", parents=[common], help="run every stage in order")

@@ -109,9 +109,39 @@ class TrainMllibConfig:
 
 
 @dataclass(frozen=True)
+class TrainTorchConfig:
+    """A DLRM trained with PyTorch DDP on Arrow shards of the feature table (train-torch).
+
+    Categorical ids are hashed into `features.hash_buckets`; each embedding table has
+    `embedding_rows` rows (row 0 = null) and larger ids fold into it by modulo inside the
+    model, so one shard export serves any table size. null = hash_buckets + 1 rows.
+    """
+
+    feature_version: int | None = None
+    num_processes: int = 2
+    local_mode: bool = True
+    use_gpu: bool | None = None  # null = torch.cuda.is_available() on the driver
+    backend: Literal["gloo", "nccl"] | None = None  # null = nccl on GPUs, else gloo
+    max_restarts: int = 1
+    epochs: int = 2
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    embedding_dim: int = 16
+    embedding_rows: int | None = 4096
+    bottom_mlp: list[int] = field(default_factory=lambda: [64])
+    top_mlp: list[int] = field(default_factory=lambda: [64, 32])
+    patience: int = 0
+    checkpoint_every: int = 1000
+    checkpoint_root: str | None = None  # null = <lakehouse>/checkpoints; a path all ranks see
+    deterministic: bool = False
+    seed: int = 0
+    num_threads: int | None = None  # torch threads per rank; null = cores / num_processes
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     model: str = "latest"
-    kind: Literal["mllib", "torch"] = "mllib"
     feature_version: int | None = None
 
 
@@ -138,6 +168,7 @@ class PipelineConfig:
     generate: GenerateConfig = GenerateConfig()
     features: FeaturesConfig = FeaturesConfig()
     train_mllib: TrainMllibConfig = TrainMllibConfig()
+    train_torch: TrainTorchConfig = TrainTorchConfig()
     score: ScoreConfig = ScoreConfig()
     spark: dict[str, str] = field(default_factory=dict)
     path: str = ""
@@ -169,6 +200,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     config = _build(PipelineConfig, raw, file, "")
     _check_source(config.source, file)
     _check_features(config.features, file)
+    _check_train_torch(config.train_torch, file)
     return config
 
 
@@ -294,3 +326,17 @@ def _check_features(spec: FeaturesConfig, file: str) -> None:
             raise ConfigError(f"{file}: features.windows[{i}]: {err}") from None
     if spec.hash_buckets < 2:
         raise ConfigError(f"{file}: features.hash_buckets: must be at least 2")
+
+
+def _check_train_torch(tt: TrainTorchConfig, file: str) -> None:
+    minimums = {"num_processes": 1, "max_restarts": 0, "epochs": 1, "batch_size": 1,
+                "embedding_dim": 1, "embedding_rows": 2, "checkpoint_every": 1, "num_threads": 1}
+    for key, least in minimums.items():
+        value = getattr(tt, key)
+        if value is not None and value < least:
+            raise ConfigError(f"{file}: train_torch.{key}: must be at least {least}, got {value}")
+    if tt.backend == "nccl" and tt.use_gpu is False:
+        raise ConfigError(f"{file}: train_torch.backend: nccl needs GPUs; use gloo or use_gpu: null")
+    if tt.checkpoint_root and "://" in tt.checkpoint_root:
+        raise ConfigError(f"{file}: train_torch.checkpoint_root: must be a path every rank can open "
+                          f"(local, NFS or a mount such as /dbfs), not the URI {tt.checkpoint_root!r}")

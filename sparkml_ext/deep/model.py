@@ -19,13 +19,19 @@ from sparkml_ext.deep.checkpoint import atomic_save
 
 @dataclass(frozen=True)
 class DLRMConfig:
-    """Shapes of the model. `embedding_sizes` has one table size per categorical column."""
+    """Shapes of the model. `embedding_sizes` has one table size per categorical column.
+
+    `fold_ids`: ids of hashed columns (1 + hash mod buckets, 0 = null) may exceed a table;
+    folded, id k >= 1 uses row 1 + (k - 1) mod (size - 1), as if hashed into fewer buckets,
+    and ids below the size keep their row. Not folded, ids outside a table are the unknown id 0.
+    """
 
     num_numeric: int
     embedding_sizes: tuple[int, ...]
     embedding_dim: int = 16
     bottom_mlp: tuple[int, ...] = (64,)
     top_mlp: tuple[int, ...] = (64, 32)
+    fold_ids: bool = False
 
     def __post_init__(self):
         if self.num_numeric < 0 or (self.num_numeric == 0 and not self.embedding_sizes):
@@ -35,6 +41,8 @@ class DLRMConfig:
                 f"embedding sizes and dim must be >= 1, got {self.embedding_sizes} "
                 f"and {self.embedding_dim}"
             )
+        if self.fold_ids and any(s < 2 for s in self.embedding_sizes):
+            raise ValueError(f"folding ids needs tables of >= 2 rows, got {self.embedding_sizes}")
 
     @classmethod
     def from_dict(cls, raw: dict) -> DLRMConfig:
@@ -82,8 +90,10 @@ class DLRM(nn.Module):
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         """numeric float [B, num_numeric], categorical int [B, columns] -> logits [B]."""
-        # ids outside a table (new categories, negative values) are the unknown id 0
-        ids = torch.where((categorical >= 0) & (categorical < self.table_sizes), categorical, 0)
+        if self.config.fold_ids:
+            ids = torch.where(categorical > 0, 1 + (categorical - 1) % (self.table_sizes - 1), 0)
+        else:  # ids outside a table (new categories, negative values) are the unknown id 0
+            ids = torch.where((categorical >= 0) & (categorical < self.table_sizes), categorical, 0)
         dense = [self.bottom(numeric)] if self.bottom is not None else []
         vectors = torch.stack(
             dense + [table(ids[:, i]) for i, table in enumerate(self.embeddings)], dim=1

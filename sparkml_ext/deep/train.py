@@ -53,6 +53,7 @@ class TrainConfig:
     chunk_rows: int = 8192  # unit of the per-epoch shuffled order of the shards
     num_workers: int = 0  # DataLoader worker processes per rank
     embedding_sizes: int | dict[str, int] | None = None  # table size per categorical column
+    fold_ids: bool = False  # larger hashed ids fold into a table by modulo (see DLRMConfig)
     embedding_dim: int = 16
     bottom_mlp: tuple[int, ...] = (64,)
     top_mlp: tuple[int, ...] = (64, 32)
@@ -202,6 +203,7 @@ class Trainer:
             embedding_dim=cfg.embedding_dim,
             bottom_mlp=cfg.bottom_mlp,
             top_mlp=cfg.top_mlp,
+            fold_ids=cfg.fold_ids,
         )
         self.model = DLRM(self.model_config).to(ctx.device)
         self.optimizer = torch.optim.AdamW(

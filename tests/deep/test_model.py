@@ -34,6 +34,18 @@ def test_ids_outside_a_table_are_the_unknown_id():
     assert torch.equal(model(numeric, strange), model(numeric, unknown))
 
 
+def test_folded_ids_share_rows_by_modulo_and_keep_null_and_in_table_ids():
+    model = DLRM(DLRMConfig(num_numeric=5, embedding_sizes=(10, 20, 30), fold_ids=True))
+    numeric, ids = inputs()
+    big = ids.clone()
+    big[:, 0] = torch.tensor([0, 1, 9, 10, 18, 10**12 + 1, -3, 5])
+    folded = ids.clone()  # 1 + (k - 1) mod 9; null (0) and negative ids stay the unknown id 0
+    folded[:, 0] = torch.tensor([0, 1, 9, 1, 9, 1 + 10**12 % 9, 0, 5])
+    assert torch.equal(model(numeric, big), model(numeric, folded))
+    with pytest.raises(ValueError, match="folding ids needs tables of >= 2 rows"):
+        DLRMConfig(num_numeric=1, embedding_sizes=(1,), fold_ids=True)
+
+
 def test_config_and_state_dict_rebuild_the_model(tmp_path):
     config = DLRMConfig(
         num_numeric=5,

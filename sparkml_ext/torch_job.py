@@ -1,0 +1,193 @@
+"""train-torch: a DLRM trained with PyTorch DDP on Arrow shards of a pinned feature-table version.
+
+The driver pins the feature-table version, exports the train and validation rows (the
+hash split of train-mllib, so both models are judged on the same test rows) as Arrow
+shards cached by (table, version, columns, filter), and runs `deep.train.train_worker`
+on DDP ranks through TorchDistributor. Checkpoints live in a folder named by the feature
+version and the config hash, so re-running a failed job resumes where it stopped. The
+test rows are scored on the executors and the model is stored as `torch/v<N>`.
+
+Embeddings: the feature table hashes categories into `features.hash_buckets` ids (about
+a million); 26 tables of that many rows would hold 26M x dim floats (1.7 GB at dim 16,
+three times that with AdamW's state), all-reduced densely at every step. Each table
+therefore has `train_torch.embedding_rows` rows and the model folds larger ids in by
+modulo, which is hashing into fewer buckets; the shards keep the full ids, so one export
+serves any table size. The default 4096 had the best validation AUC of 1k-64k rows on
+60k generated events, at 2.4x the speed of 16k (dense AdamW touches every row per step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+
+import pyarrow.fs as pafs
+import torch
+from pyspark.ml.evaluation import BinaryClassificationEvaluator
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from sparkml_ext import lake, modelstore
+from sparkml_ext.bridge import export_table, launch, pick_backend
+from sparkml_ext.config import ConfigError, PipelineConfig
+from sparkml_ext.deep.manifest import Manifest
+from sparkml_ext.deep.train import train_worker
+from sparkml_ext.features import feature_columns
+from sparkml_ext.mllib import SPLIT_TRAIN, SPLIT_VALIDATION, TrainError, bayes_optimal_auc, split_of
+from sparkml_ext.scoring import torch_predictions
+
+KIND = "torch"
+
+
+class TorchTrainError(TrainError):
+    """train-torch cannot start on this data: no feature table, an empty split, bad columns."""
+
+
+def split_filter(key: str, split: str) -> str:
+    """SQL selecting the rows `mllib.split_of(key)` puts in `split` (the shard export's filter)."""
+    u = f"pmod(xxhash64(`{key}`, 'split'), 10000)"
+    train, validation = round(SPLIT_TRAIN * 10_000), round(SPLIT_VALIDATION * 10_000)
+    return {"train": f"{u} < {train}", "validation": f"{u} >= {train} AND {u} < {validation}",
+            "test": f"{u} >= {validation}"}[split]
+
+
+def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
+    """Export, train on DDP ranks (resuming a checkpoint), evaluate, store; returns the card."""
+    started = time.monotonic()
+    tt, key, label = cfg.train_torch, cfg.source.key, cfg.features.label
+    table = cfg.table_path("features")
+    try:
+        data, version = lake.read_version(spark, table, tt.feature_version)
+    except FileNotFoundError:
+        raise TorchTrainError(f"no feature table at {table}: run `sparkml-ext features` first") from None
+    digest = config_hash(cfg, version)
+    shards = {s: _export(spark, cfg, table, version, s) for s in ("train", "validation")}
+    exported = time.monotonic()
+
+    use_gpu = torch.cuda.is_available() if tt.use_gpu is None else tt.use_gpu
+    checkpoints = _checkpoint_dir(cfg, version, digest)
+    config = worker_config(cfg, use_gpu, checkpoints)
+    result = launch(train_worker, shards["train"].root, config, shards["validation"].root,
+                    num_processes=tt.num_processes, local_mode=tt.local_mode, use_gpu=use_gpu,
+                    max_restarts=tt.max_restarts)
+    trained = result.value
+    launched = time.monotonic()
+
+    root = cfg.table_path("models")
+    staged = modelstore.staging(root, KIND)
+    pafs.copy_files(trained["model_path"], f"{staged}/model.pt")
+    test = data.where(split_of(key) == "test")
+    metrics = evaluate(torch_predictions(test, f"{staged}/model.pt", key, keep=[label]), label)
+    metrics["val_auc"] = trained["val_auc"][-1]
+    optimum = bayes_optimal_auc(spark, cfg, test, label)
+    if optimum is not None:
+        metrics["bayes_optimal_auc"] = optimum
+    evaluated = time.monotonic()
+
+    card = {
+        "model": KIND,
+        "feature_table": table,
+        "feature_version": version,
+        "label": label,
+        "rows": {"train": shards["train"].rows, "validation": shards["validation"].rows,
+                 "test": metrics["test_rows"]},
+        "config_hash": digest,
+        "params": config,
+        "shards": {split: manifest.root for split, manifest in shards.items()},
+        "metrics": metrics,
+        "epochs": {k: trained[k] for k in ("train_loss", "val_loss", "val_auc")},
+        "training": {k: trained[k] for k in
+                     ("steps", "stopped_early", "resumed_from_step", "world_size")},
+        "attempts": [asdict(a) for a in result.attempts],
+        "timings": {"export_seconds": round(exported - started, 1),
+                    "train_seconds": round(launched - exported, 1),
+                    "evaluate_seconds": round(evaluated - launched, 1),
+                    "total_seconds": round(time.monotonic() - started, 1)},
+        "rows_per_s": {"train_loop": round(trained["rows_per_s"]),
+                       "evaluate": round(metrics["test_rows"] / max(evaluated - launched, 1e-9))},
+        "created_unix": time.time(),
+    }
+    modelstore.write_json(f"{staged}/metrics.json", metrics)
+    modelstore.write_json(f"{staged}/card.json", card)
+    stored = modelstore.publish(root, KIND, staged)
+    card["model_version"] = stored.name
+    card["model_uri"] = stored.uri
+    return card
+
+
+def worker_config(cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str) -> dict:
+    """The `train_worker` config from `train_torch`: plain JSON values, the same on every rank."""
+    tt, buckets = cfg.train_torch, cfg.features.hash_buckets + 1  # ids 0 (null) .. hash_buckets
+    share = max(1, (os.cpu_count() or 1) // tt.num_processes)  # of the driver's cores, in local mode
+    threads = tt.num_threads or (share if tt.local_mode and not use_gpu else None)
+    passed = ("epochs", "batch_size", "lr", "weight_decay", "seed", "embedding_dim", "patience",
+              "checkpoint_every", "deterministic")
+    return {
+        **{k: getattr(tt, k) for k in passed},
+        "bottom_mlp": list(tt.bottom_mlp),
+        "top_mlp": list(tt.top_mlp),
+        "embedding_sizes": min(tt.embedding_rows or buckets, buckets),
+        "fold_ids": True,
+        "backend": pick_backend(use_gpu, tt.backend),
+        "num_threads": threads,
+        "checkpoint_dir": checkpoint_dir,
+        "output_dir": checkpoint_dir,
+    }
+
+
+def config_hash(cfg: PipelineConfig, version: int) -> str:
+    """What fixes the trained model: the feature spec, train_torch and the pinned version."""
+    sections = {"features": asdict(cfg.features), "train_torch": {**asdict(cfg.train_torch),
+                                                                 "feature_version": version}}
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def evaluate(scored: DataFrame, label: str) -> dict:
+    """`mllib.evaluate`'s holdout metrics from a click-probability column `score`."""
+    scored = scored.cache()
+    try:
+        auc = {m: BinaryClassificationEvaluator(labelCol=label, rawPredictionCol="score",
+                                                metricName=m).evaluate(scored)
+               for m in ("areaUnderROC", "areaUnderPR")}
+        p = F.least(F.greatest(F.col("score"), F.lit(1e-15)), F.lit(1 - 1e-15))
+        y = F.col(label).cast("double")
+        row = scored.agg(
+            F.avg(-(y * F.log(p) + (1 - y) * F.log(1 - p))).alias("log_loss"),
+            F.avg((F.col("prediction") == y).cast("double")).alias("accuracy"),
+            F.count(F.lit(1)).alias("rows"),
+        ).head()
+    finally:
+        scored.unpersist()
+    return {"auc_roc": auc["areaUnderROC"], "auc_pr": auc["areaUnderPR"],
+            "log_loss": row.log_loss, "accuracy": row.accuracy, "test_rows": row.rows}
+
+
+def _export(spark: SparkSession, cfg: PipelineConfig, table: str, version: int, split: str
+            ) -> Manifest:
+    columns = feature_columns(cfg.features)
+    try:
+        return export_table(
+            spark, table, version=version, numeric=columns["numeric"],
+            categorical=columns["categorical_ids"], label=cfg.features.label,
+            filter=split_filter(cfg.source.key, split), cache_root=f"{_lakehouse(cfg)}/shards",
+        )
+    except ValueError as err:  # missing columns, wrong types, a split without rows
+        raise TorchTrainError(f"cannot export the {split} rows of {table} v{version}: {err}"
+                              ) from None
+
+
+def _lakehouse(cfg: PipelineConfig) -> str:
+    return cfg.lakehouse.rstrip("/") if "://" in cfg.lakehouse else os.path.abspath(cfg.lakehouse)
+
+
+def _checkpoint_dir(cfg: PipelineConfig, version: int, digest: str) -> str:
+    root = cfg.train_torch.checkpoint_root or f"{_lakehouse(cfg)}/checkpoints"
+    if "://" in root:
+        raise ConfigError(
+            f"{cfg.path}: train_torch.checkpoint_root: ranks write checkpoints with plain file I/O "
+            f"and cannot use {root!r}; set a path every rank can open (NFS, /dbfs, a local disk)"
+        )
+    return os.path.join(os.path.abspath(root), KIND, f"{version}-{digest}")

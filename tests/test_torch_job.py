@@ -1,0 +1,144 @@
+"""train-torch and torch scoring on a small lakehouse: real Spark, Delta, TorchDistributor, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pyspark.sql import functions as F
+
+from sparkml_ext import modelstore
+from sparkml_ext.config import ConfigError, load_config
+from sparkml_ext.deep.model import load_model
+from sparkml_ext.features import build_features
+from sparkml_ext.generate import ClickSpec, generate_clicks
+from sparkml_ext.ingest import ingest_batch
+from sparkml_ext.mllib import split_of
+from sparkml_ext.scoring import _torch_model, score, torch_predictions
+from sparkml_ext.torch_job import TorchTrainError, evaluate, split_filter, train_torch
+
+pytestmark = pytest.mark.slow
+SPARK_SUBMIT = Path(sys.executable).with_name("spark-submit")
+SMALL = ["train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embedding_rows=1024",
+         "train_torch.checkpoint_every=5"]
+
+
+def _cfg(root: Path, *overrides: str):
+    return load_config("conf/pipelines/clicks.yaml",
+                       [f"lakehouse={root}/lake", f"source.path={root}/landing", *SMALL, *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(spark, tmp_path_factory):
+    """A 3,000-event lakehouse and one train-torch run on it (2 ranks, local mode)."""
+    root = tmp_path_factory.mktemp("torch")
+    cfg = _cfg(root)
+    generate_clicks(spark, ClickSpec(rows=3000), f"{root}/landing", cfg.table_path("truth"))
+    ingest_batch(spark, cfg, "batch-00000")
+    build_features(spark, cfg)
+    return root, train_torch(spark, cfg)
+
+
+def _files(folder: str) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def test_the_split_filter_selects_the_rows_of_split_of(spark, trained):
+    features = spark.read.format("delta").load(_cfg(trained[0]).table_path("features"))
+    splits = ("train", "validation", "test")
+    groups = features.groupBy(
+        split_of("event_id").alias("split"), *[F.expr(split_filter("event_id", s)).alias(s) for s in splits]
+    ).count().collect()
+    assert sorted(g.split for g in groups) == sorted(splits)  # each split has rows, one group each
+    for group in groups:
+        assert [group[s] for s in splits] == [s == group.split for s in splits]
+
+
+def test_train_torch_stores_a_model_that_reloads_with_weights_only(spark, trained):
+    root, card = trained
+    cfg = _cfg(root)
+    assert card["model_version"] == "torch/v1" and card["feature_version"] == 0
+    assert card["training"]["world_size"] == 2 and card["training"]["resumed_from_step"] == 0
+    assert [a["error"] for a in card["attempts"]] == [None]
+    assert len(card["epochs"]["val_auc"]) == 2 and card["params"]["embedding_sizes"] == 1024
+    losses = card["epochs"]
+    assert losses["train_loss"][1] < losses["train_loss"][0] and losses["val_loss"][-1] < 0.65
+    metrics = card["metrics"]
+    assert metrics["val_auc"] == card["epochs"]["val_auc"][-1]
+    assert 0.3 < metrics["auc_roc"] <= 1 and 0 < metrics["log_loss"] < 1.5
+    assert 0.6 < metrics["bayes_optimal_auc"] < 0.95
+    assert card["rows"]["train"] + card["rows"]["validation"] + card["rows"]["test"] == \
+        spark.read.format("delta").load(cfg.table_path("features")).count()
+    stored = Path(card["model_uri"])
+    assert json.loads((stored / "metrics.json").read_text()) == metrics
+    assert json.loads((stored / "card.json").read_text())["config_hash"] == card["config_hash"]
+
+    saved = torch.load(stored / "model.pt", weights_only=True)
+    assert set(saved) == {"state_dict", "config"}
+    config = load_model(stored / "model.pt")[1]
+    assert config["model"]["embedding_sizes"] == [1024] * 26 and config["model"]["fold_ids"]
+    assert len(config["columns"]["categorical"]) == 26
+
+    # The stored model, scored again on the executors, gives the card's test metrics.
+    test = spark.read.format("delta").load(cfg.table_path("features")).where(split_of("event_id") == "test")
+    again = evaluate(torch_predictions(test, str(stored / "model.pt"), "event_id", keep=["label"]), "label")
+    assert again["auc_roc"] == pytest.approx(metrics["auc_roc"], abs=1e-9)
+    assert again["log_loss"] == pytest.approx(metrics["log_loss"], abs=1e-6)
+    assert _torch_model(str(stored / "model.pt")) is _torch_model(str(stored / "model.pt"))
+
+
+def test_a_second_run_reuses_the_shards_and_resumes_the_finished_checkpoint(spark, trained):
+    root, first = trained
+    shards = _files(f"{root}/lake/shards")
+    assert len(shards) >= 4  # two manifests and their Arrow files
+    second = train_torch(spark, _cfg(root))
+    assert _files(f"{root}/lake/shards") == shards  # no export ran: nothing written or rewritten
+    assert second["shards"] == first["shards"] and second["config_hash"] == first["config_hash"]
+    assert second["training"]["resumed_from_step"] == first["training"]["steps"]
+    assert second["model_version"] == "torch/v2"
+    assert second["metrics"]["auc_roc"] == pytest.approx(first["metrics"]["auc_roc"], abs=1e-9)
+
+
+def test_scoring_with_the_torch_model_writes_one_prediction_per_row_once(spark, trained):
+    root, card = trained
+    cfg = _cfg(root)
+    rows = spark.read.format("delta").load(cfg.table_path("features")).count()
+    report = score(spark, cfg, card["model_version"])
+    assert report["rows"] == rows
+    score(spark, cfg, card["model_version"])
+    predictions = spark.read.format("delta").load(cfg.table_path("predictions")).where(
+        f"model = '{card['model_version']}'")
+    assert predictions.count() == rows and predictions.select("event_id").distinct().count() == rows
+    low, high, labels = predictions.selectExpr("min(score)", "max(score)",
+                                               "collect_set(prediction)").head()
+    assert 0 < low <= high < 1 and set(labels) <= {0.0, 1.0}
+
+
+def test_refusals_name_what_to_do(spark, tmp_path):
+    with pytest.raises(TorchTrainError, match="run `sparkml-ext features` first"):
+        train_torch(spark, _cfg(tmp_path))
+    with pytest.raises(ConfigError, match="train_torch.embedding_rows: must be at least 2"):
+        _cfg(tmp_path, "train_torch.embedding_rows=1")
+    with pytest.raises(ConfigError, match="train_torch.checkpoint_root: must be a path every rank"):
+        _cfg(tmp_path, "train_torch.checkpoint_root=s3://bucket/ckpt")
+
+
+def test_train_torch_via_spark_submit(trained):
+    root, _ = trained
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    command = [str(SPARK_SUBMIT), "--properties-file", "conf/spark/local.conf", "jobs/train_torch.py",
+               "--pipeline", "conf/pipelines/clicks.yaml", f"--set=lakehouse={root}/lake",
+               f"--set=source.path={root}/landing", *[f"--set={s}" for s in SMALL],
+               "--set=train_torch.epochs=1", "--set=train_torch.num_processes=2"]
+    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    printed = re.search(r"train-torch: (torch/v\d+) on .* auc_roc", result.stdout)
+    assert printed, result.stdout[-3000:]
+    versions = modelstore.versions(f"{root}/lake/models/clicks", "torch")
+    assert printed.group(1) == versions[-1].name
