@@ -53,10 +53,19 @@ class TrainError(RuntimeError):
     """Training cannot start on this data: no table, no rows, a label of the wrong type."""
 
 
+def split_sql(key: str) -> str:
+    """A row's split as SQL, 'train' / 'validation' / 'test', from a hash of its key.
+
+    Stable across runs, partitionings and clusters; SQL so that a shard export's filter
+    and a DataFrame's column are the same expression.
+    """
+    u = f"pmod(xxhash64(`{key}`, 'split'), 10000)"
+    return (f"CASE WHEN {u} < {round(SPLIT_TRAIN * 10_000)} THEN 'train' "
+            f"WHEN {u} < {round(SPLIT_VALIDATION * 10_000)} THEN 'validation' ELSE 'test' END")
+
+
 def split_of(key: str) -> Column:
-    """'train' / 'validation' / 'test' from a hash of the key: stable across runs and clusters."""
-    u = F.pmod(F.xxhash64(F.col(key), F.lit("split")), F.lit(10_000)) / 10_000.0
-    return F.when(u < SPLIT_TRAIN, "train").when(u < SPLIT_VALIDATION, "validation").otherwise("test")
+    return F.expr(split_sql(key))
 
 
 def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
@@ -215,20 +224,25 @@ def evaluate(model: PipelineModel, test: DataFrame, model_type: str, label: str)
         if model_type in REGRESSORS:
             return {m: RegressionEvaluator(labelCol=label, metricName=m).evaluate(scored)
                     for m in ("rmse", "mae", "r2")}
-        auc = {m: BinaryClassificationEvaluator(labelCol=label, rawPredictionCol="probability",
-                                                metricName=m).evaluate(scored)
-               for m in ("areaUnderROC", "areaUnderPR")}
-        p = F.least(F.greatest(vector_to_array("probability")[1], F.lit(1e-15)), F.lit(1 - 1e-15))
-        y = F.col(label).cast("double")
-        row = scored.agg(
-            F.avg(-(y * F.log(p) + (1 - y) * F.log(1 - p))).alias("log_loss"),
-            F.avg((F.col("prediction") == y).cast("double")).alias("accuracy"),
-            F.count(F.lit(1)).alias("rows"),
-        ).head()
-        return {"auc_roc": auc["areaUnderROC"], "auc_pr": auc["areaUnderPR"],
-                "log_loss": row.log_loss, "accuracy": row.accuracy, "test_rows": row.rows}
+        return binary_metrics(scored.withColumn("p_click", vector_to_array("probability")[1]), label, "p_click")
     finally:
         scored.unpersist()
+
+
+def binary_metrics(scored: DataFrame, label: str, probability: str) -> dict:
+    """AUC-ROC, AUC-PR, log loss and accuracy of a click-probability column (cache `scored` first)."""
+    auc = {m: BinaryClassificationEvaluator(labelCol=label, rawPredictionCol=probability,
+                                            metricName=m).evaluate(scored)
+           for m in ("areaUnderROC", "areaUnderPR")}
+    p = F.least(F.greatest(F.col(probability), F.lit(1e-15)), F.lit(1 - 1e-15))
+    y = F.col(label).cast("double")
+    row = scored.agg(
+        F.avg(-(y * F.log(p) + (1 - y) * F.log(1 - p))).alias("log_loss"),
+        F.avg((F.col("prediction") == y).cast("double")).alias("accuracy"),
+        F.count(F.lit(1)).alias("rows"),
+    ).head()
+    return {"auc_roc": auc["areaUnderROC"], "auc_pr": auc["areaUnderPR"],
+            "log_loss": row.log_loss, "accuracy": row.accuracy, "test_rows": row.rows}
 
 
 def bayes_optimal_auc(spark: SparkSession, cfg: PipelineConfig, test: DataFrame, label: str) -> float | None:

@@ -26,9 +26,7 @@ from dataclasses import asdict
 
 import pyarrow.fs as pafs
 import torch
-from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore
 from sparkml_ext.bridge import export_table, launch, pick_backend
@@ -36,7 +34,7 @@ from sparkml_ext.config import ConfigError, PipelineConfig
 from sparkml_ext.deep.manifest import Manifest
 from sparkml_ext.deep.train import train_worker
 from sparkml_ext.features import feature_columns
-from sparkml_ext.mllib import SPLIT_TRAIN, SPLIT_VALIDATION, TrainError, bayes_optimal_auc, split_of
+from sparkml_ext.mllib import TrainError, bayes_optimal_auc, binary_metrics, split_of, split_sql
 from sparkml_ext.scoring import torch_predictions
 
 KIND = "torch"
@@ -48,10 +46,7 @@ class TorchTrainError(TrainError):
 
 def split_filter(key: str, split: str) -> str:
     """SQL selecting the rows `mllib.split_of(key)` puts in `split` (the shard export's filter)."""
-    u = f"pmod(xxhash64(`{key}`, 'split'), 10000)"
-    train, validation = round(SPLIT_TRAIN * 10_000), round(SPLIT_VALIDATION * 10_000)
-    return {"train": f"{u} < {train}", "validation": f"{u} >= {train} AND {u} < {validation}",
-            "test": f"{u} >= {validation}"}[split]
+    return f"{split_sql(key)} = '{split}'"
 
 
 def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
@@ -149,20 +144,9 @@ def evaluate(scored: DataFrame, label: str) -> dict:
     """`mllib.evaluate`'s holdout metrics from a click-probability column `score`."""
     scored = scored.cache()
     try:
-        auc = {m: BinaryClassificationEvaluator(labelCol=label, rawPredictionCol="score",
-                                                metricName=m).evaluate(scored)
-               for m in ("areaUnderROC", "areaUnderPR")}
-        p = F.least(F.greatest(F.col("score"), F.lit(1e-15)), F.lit(1 - 1e-15))
-        y = F.col(label).cast("double")
-        row = scored.agg(
-            F.avg(-(y * F.log(p) + (1 - y) * F.log(1 - p))).alias("log_loss"),
-            F.avg((F.col("prediction") == y).cast("double")).alias("accuracy"),
-            F.count(F.lit(1)).alias("rows"),
-        ).head()
+        return binary_metrics(scored, label, "score")
     finally:
         scored.unpersist()
-    return {"auc_roc": auc["areaUnderROC"], "auc_pr": auc["areaUnderPR"],
-            "log_loss": row.log_loss, "accuracy": row.accuracy, "test_rows": row.rows}
 
 
 def _export(spark: SparkSession, cfg: PipelineConfig, table: str, version: int, split: str
