@@ -124,7 +124,7 @@ def generate_clicks(
             r["batch"]: r for r in events.groupBy("batch")
             .agg(F.count("*").alias("rows"), F.count("defect").alias("malformed"),
                  F.sum("p_click").alias("p_sum"))
-            .collect()
+            .collect()  # driver-ok: one row per batch
         }
     finally:
         events.unpersist()
