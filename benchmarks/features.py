@@ -1,0 +1,516 @@
+"""Features job vs row-at-a-time Python UDFs vs DuckDB, on the same bronze rows.
+
+Usage: python benchmarks/features.py [--rows 5000000] [--reuse] [--udf-rows 500000]
+
+Builds (or, with --reuse, reuses) a bronze Delta table of generated click events under
+data/generated/bench/features/ (parquet landing → ``ingest_batch``, timed), then times,
+one after the other in this one process:
+
+* ours: ``engineer`` into a no-op sink and into Parquet (compute without the MERGE), its
+  parts (scan only, row transforms only, windows only) and ``build_features`` into a
+  fresh feature table (the whole job: change detection, semi-join, dedup, Delta write);
+* the same features with one row-at-a-time (pickled, non-Arrow) Python ``@udf`` per
+  column transform — log1p/clip and null indicator per numeric, a hash per categorical —
+  while the per-user window aggregates stay native windows. It runs on a sample made of
+  whole users (so every sampled row keeps its full history and its aggregates equal the
+  full run's) and is extrapolated linearly to the full row count, as the output says;
+* DuckDB SQL over the bronze table's Parquet files at its current version (window
+  functions with RANGE frames on epoch seconds), written to Parquet: a single-node
+  reference with the same thread count.
+
+Outputs are checked to agree on random event ids before any ratio is printed. The last
+two lines are ``RATIO features_vs_python_udf`` and ``RATIO features_vs_duckdb``: the
+seconds of ours (``engineer`` → Parquet, the same sink as the others) over theirs;
+below 1 means ours is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+import zlib
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = ROOT / "conf" / "pipelines" / "clicks.yaml"
+WORK = ROOT / "data" / "generated" / "bench" / "features"
+BATCH = "batch-00000"
+TOLERANCE = 1e-9
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5_000_000, help="generated events (bronze rows)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse the bronze table of an earlier run with the same --rows/--seed")
+    parser.add_argument("--udf-rows", type=int, default=500_000,
+                        help="about this many rows (whole users) for the Python-UDF run; "
+                             ">= --rows runs it on every row with no extrapolation")
+    parser.add_argument("--check-rows", type=int, default=1000, help="event ids compared across engines")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--work", type=Path, default=WORK)
+    args = parser.parse_args(argv)
+    if args.rows < 1000:
+        parser.error("--rows must be at least 1000")
+    return args
+
+
+# ----------------------------------------------------------------------------- helpers
+
+class Clock:
+    """Wall-clock timings of named phases, with the 1-minute load average around each."""
+
+    def __init__(self, spark):
+        self.spark = spark
+        self.rows: list[dict] = []
+
+    def run(self, name: str, rows: int | None, fn, group: str | None = None):
+        sc = self.spark.sparkContext
+        sc.setJobGroup(group or name, name)
+        load_before = os.getloadavg()[0]
+        started = time.perf_counter()
+        try:
+            result = fn()
+        finally:
+            seconds = time.perf_counter() - started
+            sc.setJobGroup("bench-idle", "idle")
+        entry = {"name": name, "rows": rows, "seconds": seconds,
+                 "load": (load_before, os.getloadavg()[0]), "group": group or name}
+        self.rows.append(entry)
+        print(f"  .. {name}: {seconds:.1f} s (load {entry['load'][0]:.1f}→{entry['load'][1]:.1f})",
+              flush=True)
+        return result
+
+    def add(self, name: str, rows: int, seconds: float, note: str = "") -> None:
+        self.rows.append({"name": name, "rows": rows, "seconds": seconds, "load": None, "note": note})
+
+    def seconds(self, name: str) -> float:
+        return next(r["seconds"] for r in self.rows if r["name"] == name)
+
+
+def stage_report(spark, group: str, limit: int = 12) -> list[str]:
+    """Completed stages of one job group from Spark's status store (no UI needed)."""
+    from py4j.protocol import Py4JJavaError
+
+    sc = spark.sparkContext
+    store = sc._jsc.sc().statusStore()
+    lines = []
+    for job in sorted(sc.statusTracker().getJobIdsForGroup(group)):
+        info = sc.statusTracker().getJobInfo(job)
+        for stage_id in sorted(info.stageIds if info else []):
+            try:
+                s = store.lastStageAttempt(stage_id)
+            except Py4JJavaError:  # a skipped stage (its shuffle output was reused) has no attempt
+                continue
+            if s.status().toString() != "COMPLETE" or not s.submissionTime().isDefined():
+                continue
+            wall = (s.completionTime().get().getTime() - s.submissionTime().get().getTime()) / 1000
+            lines.append((wall, (
+                f"stage {stage_id:>4} job {job:>4} {wall:7.1f} s wall {s.executorRunTime() / 1000:7.1f} s task "
+                f"{s.numTasks():>4} tasks  in {s.inputRecords():>10,}  shuffle-read "
+                f"{s.shuffleReadRecords():>10,}  shuffle-write {s.shuffleWriteRecords():>10,}  "
+                f"out {s.outputRecords():>10,}  spill {s.diskBytesSpilled() / 2**20:6.0f} MiB  "
+                f"{s.name()[:60]}")))
+    total = sum(w for w, _ in lines)
+    shown = [line for _, line in sorted(lines, key=lambda x: -x[0])[:limit]]
+    return [f"  {len(lines)} stages, {total:.1f} s summed wall (largest first):"] + ["  " + x for x in shown]
+
+
+def plan_summary(df) -> tuple[str, str]:
+    """Operator counts of the physical plan (before adaptive execution) and the plan text."""
+    text = df._jdf.queryExecution().executedPlan().toString()
+    names = re.findall(r"(?m)^[\s:+\-|*]*(?:\(\d+\)\s*)?([A-Z][A-Za-z]+)", text)
+    counted: dict[str, int] = {}
+    for name in names:
+        counted[name] = counted.get(name, 0) + 1
+    keep = ["Exchange", "Sort", "Window", "SortMergeJoin", "ShuffledHashJoin", "BroadcastHashJoin",
+            "HashAggregate", "BatchEvalPython", "ArrowEvalPython", "Project", "Filter", "FileScan"]
+    return ", ".join(f"{k}×{counted[k]}" for k in keep if k in counted), text
+
+
+# ------------------------------------------------------------------------ bronze
+
+def configs(work: Path, features_table: Path):
+    from sparkml_ext.config import load_config
+
+    overrides = [f"lakehouse={work / 'lakehouse'}", f"source.path={work / 'landing'}",
+                 "source.format=parquet", f"tables.features={features_table}"]
+    return load_config(PIPELINE, overrides)
+
+
+def prepare_bronze(spark, cfg, args, clock: Clock) -> None:
+    from sparkml_ext import lake
+    from sparkml_ext.generate import ClickSpec, generate_clicks
+    from sparkml_ext.ingest import ingest_batch
+
+    marker = args.work / "bronze.json"
+    wanted = {"rows": args.rows, "seed": args.seed, "fmt": "parquet"}
+    bronze = cfg.table_path("bronze")
+    if args.reuse and marker.exists() and lake.is_delta(spark, bronze):
+        known = json.loads(marker.read_text())
+        if {k: known.get(k) for k in wanted} == wanted:
+            print(f"reusing bronze {bronze} ({known['accepted']:,} rows; generate "
+                  f"{known['generate_s']:.0f} s and ingest {known['ingest_s']:.0f} s when built)")
+            clock.add("generate (earlier run, reused)", args.rows, known["generate_s"], "reused")
+            clock.add("ingest_batch → bronze (earlier run, reused)", known["accepted"], known["ingest_s"],
+                      "reused")
+            return
+        print(f"--reuse: {marker} holds {known}, not {wanted}: rebuilding")
+    elif args.reuse:
+        print(f"--reuse: no bronze table from an earlier run under {args.work}: building it")
+    for sub in ("landing", "lakehouse", "bronze.json"):
+        target = args.work / sub
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    spec = ClickSpec(rows=args.rows, seed=args.seed, fmt="parquet")
+    gen = clock.run("generate (parquet landing)", args.rows,
+                    lambda: generate_clicks(spark, spec, str(args.work / "landing"), cfg.table_path("truth")))
+    report = clock.run("ingest_batch → bronze", args.rows, lambda: ingest_batch(spark, cfg, BATCH))
+    print(f"  {report.summary()}")
+    if report.accepted < args.rows:
+        print(f"  note: bronze holds {report.accepted:,} of {args.rows:,} generated rows")
+    marker.write_text(json.dumps({**wanted, "accepted": report.accepted, "generate_s": gen["seconds"],
+                                  "ingest_s": clock.seconds("ingest_batch → bronze")}))
+
+
+# ------------------------------------------------------------------- the baselines
+
+def gap_feature(spec) -> tuple[str, bool]:
+    """The name of the gap-to-previous-event feature and whether it is log1p'd.
+
+    The library renamed ``u_seconds_since_prev`` to ``u_log_seconds_since_prev`` (log1p of
+    the gap); follow whichever ``feature_columns`` names, so the baselines stay comparable.
+    """
+    from sparkml_ext.features import feature_columns
+
+    name = next(c for c in feature_columns(spec)["numeric"] if c.endswith("seconds_since_prev"))
+    return name, name.startswith("u_log_")
+
+
+def native_windows(spec, key: str, event_time: str) -> list:
+    """The per-user point-in-time aggregates as native windows (shared by the UDF baseline)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    seconds = F.col(event_time).cast("long")
+    by_user = Window.partitionBy(spec.entity).orderBy(seconds)
+    label = F.col(spec.label).cast("double")
+    columns = []
+    for name, width in spec.window_seconds().items():
+        frame = by_user.rangeBetween(-width, -1)
+        columns.append(F.count(label).over(frame).cast("int").alias(f"u_events_{name}"))
+        columns.append(F.coalesce(F.avg(label).over(frame), F.lit(0.0)).alias(f"u_click_rate_{name}"))
+        for c in spec.window_means:
+            log = F.log1p(F.greatest(F.coalesce(F.col(c).cast("double"), F.lit(0.0)), F.lit(0.0)))
+            columns.append(F.coalesce(F.avg(log).over(frame), F.lit(0.0)).alias(f"u_mean_{c}_{name}"))
+    horizon = max(spec.window_seconds().values())
+    gap = seconds - F.lag(seconds).over(Window.partitionBy(spec.entity).orderBy(seconds, F.col(key)))
+    recent = F.coalesce(gap <= horizon, F.lit(False))
+    name, logged = gap_feature(spec)
+    value = F.log1p(gap) if logged else gap.cast("double")
+    columns.append(F.when(recent, value).otherwise(-1.0).alias(name))
+    columns.append((~recent).cast("int").alias("u_no_recent_event"))
+    return columns
+
+
+def python_udf_features(events, spec, key: str, event_time: str):
+    """Per-row transforms as row-at-a-time Python UDFs (pickled rows, no Arrow).
+
+    The hash is zlib.crc32 (C, fast): Spark's xxhash64 has no stdlib twin, and a pure-Python
+    XXH64 would only make this baseline slower. So the ``*_id`` values differ from ours by
+    design; their null pattern (0 = null) is still compared.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import udf
+
+    clip, buckets = float(spec.clip), int(spec.hash_buckets)
+
+    @udf(returnType="double", useArrow=False)
+    def log_clip(value):
+        return min(math.log1p(max(value, 0.0)) if value is not None else 0.0, clip)
+
+    @udf(returnType="int", useArrow=False)
+    def is_null(value):
+        return 1 if value is None else 0
+
+    @udf(returnType="int", useArrow=False)
+    def hashed(value):
+        return 0 if value is None else zlib.crc32(value.encode("utf-8")) % buckets + 1
+
+    return events.select(
+        key, spec.entity, event_time, F.to_date(event_time).alias("event_date"), F.col(spec.label),
+        *[log_clip(F.col(c).cast("double")).alias(f"log_{c}") for c in spec.numeric],
+        *[is_null(F.col(c)).alias(f"isnull_{c}") for c in spec.numeric],
+        *native_windows(spec, key, event_time),
+        *[hashed(F.col(c)).alias(f"{c}_id") for c in spec.categorical],
+        *spec.categorical,
+    )
+
+
+def duckdb_sql(spec, key: str, event_time: str, files: list[str]) -> str:
+    """The same features in DuckDB SQL, on epoch seconds; DuckDB's own hash for the ids."""
+    def non_negative(c: str) -> str:
+        return f"greatest(coalesce(CAST({c} AS DOUBLE), 0.0), 0.0)"
+
+    windows, aggregates = [], []
+    for name, width in spec.window_seconds().items():
+        windows.append(f"w_{name} AS (PARTITION BY {spec.entity} ORDER BY _ts "
+                       f"RANGE BETWEEN {width} PRECEDING AND 1 PRECEDING)")
+        aggregates.append(f"CAST(count(_label) OVER w_{name} AS INTEGER) AS u_events_{name}")
+        aggregates.append(f"coalesce(avg(_label) OVER w_{name}, 0.0) AS u_click_rate_{name}")
+        aggregates += [f"coalesce(avg(ln(1 + {non_negative(c)})) OVER w_{name}, 0.0) AS u_mean_{c}_{name}"
+                       for c in spec.window_means]
+    horizon = max(spec.window_seconds().values())
+    gap = f"(_ts - lag(_ts) OVER (PARTITION BY {spec.entity} ORDER BY _ts, {key}))"
+    recent = f"coalesce({gap} <= {horizon}, false)"
+    gap_name, logged = gap_feature(spec)
+    gap_value = f"ln(1 + {gap})" if logged else f"CAST({gap} AS DOUBLE)"
+    columns = [
+        key, spec.entity, event_time, f"CAST({event_time} AS DATE) AS event_date", spec.label,
+        *[f"least(ln(1 + {non_negative(c)}), {float(spec.clip)}) AS log_{c}" for c in spec.numeric],
+        *[f"CAST({c} IS NULL AS INTEGER) AS isnull_{c}" for c in spec.numeric],
+        *aggregates,
+        f"CASE WHEN {recent} THEN {gap_value} ELSE -1.0 END AS {gap_name}",
+        f"CAST(NOT {recent} AS INTEGER) AS u_no_recent_event",
+        *[f"CAST(CASE WHEN {c} IS NULL THEN 0 ELSE hash({c}) % {spec.hash_buckets} + 1 END AS INTEGER) "
+          f"AS {c}_id" for c in spec.categorical],
+        *spec.categorical,
+    ]
+    file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    return (
+        f"SELECT {', '.join(columns)}\n"
+        f"FROM (SELECT *, CAST(epoch({event_time}) AS BIGINT) AS _ts, CAST({spec.label} AS DOUBLE) AS _label "
+        f"FROM read_parquet([{file_list}]))\n"
+        f"WINDOW {', '.join(windows)}"
+    )
+
+
+# ------------------------------------------------------------------- agreement
+
+def compare(reference, other, key: str, columns: list[str], ids_only: list[str]) -> tuple[int, list[str]]:
+    """Rows matched and the columns that disagree (numbers within TOLERANCE; ids: null pattern)."""
+    merged = reference.merge(other, on=key, suffixes=("", "__other"))
+    problems = []
+    for c in columns:
+        a, b = merged[c].astype("float64"), merged[f"{c}__other"].astype("float64")
+        bad = ~(((a - b).abs() <= TOLERANCE * a.abs().clip(lower=1.0)) | (a.isna() & b.isna()))
+        if bad.any():
+            row = merged[bad].iloc[0]
+            problems.append(f"{c}: {int(bad.sum())} rows differ, e.g. {row[key]}: {row[c]} vs {row[c + '__other']}")
+    for c in ids_only:
+        bad = (merged[c] == 0) != (merged[f"{c}__other"] == 0)
+        if bad.any():
+            problems.append(f"{c}: null pattern differs on {int(bad.sum())} rows")
+    return len(merged), problems
+
+
+def agreement(con, spark, cfg, out: Path, sample_ids: list[str], udf_ids: list[str],
+              features_table: str) -> list[tuple[bool | None, str]]:
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from sparkml_ext.features import feature_columns
+
+    key, spec = cfg.source.key, cfg.features
+    cols = feature_columns(spec)
+    numeric = cols["numeric"]
+    ids = cols["categorical_ids"]
+    window_cols = [c for c in numeric if c.startswith("u_")]
+
+    def read(path: Path, wanted: list[str]):
+        con.register("wanted_ids", pd.DataFrame({key: wanted}))
+        glob = str(path / "*.parquet") if path.is_dir() else str(path)
+        frame = con.execute(f"SELECT o.* FROM read_parquet('{glob}') o JOIN wanted_ids USING ({key})").df()
+        con.unregister("wanted_ids")
+        return frame
+
+    lines = []
+    ours = read(out / "ours.parquet", sample_ids)
+    duck = read(out / "duckdb.parquet", sample_ids)
+    matched, problems = compare(ours, duck, key, numeric, ids)
+    lines.append(verdict(f"ours vs duckdb on {matched}/{len(sample_ids)} random event ids, {len(numeric)} numeric "
+                         f"columns (incl. {', '.join(window_cols[:3])}, ...) + null pattern of {len(ids)} ids",
+                         matched == len(sample_ids), problems))
+    table = (spark.read.format("delta").load(features_table)
+             .where(F.col(key).isin(sample_ids)).select(key, *numeric, *ids).toPandas())
+    matched, problems = compare(ours, table, key, numeric + ids, [])
+    lines.append(verdict(f"ours (engineer → parquet) vs build_features' Delta table on {matched}/{len(sample_ids)} "
+                         "ids, all numeric and id columns", matched == len(sample_ids), problems))
+    udf = read(out / "udf.parquet", udf_ids)
+    ours_for_udf = read(out / "ours.parquet", udf_ids)
+    matched, problems = compare(ours_for_udf, udf, key, numeric, ids)
+    lines.append(verdict(f"ours (full table) vs python UDF (user sample) on {matched}/{len(udf_ids)} sampled event "
+                         f"ids, {len(numeric)} numeric columns + null pattern of ids (crc32 ≠ xxhash64 values)",
+                         matched == len(udf_ids), problems))
+    u = udf[window_cols].describe().loc[["mean", "max"]]
+    sanity = ("sample sanity: mean/max u_events_1d on the checked ids "
+              f"{ours['u_events_1d'].mean():.1f}/{ours['u_events_1d'].max()}; UDF sample "
+              f"{u.loc['mean', 'u_events_1d']:.1f}/{u.loc['max', 'u_events_1d']:.0f}")
+    lines.append((None, sanity))
+    return lines
+
+
+def verdict(what: str, complete: bool, problems: list[str]) -> tuple[bool, str]:
+    ok = complete and not problems
+    return ok, f"{what}: " + ("AGREE" if ok else "DISAGREE " + "; ".join(problems or ["rows missing"]))
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    import duckdb
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from sparkml_ext import lake
+    from sparkml_ext.features import build_features, engineer, feature_columns
+    from sparkml_ext.session import get_spark
+
+    args.work = args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    out = args.work / "out"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    features_table = out / "features_table"
+    spark = get_spark("bench-features")
+    spark.sparkContext.setLogLevel("ERROR")
+    cores = spark.sparkContext.defaultParallelism
+    cfg = configs(args.work, features_table)
+    spec, key, event_time = cfg.features, cfg.source.key, cfg.source.event_time
+    clock = Clock(spark)
+    print(f"benchmarks/features.py: rows={args.rows:,} seed={args.seed} work={args.work}")
+    print(f"spark {spark.version} master={spark.sparkContext.master} cores(os)={os.cpu_count()} "
+          f"shuffle.partitions={spark.conf.get('spark.sql.shuffle.partitions')} "
+          f"duckdb {duckdb.__version__}; load at start {os.getloadavg()}", flush=True)
+
+    prepare_bronze(spark, cfg, args, clock)
+    bronze_path = cfg.table_path("bronze")
+    bronze, version = lake.read_version(spark, bronze_path)
+    n = bronze.count()
+    print(f"bronze {bronze_path} v{version}: {n:,} rows, {len(bronze.inputFiles())} files", flush=True)
+
+    cols = feature_columns(spec)
+    row_cols = [c for c in cols["numeric"] if c.startswith(("log_", "isnull_"))] + cols["categorical_ids"]
+    window_cols = [c for c in cols["numeric"] if c.startswith("u_")]
+
+    def noop(df):
+        df.write.format("noop").mode("overwrite").save()
+
+    features = engineer(bronze, spec, key, event_time)
+    plans = {"engineer": plan_summary(features)}
+    # --- ours, by parts, then whole
+    clock.run("ours: scan only (bronze → noop)", n, lambda: noop(bronze))
+    clock.run("ours: row transforms only → noop", n, lambda: noop(features.select(key, *row_cols)))
+    clock.run("ours: windows only → noop", n, lambda: noop(features.select(key, *window_cols)))
+    clock.run("ours: engineer → noop", n, lambda: noop(features))
+    clock.run("ours: engineer → parquet", n, lambda: features.write.parquet(str(out / "ours.parquet")))
+    job = clock.run("ours: build_features (fresh table)", n, lambda: build_features(spark, cfg),
+                    group="build_features")
+    print(f"  {job.summary()}")
+
+    # --- Python UDFs on whole users, materialized first (untimed) so both sides read the same files
+    every = max(1, round(n / args.udf_rows)) if args.udf_rows < n else 1
+    if every > 1:
+        (bronze.where(F.pmod(F.xxhash64(spec.entity), F.lit(every)) == 0)
+         .write.parquet(str(out / "udf_sample_input")))
+        sample = spark.read.parquet(str(out / "udf_sample_input"))
+    else:
+        sample = bronze
+    m = sample.count()
+    udf_frame = python_udf_features(sample, spec, key, event_time)
+    plans["python_udf"] = plan_summary(udf_frame)
+    scope = f"users with xxhash64 % {every} == 0" if every > 1 else "all rows"
+    clock.run(f"python UDF → parquet ({scope})", m, lambda: udf_frame.write.parquet(str(out / "udf.parquet")),
+              group="python_udf")
+    udf_s = clock.seconds(f"python UDF → parquet ({scope})")
+    if every > 1:
+        clock.run("ours: engineer → parquet on the same sample", m,
+                  lambda: engineer(sample, spec, key, event_time).write.parquet(str(out / "ours_sample.parquet")))
+        udf_full = udf_s * n / m
+        clock.add(f"python UDF extrapolated ×{n / m:.2f} (linear)", n, udf_full, "extrapolated")
+    else:
+        udf_full = udf_s
+
+    # --- DuckDB over the bronze version's data files
+    files = [unquote(urlparse(f).path) if f.startswith("file:") else f
+             for f in DeltaTable.forPath(spark, bronze_path).toDF().inputFiles()]
+    con = duckdb.connect()
+    con.execute(f"SET threads = {cores}").fetchall()
+    con.execute("SET TimeZone = 'UTC'").fetchall()
+    con.execute("SET memory_limit = '4GB'").fetchall()  # = the embedded Spark driver's heap
+    con.execute(f"SET temp_directory = '{out / 'duckdb_tmp'}'").fetchall()
+    con.execute("SET preserve_insertion_order = false").fetchall()
+    sql = duckdb_sql(spec, key, event_time, files)
+    clock.run("duckdb: same SQL → parquet", n,
+              lambda: con.execute(f"COPY ({sql}) TO '{out / 'duckdb.parquet'}' (FORMAT parquet)").fetchall())
+    duck_rows = con.execute(f"SELECT count(*) FROM read_parquet('{out / 'duckdb.parquet'}')").fetchall()[0][0]
+
+    # --- agreement on random event ids (off the clock)
+    fraction = min(1.0, 3.0 * args.check_rows / n)
+    sample_ids = [r[0] for r in bronze.select(key).where(F.rand(args.seed) < fraction)
+                  .limit(args.check_rows).collect()]  # driver-ok: ~1,000 ids
+    udf_ids = [r[0] for r in spark.read.parquet(str(out / "udf.parquet")).select(key)
+               .where(F.rand(args.seed + 1) < min(1.0, 3.0 * args.check_rows / m))
+               .limit(args.check_rows).collect()]  # driver-ok
+    checks = agreement(con, spark, cfg, out, sample_ids, udf_ids, str(features_table))
+    agree = all(ok for ok, _ in checks if ok is not None)
+
+    # --- report
+    print()
+    print(f"{'phase':<62} {'rows':>11} {'seconds':>9} {'rows/s':>12}  load(1m) before→after")
+    for r in clock.rows:
+        load = f"{r['load'][0]:.1f}→{r['load'][1]:.1f}" if r["load"] else r.get("note", "")
+        print(f"{r['name']:<62} {r['rows']:>11,} {r['seconds']:>9.1f} {r['rows'] / r['seconds']:>12,.0f}  {load}")
+    print(f"(duckdb wrote {duck_rows:,} rows; spark.sql.execution.pythonUDF.arrow.enabled="
+          f"{spark.conf.get('spark.sql.execution.pythonUDF.arrow.enabled')}, UDFs pinned useArrow=False)")
+    print()
+    print("agreement:")
+    for _, line in checks:
+        print("  " + line)
+    print()
+    print("physical plans (before adaptive execution):")
+    for name, (summary, text) in plans.items():
+        print(f"  {name}: {summary}")
+    (out / "plans.txt").write_text("\n\n".join(f"== {k}\n{t}" for k, (_, t) in plans.items()))
+    print(f"  (full text in {out / 'plans.txt'})")
+    print()
+    print("build_features stages (Spark status store):")
+    for line in stage_report(spark, "build_features"):
+        print(line)
+    print("python UDF stages:")
+    for line in stage_report(spark, "python_udf", limit=4):
+        print(line)
+    print()
+    ours_s = clock.seconds("ours: engineer → parquet")
+    job_s = clock.seconds("ours: build_features (fresh table)")
+    duck_s = clock.seconds("duckdb: same SQL → parquet")
+    if every > 1:
+        ours_sample_s = clock.seconds("ours: engineer → parquet on the same sample")
+        print(f"RATIO features_vs_python_udf_on_sample {ours_sample_s / udf_s:.4f}")
+    print(f"RATIO build_features_vs_engineer_parquet {job_s / ours_s:.4f}")
+    print(f"RATIO build_features_vs_duckdb {job_s / duck_s:.4f}")
+    if not agree:
+        print("WARNING: outputs disagree (see above); the ratios below compare different results")
+    note = " (python UDF extrapolated linearly from the sample)" if every > 1 else ""
+    print(f"ours = engineer → parquet; python UDF and duckdb also → parquet{note}")
+    print(f"RATIO features_vs_python_udf {ours_s / udf_full:.4f}")
+    print(f"RATIO features_vs_duckdb {ours_s / duck_s:.4f}")
+    con.close()
+    spark.stop()
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
