@@ -87,15 +87,17 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
 
     pipeline, evaluator = build_pipeline(cfg, label)
     grid = _param_grid(pipeline.getStages()[-1], cfg)
-    fit_data = data.where(F.col("_split") != "test").cache()
     counts = {r["_split"]: r["count"] for r in data.groupBy("_split").count().collect()}  # driver-ok: 3 rows
     if counts.get("train", 0) == 0 or counts.get("test", 0) == 0:
         raise TrainError(f"feature table {table} v{version} has too few rows to split ({counts})")
 
+    fit_data = data.where(F.col("_split") != "test").cache()
     fitted_at = time.monotonic()
-    model, search = _search(pipeline, grid, evaluator, fit_data, tm, key)
+    try:
+        model, search = _search(pipeline, grid, evaluator, fit_data, tm, key)
+    finally:
+        fit_data.unpersist()
     fit_seconds = round(time.monotonic() - fitted_at, 1)
-    fit_data.unpersist()
     test = data.where(F.col("_split") == "test")
     metrics = evaluate(model, test, tm.model, label)
     optimum = bayes_optimal_auc(spark, cfg, test, label) if tm.model in CLASSIFIERS else None
