@@ -155,9 +155,11 @@ def build_pipeline(cfg: PipelineConfig, label: str) -> tuple[Pipeline, Evaluator
         ]
         estimator.set(estimator.standardization, False)
     else:
-        # Trees split frequency ids directly. Target encoding fitted on the training rows
-        # would leak: a value seen once encodes its own label, and a tree splits on that.
+        # Trees split the frequency ids as categories (nominal attributes, a bin per id).
+        # Target encoding fitted on the training rows would leak: a value seen once
+        # encodes its own label, and a tree splits on that.
         stages.append(VectorAssembler(inputCols=numeric + ids, outputCol="features"))
+        estimator.setMaxBins(max(estimator.getMaxBins(), tm.max_categories + 1))
     estimator.set(estimator.labelCol, label)
     _set_params(estimator, tm.params, cfg.path, "params")
     if tm.model in CLASSIFIERS:

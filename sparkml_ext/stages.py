@@ -170,6 +170,10 @@ class _LookupModel(Model, _ColumnsParams, _LearnedStatePersistence):
     def _fallback(self) -> Column:
         """The value for inputs missing from the table (unseen, rare or null)."""
 
+    def _output_metadata(self, column: str) -> dict | None:
+        """Spark ML attribute metadata for the output of input ``column``, if any."""
+        return None
+
     def _learned_state(self) -> tuple[dict[str, Any], DataFrame | None]:
         return {}, self.table
 
@@ -183,7 +187,12 @@ class _LookupModel(Model, _ColumnsParams, _LearnedStatePersistence):
             )
             out = out.join(F.broadcast(lookup), F.col(src).cast("string") == F.col(key), "left")
             out = out.drop(key)
-        return out.withColumns({dst: F.coalesce(F.col(dst), self._fallback()) for _, dst in pairs})
+        out = out.withColumns({dst: F.coalesce(F.col(dst), self._fallback()) for _, dst in pairs})
+        for src, dst in pairs:
+            metadata = self._output_metadata(src)
+            if metadata is not None:
+                out = out.withMetadata(dst, metadata)
+        return out
 
 
 class _FrequencyEncoderParams(_ColumnsParams):
@@ -246,16 +255,35 @@ class FrequencyEncoder(
         )
         # localCheckpoint: the model is the learned table, not a plan over the training data
         # (it lives on the executors until saved; save models you keep).
-        return self._copyValues(FrequencyEncoderModel(vocabulary.localCheckpoint()))
+        table = vocabulary.localCheckpoint()
+        kept = {r["column"]: r["count"] for r in table.groupBy("column").count().collect()}  # driver-ok: a row per column
+        sizes = {c: kept.get(c, 0) + 1 for c in self.getInputCols()}
+        return self._copyValues(FrequencyEncoderModel(table, sizes))
 
 
 class FrequencyEncoderModel(_LookupModel, _FrequencyEncoderParams):
-    """Learned ``table`` (column, value, count, id); unseen, rare and null values get 0."""
+    """Learned ``table`` (column, value, count, id) and ``sizes`` (ids per column, 0 included).
+
+    Unseen, rare and null values get 0. Like StringIndexer's, the outputs carry nominal
+    ML attributes with ``sizes[column]`` values: OneHotEncoder takes its width from them,
+    and tree learners split them as categories (which needs maxBins >= the largest size)
+    instead of as numbers whose order means nothing.
+    """
 
     _stat = "id"
 
+    def __init__(self, table: DataFrame, sizes: dict[str, int]) -> None:
+        super().__init__(table)
+        self.sizes = sizes
+
     def _fallback(self) -> Column:
         return F.lit(OOV_ID)
+
+    def _learned_state(self) -> tuple[dict[str, Any], DataFrame | None]:
+        return {"sizes": self.sizes}, self.table
+
+    def _output_metadata(self, column: str) -> dict | None:
+        return {"ml_attr": {"type": "nominal", "num_vals": self.sizes[column]}}
 
 
 class _TargetEncoderParams(_ColumnsParams, HasLabelCol):

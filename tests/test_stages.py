@@ -73,7 +73,10 @@ def test_frequency_encoder_ids(spark, min_count, max_categories, city_ids, devic
         "city string, device string, city_id int not null, device_id int not null",
     )
     transformed = model.transform(spark.createDataFrame(fresh, "city string, device string"))
-    assert_df_equality(transformed, expected, ignore_row_order=True)
+    assert_df_equality(transformed, expected, ignore_row_order=True, ignore_metadata=True)
+    # Nominal attributes sized by the kept vocabulary (+1 for the out-of-vocabulary id 0).
+    assert model.sizes == {"city": max(city_ids.values()) + 1, "device": max(device_ids.values()) + 1}
+    assert transformed.schema["city_id"].metadata == {"ml_attr": {"type": "nominal", "num_vals": model.sizes["city"]}}
 
 
 # --- TargetEncoder ------------------------------------------------------------------------
