@@ -127,6 +127,7 @@ def worker_config(cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str) -> di
         "embedding_sizes": min(tt.embedding_rows or buckets, buckets),
         "fold_ids": True,
         "backend": pick_backend(use_gpu, tt.backend),
+        "device": "cuda" if use_gpu else "cpu",
         "num_threads": threads,
         "checkpoint_dir": checkpoint_dir,
         "output_dir": checkpoint_dir,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -51,6 +53,42 @@ def _numeric_widths(
         else None
         for name in numeric
     }
+
+
+def _read_ahead(source: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """`source`'s items, produced by a thread up to `depth` items ahead; its errors re-raised."""
+    ready: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in source:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as error:  # handed to the consumer, which raises it
+            put(error)
+
+    thread = threading.Thread(target=produce, name="shard-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:  # also when the consumer stops early: the producer exits at its next put
+        stop.set()
+        thread.join()
 
 
 class ShardDataset(IterableDataset):
@@ -131,14 +169,26 @@ class ShardDataset(IterableDataset):
             )
         self.epoch, self._batches_done = int(state["epoch"]), int(state["batches_done"])
 
-    def batches(self, num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
-        """The rest of the epoch through a DataLoader, advancing the stored position per batch."""
-        if num_workers == 0 and not pin_memory:
-            source = iter(self)  # a DataLoader would only re-wrap each ready batch
-        else:
-            source = DataLoader(
-                self, batch_size=None, num_workers=num_workers, pin_memory=pin_memory
+    def batches(
+        self, num_workers: int = 0, pin_memory: bool = False, read_ahead: int = 0
+    ) -> Iterator[Batch]:
+        """The rest of the epoch, advancing the stored position per batch handed over.
+
+        With `num_workers`, DataLoader worker processes make the batches. Without, this
+        process does, and `read_ahead` > 0 makes them (and pins them) in a thread up to
+        that many batches ahead, so that reading overlaps the training step: the copies
+        release the GIL, and on a GPU there is no inter-process hand-off to pay for.
+        """
+        if num_workers:
+            source = iter(
+                DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
             )
+        else:
+            source = iter(self)
+            if pin_memory:
+                source = ({k: v.pin_memory() for k, v in b.items()} for b in source)
+            if read_ahead:
+                source = _read_ahead(source, read_ahead)
         for batch in source:
             self._batches_done += 1  # before handing it over: a checkpoint taken after it counts it
             yield batch

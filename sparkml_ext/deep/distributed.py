@@ -28,22 +28,38 @@ class Context:
         return self.rank == 0
 
 
-def init(backend: str | None = None) -> Context:
-    """Join the process group described by the environment (nccl on GPUs, else gloo)."""
-    cuda = torch.cuda.is_available()
+def init(backend: str | None = None, device: str = "auto") -> Context:
+    """Join the process group described by the environment (nccl on GPUs, else gloo).
+
+    `device` "auto" trains on this rank's GPU (LOCAL_RANK) when CUDA is available, else
+    on the CPU; "cpu" and "cuda" force one.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"config key 'device' must be auto, cpu or cuda, not {device!r}")
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda and not local_rank < torch.cuda.device_count():
+        raise RuntimeError(
+            f"rank with LOCAL_RANK={local_rank} has no GPU of its own: "
+            f"{torch.cuda.device_count()} visible; run one process per GPU or set device: cpu"
+        )
+    target = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(target)
     if "WORLD_SIZE" not in os.environ:
-        return Context(0, 1, 0, device, distributed=False)
+        return Context(0, 1, 0, target, distributed=False)
     dist.init_process_group(backend or ("nccl" if cuda else "gloo"))
-    return Context(dist.get_rank(), dist.get_world_size(), local_rank, device, distributed=True)
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank, target, distributed=True)
 
 
 def shutdown(ctx: Context) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def backend(ctx: Context) -> str | None:
+    """The process group's backend (nccl, gloo), or None for a single process."""
+    return dist.get_backend() if ctx.distributed else None
 
 
 def all_sum(ctx: Context, values: torch.Tensor) -> torch.Tensor:

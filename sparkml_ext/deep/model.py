@@ -1,7 +1,9 @@
 """A DLRM-style click model built from a plain config, so `state_dict` + config rebuild it.
 
-Each categorical column has its own embedding table; a bottom MLP maps the numeric
-features into the same space; the pairwise dot products of all these vectors, next to
+Each categorical column has its own embedding table, and the tables are rows of one
+tensor looked up once per batch (one kernel instead of one per column, which is what
+bounds a small model's step on a GPU); a bottom MLP maps the numeric features into the
+same space; the pairwise dot products of all these vectors, next to
 the bottom output, feed a top MLP that gives one logit per row.
 """
 
@@ -73,10 +75,10 @@ class DLRM(nn.Module):
         super().__init__()
         self.config = config
         d = config.embedding_dim
-        self.embeddings = nn.ModuleList(nn.Embedding(size, d) for size in config.embedding_sizes)
-        self.register_buffer(
-            "table_sizes", torch.tensor(config.embedding_sizes, dtype=torch.int64), persistent=False
-        )
+        sizes = torch.tensor(config.embedding_sizes, dtype=torch.int64)
+        self.embedding = nn.Embedding(int(sizes.sum()), d) if len(sizes) else None
+        self.register_buffer("table_sizes", sizes, persistent=False)
+        self.register_buffer("table_starts", sizes.cumsum(0) - sizes, persistent=False)
         self.bottom = (
             _mlp([config.num_numeric, *config.bottom_mlp, d], last_activation=True)
             if config.num_numeric
@@ -95,17 +97,22 @@ class DLRM(nn.Module):
         else:  # ids outside a table (new categories, negative values) are the unknown id 0
             ids = torch.where((categorical >= 0) & (categorical < self.table_sizes), categorical, 0)
         dense = [self.bottom(numeric)] if self.bottom is not None else []
-        vectors = torch.stack(
-            dense + [table(ids[:, i]) for i, table in enumerate(self.embeddings)], dim=1
-        )
+        parts = [d.unsqueeze(1) for d in dense]
+        if self.embedding is not None:
+            parts.append(self.embedding(ids + self.table_starts))
+        vectors = torch.cat(parts, dim=1)
         dots = torch.bmm(vectors, vectors.transpose(1, 2))[:, self.pairs[0], self.pairs[1]]
         return self.top(torch.cat([*dense, dots], dim=1)).squeeze(1)
 
 
 def save_model(model: DLRM, path: str | os.PathLike, columns: dict[str, Any]) -> None:
-    """Write {"state_dict", "config"} atomically; `columns` says which inputs it was trained on."""
+    """Write {"state_dict", "config"} atomically; `columns` says which inputs it was trained on.
+
+    The weights are stored on the CPU, so a model trained on GPUs loads anywhere.
+    """
     config = {"model": model.config.to_dict(), "columns": columns}
-    atomic_save({"state_dict": model.state_dict(), "config": config}, path)
+    weights = {name: t.detach().cpu() for name, t in model.state_dict().items()}
+    atomic_save({"state_dict": weights, "config": config}, path)
 
 
 def load_model(

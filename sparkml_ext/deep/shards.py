@@ -1,4 +1,7 @@
-"""Reading the Arrow IPC shards Spark wrote: where they live and how a column becomes numpy.
+"""The Arrow IPC shards: reading what Spark wrote, and writing them from plain Arrow.
+
+`write_shards` is for producers without Spark (a pyarrow table, a benchmark on a GPU
+machine with no JVM); it writes the same files and manifest as `bridge.export_table`.
 
 Local shards are memory-mapped, so a rank touches only the pages it reads and several
 DataLoader workers share one copy in the page cache; other URIs (s3://, hdfs://, ...)
@@ -16,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest
+from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest, ShardFile
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -41,6 +44,43 @@ def read_manifest(location: str) -> Manifest:
             return Manifest.from_json(f.read().decode("utf-8"))
     except FileNotFoundError:
         raise _vanished("manifest", path) from None
+
+
+def write_shards(
+    root: str | os.PathLike,
+    table: pa.Table,
+    files: int = 1,
+    *,
+    numeric: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+    label: str | None = None,
+    batch_rows: int = 65536,
+    source: dict | None = None,
+) -> str:
+    """Split `table` into `files` local IPC files of `batch_rows`-row batches; the manifest's path."""
+    os.makedirs(root, exist_ok=True)
+    bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
+    shards = []
+    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        name = f"part-{i:05d}.arrow"
+        path = os.path.join(root, name)
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            for batch in table.slice(lo, hi - lo).to_batches(max_chunksize=batch_rows):
+                writer.write_batch(batch)
+        shards.append(ShardFile(name, int(hi - lo), os.path.getsize(path)))
+    manifest = Manifest(
+        str(root),
+        tuple(shards),
+        {f.name: str(f.type) for f in table.schema},
+        tuple(numeric),
+        tuple(categorical),
+        label,
+        source or {"table": "pyarrow"},
+    )
+    path = os.path.join(root, MANIFEST_NAME)
+    with open(path, "w") as f:
+        f.write(manifest.to_json())
+    return path
 
 
 class ShardReader:

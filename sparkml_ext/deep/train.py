@@ -64,6 +64,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     output_dir: str | None = None  # model.pt goes here; None = not saved
     backend: str | None = None  # None = nccl with CUDA, else gloo
+    device: str = "auto"  # auto (this rank's GPU when CUDA is available) | cpu | cuda
     precision: str = "auto"  # auto (bf16, else fp16, on GPU; fp32 on CPU) | fp32 | bf16 | fp16
     deterministic: bool = False  # seeded, deterministic kernels, one CPU thread
     num_threads: int | None = None  # torch intra-op threads per process; None = torch's default
@@ -124,11 +125,11 @@ def train_worker(
 
     Returns the metrics (the same on every rank): epochs, steps, train_loss, val_loss,
     val_auc, best_val_loss, stopped_early, rows_per_s, resumed_from_step, world_size,
-    model_path.
+    device (rank 0's), backend, precision (of the forward pass), model_path.
     """
     cfg = TrainConfig.from_dict(config)
     _configure_torch(cfg)
-    ctx = distributed.init(cfg.backend)
+    ctx = distributed.init(cfg.backend, cfg.device)
     try:
         val = read_manifest(val_manifest) if val_manifest else None
         return Trainer(ctx, cfg, read_manifest(train_manifest), val).run()
@@ -207,11 +208,17 @@ class Trainer:
         )
         self.model = DLRM(self.model_config).to(ctx.device)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            self.model.parameters(),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            fused=ctx.device.type == "cuda",  # one kernel for all parameters
         )
         self.amp_dtype = _autocast_dtype(cfg.precision, ctx.device)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
         self.pin_memory = ctx.device.type == "cuda"
+        # on a GPU the loader reads in a thread while kernels run; on CPUs it would only
+        # take cores from the step
+        self.read_ahead = 4 if self.pin_memory else 0
         self.progress = Progress()
         # this rank's [loss sum, rows] since the last fold into the progress
         self.pending = torch.zeros(2, dtype=torch.float64, device=ctx.device)
@@ -302,7 +309,7 @@ class Trainer:
         while data.epoch < cfg.epochs and not progress.stopped_early:
             ddp.train()
             started = time.perf_counter()
-            for batch in data.batches(cfg.num_workers, self.pin_memory):
+            for batch in data.batches(cfg.num_workers, self.pin_memory, self.read_ahead):
                 self.pending += self._step(ddp, _to(batch, ctx.device))
                 progress.step += 1
                 if cfg.checkpoint_dir and progress.step % cfg.checkpoint_every == 0:
@@ -325,6 +332,9 @@ class Trainer:
             "rows_per_s": rows / seconds if seconds else 0.0,
             "resumed_from_step": resumed_from,
             "world_size": ctx.world_size,
+            "device": str(ctx.device),
+            "backend": distributed.backend(ctx),
+            "precision": str(self.amp_dtype or torch.float32).removeprefix("torch."),
             "model_path": distributed.broadcast(ctx, self._save_model()),
         }
 
@@ -380,7 +390,7 @@ class Trainer:
         self.model.eval()
         self.val.set_epoch(0)
         logits, labels = [], []
-        for batch in self.val.batches(self.cfg.num_workers, self.pin_memory):
+        for batch in self.val.batches(self.cfg.num_workers, self.pin_memory, self.read_ahead):
             batch = _to(batch, self.ctx.device)
             with self._autocast():
                 logits.append(self.model(batch["numeric"], batch["categorical"]).float())

@@ -1,4 +1,4 @@
-"""Arrow IPC shards + manifest written with pyarrow alone, as the Spark side would write them."""
+"""Synthetic click shards for the torch-side tests, written with pyarrow alone."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest, ShardFile
+from sparkml_ext.deep.shards import write_shards as _write_shards
 
 
 def write_shards(
@@ -19,25 +19,12 @@ def write_shards(
     label: str | None = None,
     batch_rows: int = 100,
 ) -> Path:
-    """Split `table` into `files` IPC files of `batch_rows`-row batches; the manifest's path."""
-    root.mkdir(parents=True, exist_ok=True)
-    bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
-    shards = []
-    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
-        name = f"part-{i:05d}.arrow"
-        with (
-            pa.OSFile(str(root / name), "wb") as sink,
-            pa.ipc.new_file(sink, table.schema) as writer,
-        ):
-            for batch in table.slice(lo, hi - lo).to_batches(max_chunksize=batch_rows):
-                writer.write_batch(batch)
-        shards.append(ShardFile(name, int(hi - lo), (root / name).stat().st_size))
-    schema = {f.name: str(f.type) for f in table.schema}
-    manifest = Manifest(
-        str(root), tuple(shards), schema, numeric, categorical, label, {"table": "test"}
+    """Small shards (several record batches per file) of a test table; the manifest's path."""
+    path = _write_shards(
+        root, table, files, numeric=numeric, categorical=categorical, label=label,
+        batch_rows=batch_rows, source={"table": "test"},
     )
-    (root / MANIFEST_NAME).write_text(manifest.to_json())
-    return root / MANIFEST_NAME
+    return Path(path)
 
 
 def click_table(rows: int, seed: int = 0) -> pa.Table:

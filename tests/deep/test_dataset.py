@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import threading
 
 import pyarrow as pa
 import pytest
@@ -190,3 +191,42 @@ def test_vanished_shards_say_so(clicks, tmp_path):
         read_manifest(str(path.parent))
     with pytest.raises(FileNotFoundError, match=r"part-00000\.arrow does not exist"):
         ShardDataset.from_manifest(manifest, **SMALL)
+
+
+def test_read_ahead_thread_gives_the_same_batches_and_position(clicks):
+    ds = ShardDataset.from_manifest(read_manifest(str(clicks(rows=700))), batch_size=64)
+    expected = list(ds.batches())
+    ds.set_epoch(0)
+    got = []
+    for batch in ds.batches(read_ahead=3):
+        got.append(batch)
+        if len(got) == 4:
+            break  # the consumer stops early: the thread must end, the position say 4
+    assert ds.state_dict() == {"epoch": 0, "batches_done": 4}
+    got += list(ds.batches(read_ahead=3))  # the rest of the epoch, resumed
+    assert len(got) == len(expected) == 11
+    for want, batch in zip(expected, got, strict=True):
+        assert all(torch.equal(want[k], batch[k]) for k in want)
+    assert not [t for t in threading.enumerate() if t.name == "shard-read-ahead"]
+
+
+def test_read_ahead_thread_raises_the_readers_error(clicks):
+    path = clicks(rows=300)
+    ds = ShardDataset.from_manifest(read_manifest(str(path)), batch_size=64, shuffle=False)
+    for shard in path.parent.glob("*.arrow"):
+        shard.unlink()
+    with pytest.raises(FileNotFoundError, match="vanished"):
+        list(ds.batches(read_ahead=2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pinned_batches_copy_to_the_gpu_unchanged(clicks, workers):
+    ds = ShardDataset.from_manifest(read_manifest(str(clicks(rows=500))), batch_size=64)
+    expected = list(ds.batches())
+    ds.set_epoch(0)
+    for want, got in zip(expected, ds.batches(workers, True, 2 - workers), strict=True):
+        assert all(t.is_pinned() for t in got.values())
+        on_gpu = {k: v.to("cuda", non_blocking=True) for k, v in got.items()}
+        for key in want:
+            assert torch.equal(on_gpu[key].cpu(), want[key])

@@ -27,6 +27,7 @@ from sparkml_ext.deep.model import load_model
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 ROWS = 2 * 64 * 20 + 1  # ranks get 1280 and 1281 rows: 20 and 21 batches of 64
 CONFIG = dict(
+    device="cpu",  # the weights-equal checks need deterministic CPU kernels
     epochs=3,
     batch_size=64,
     embedding_sizes=64,
@@ -46,9 +47,14 @@ def die_with_parent() -> None:
 
 
 def torchrun(
-    tmp: Path, name: str, config: dict, stall_at: int | None = None, timeout: float = 180
+    tmp: Path,
+    name: str,
+    config: dict,
+    stall_at: int | None = None,
+    timeout: float = 180,
+    ranks: int = 2,
 ) -> dict:
-    """Run ddp_run.py on 2 ranks; with `stall_at`, SIGKILL every process once rank 0 stalls."""
+    """Run ddp_run.py on `ranks` ranks; with `stall_at`, SIGKILL every process once rank 0 stalls."""
     shards = tmp / "shards"
     out = tmp / f"{name}.json"
     run_config = {
@@ -63,7 +69,7 @@ def torchrun(
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node",
-        "2",
+        str(ranks),
         str(SCRIPT),
         str(shards / "train" / "_manifest.json"),
         str(shards / "val"),
@@ -119,6 +125,7 @@ def ddp(tmp_path_factory):
 def test_two_ranks_learn_and_save_a_safe_model(ddp):
     tmp, metrics = ddp
     assert metrics["world_size"] == 2 and metrics["steps"] == STEPS and metrics["epochs"] == 3
+    assert (metrics["backend"], metrics["device"], metrics["precision"]) == ("gloo", "cpu", "float32")
     assert metrics["train_loss"][-1] < metrics["train_loss"][0]
     assert metrics["val_loss"][-1] < metrics["val_loss"][0]
     assert metrics["val_auc"][-1] > 0.6
@@ -145,3 +152,16 @@ def test_killed_run_resumes_to_the_same_weights(ddp):
     assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+def test_a_rank_on_the_gpu_uses_nccl_and_mixed_precision(ddp):
+    tmp, _ = ddp
+    config = {**CONFIG, "device": "auto", "deterministic": False}
+    metrics = torchrun(tmp, "gpu", config, ranks=1)
+    assert (metrics["backend"], metrics["device"]) == ("nccl", "cuda:0")
+    assert metrics["precision"] in ("bfloat16", "float16")
+    assert metrics["world_size"] == 1 and metrics["epochs"] == 3
+    assert metrics["val_auc"][-1] > 0.6 and metrics["val_loss"][-1] < metrics["val_loss"][0]
+    model, _ = load_model(metrics["model_path"])  # saved from the GPU, loaded on the CPU
+    assert next(model.parameters()).device.type == "cpu"

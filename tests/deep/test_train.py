@@ -6,7 +6,14 @@ import torch
 from sparkml_ext.deep.checkpoint import list_checkpoints
 from sparkml_ext.deep.train import train_worker
 
-BASE = dict(batch_size=64, embedding_sizes=64, shuffle_buffer=256, chunk_rows=128, num_threads=1)
+BASE = dict(
+    device="cpu",  # exact-loss comparisons need deterministic CPU kernels; see test_gpu.py
+    batch_size=64,
+    embedding_sizes=64,
+    shuffle_buffer=256,
+    chunk_rows=128,
+    num_threads=1,
+)
 
 
 def test_config_errors_name_the_key(clicks):
@@ -62,3 +69,17 @@ def test_a_changed_data_plan_restarts_the_interrupted_epoch(clicks, tmp_path, ca
     again = train_worker(train, {**config, "batch_size": 32})  # 10 batches per epoch now
     assert "the data plan changed" in caplog.text
     assert again["resumed_from_step"] == 3 and again["steps"] == 3 + 10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+def test_trains_on_the_gpu_with_pinned_batches_and_mixed_precision(clicks, tmp_path):
+    train, val = str(clicks(rows=4000)), str(clicks(rows=1000, seed=1, name="val"))
+    config = {**BASE, "device": "cuda", "epochs": 3, "lr": 3e-3, "output_dir": str(tmp_path)}
+    gpu = train_worker(train, config, val)
+    cpu = train_worker(train, {**config, "device": "cpu", "output_dir": None}, val)
+    assert (gpu["device"], gpu["backend"]) == ("cuda:0", None)
+    assert gpu["precision"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    assert gpu["val_auc"][-1] == pytest.approx(cpu["val_auc"][-1], abs=0.02)
+    assert gpu["val_auc"][-1] > 0.8
+    saved = torch.load(gpu["model_path"], weights_only=True)
+    assert all(t.device.type == "cpu" for t in saved["state_dict"].values())
