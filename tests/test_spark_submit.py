@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from clickdata import line, write_batch
+from shipping import report_of, submit
 
 pytestmark = pytest.mark.slow
-SPARK_SUBMIT = Path(sys.executable).with_name("spark-submit")
-
-
-def submit(job: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    command = [str(SPARK_SUBMIT), "--properties-file", "conf/spark/local.conf", f"jobs/{job}.py",
-               "--pipeline", "conf/pipelines/clicks.yaml", *args]
-    return subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=600)
-
-
-def report_of(result: subprocess.CompletedProcess) -> dict:
-    assert result.returncode == 0, result.stdout[-3000:]  # spark-submit puts Python's stderr there
-    return json.loads(result.stdout[result.stdout.index("\n{") + 1:])
 
 
 def test_ingest_via_spark_submit_is_idempotent(tmp_path):

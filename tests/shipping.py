@@ -1,0 +1,48 @@
+"""What the end-to-end tests share: a job submitted as a user submits it, its JSON
+report, and the package built the way a cluster or Databricks receives it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[1]
+SPARK_SUBMIT = Path(sys.executable).with_name("spark-submit")
+LOCAL = (str(SPARK_SUBMIT), "--properties-file", "conf/spark/local.conf")
+
+
+def submit(job: str, *args: str, launcher: tuple[str, ...] = LOCAL) -> subprocess.CompletedProcess:
+    """`<launcher> jobs/<job>.py --pipeline conf/pipelines/clicks.yaml <args>` from the repo root."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    command = [*launcher, f"jobs/{job}.py", "--pipeline", "conf/pipelines/clicks.yaml", *args]
+    return subprocess.run(command, check=False, env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+def report_of(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stdout[-3000:]  # spark-submit puts Python's stderr there
+    return json.loads(result.stdout[result.stdout.index("\n{") + 1:])
+
+
+def build_wheel(out: Path) -> Path:
+    """The wheel of the working tree (as `make dist` builds it), and beside it the same bytes
+    as `sparkml_ext.zip` for `--py-files`; returns the wheel."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(out), str(REPO)], check=True, cwd=REPO)
+    (wheel,) = out.glob("sparkml_ext-*.whl")
+    shutil.copyfile(wheel, out / "sparkml_ext.zip")
+    return wheel
+
+
+def cluster_script() -> ModuleType:
+    """scripts/cluster.py as a module (its node venv and process helpers)."""
+    spec = importlib.util.spec_from_file_location("cluster", REPO / "scripts" / "cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
