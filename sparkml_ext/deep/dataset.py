@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sparkml_ext.deep.manifest import Manifest, RowSlice, assign_rows
+from sparkml_ext.deep.model import squash
 from sparkml_ext.deep.shards import ShardReader, check_column, list_width
 
 Batch = dict[str, torch.Tensor]
@@ -283,3 +284,20 @@ class ShardDataset(IterableDataset):
             for b in group:
                 rows = order[b * size - lo : min((b + 1) * size, hi) - lo]
                 yield {key: values.index_select(0, rows) for key, values in window.items()}
+
+
+def numeric_stats(
+    manifest: Manifest, sample_rows: int = 65536, seed: int = 0
+) -> tuple[list[float], list[float]]:
+    """Mean and std of each squashed numeric feature over a seeded sample of all the rows.
+
+    The sample is whole 1024-row chunks drawn from every shard, the same on every rank
+    (each reads it itself: nothing to broadcast). A constant feature gets std 1.
+    """
+    ds = ShardDataset.from_manifest(
+        manifest, batch_size=sample_rows, seed=seed, chunk_rows=1024, shuffle_buffer=sample_rows
+    )
+    sample = squash(next(iter(ds))["numeric"].double())
+    std = sample.std(0, unbiased=False)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return sample.mean(0).tolist(), std.tolist()

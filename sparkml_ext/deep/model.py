@@ -23,6 +23,10 @@ from sparkml_ext.deep.checkpoint import atomic_save
 class DLRMConfig:
     """Shapes of the model. `embedding_sizes` has one table size per categorical column.
 
+    `numeric_mean`/`numeric_std`: numeric inputs are squashed (sign(x) * log1p(|x|)) and
+    standardised with these, so raw counts and means of any scale train well; the
+    statistics live in the config, so scoring applies the same transform.
+
     `fold_ids`: ids of hashed columns (1 + hash mod buckets, 0 = null) may exceed a table;
     folded, id k >= 1 uses row 1 + (k - 1) mod (size - 1), as if hashed into fewer buckets,
     and ids below the size keep their row. Not folded, ids outside a table are the unknown id 0.
@@ -34,6 +38,8 @@ class DLRMConfig:
     bottom_mlp: tuple[int, ...] = (64,)
     top_mlp: tuple[int, ...] = (64, 32)
     fold_ids: bool = False
+    numeric_mean: tuple[float, ...] = ()  # of squash(numeric) over training rows; () = raw inputs
+    numeric_std: tuple[float, ...] = ()
 
     def __post_init__(self):
         if self.num_numeric < 0 or (self.num_numeric == 0 and not self.embedding_sizes):
@@ -43,6 +49,13 @@ class DLRMConfig:
                 f"embedding sizes and dim must be >= 1, got {self.embedding_sizes} "
                 f"and {self.embedding_dim}"
             )
+        stats = (len(self.numeric_mean), len(self.numeric_std))
+        if stats != (0, 0) and stats != (self.num_numeric,) * 2:
+            raise ValueError(
+                f"numeric_mean and numeric_std need {self.num_numeric} values each, got {stats}"
+            )
+        if any(v <= 0 for v in self.numeric_std):
+            raise ValueError(f"numeric_std must be > 0, got {self.numeric_std}")
         if self.fold_ids and any(s < 2 for s in self.embedding_sizes):
             raise ValueError(f"folding ids needs tables of >= 2 rows, got {self.embedding_sizes}")
 
@@ -57,6 +70,11 @@ class DLRMConfig:
     def to_dict(self) -> dict:
         """Plain lists and ints: safe for `torch.load(weights_only=True)` and JSON."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def squash(numeric: torch.Tensor) -> torch.Tensor:
+    """sign(x) * log1p(|x|): heavy tails tamed, order and sign kept."""
+    return torch.sign(numeric) * torch.log1p(numeric.abs())
 
 
 def _mlp(sizes: list[int], last_activation: bool) -> nn.Sequential:
@@ -84,6 +102,12 @@ class DLRM(nn.Module):
             if config.num_numeric
             else None
         )
+        self.register_buffer(
+            "numeric_mean", torch.tensor(config.numeric_mean, dtype=torch.float32), persistent=False
+        )
+        self.register_buffer(
+            "numeric_std", torch.tensor(config.numeric_std, dtype=torch.float32), persistent=False
+        )
         vectors = len(config.embedding_sizes) + (1 if self.bottom is not None else 0)
         pairs = torch.triu_indices(vectors, vectors, offset=1)
         self.register_buffer("pairs", pairs, persistent=False)
@@ -96,6 +120,8 @@ class DLRM(nn.Module):
             ids = torch.where(categorical > 0, 1 + (categorical - 1) % (self.table_sizes - 1), 0)
         else:  # ids outside a table (new categories, negative values) are the unknown id 0
             ids = torch.where((categorical >= 0) & (categorical < self.table_sizes), categorical, 0)
+        if len(self.numeric_std):
+            numeric = (squash(numeric) - self.numeric_mean) / self.numeric_std
         dense = [self.bottom(numeric)] if self.bottom is not None else []
         parts = [d.unsqueeze(1) for d in dense]
         if self.embedding is not None:

@@ -30,7 +30,7 @@ from sparkml_ext.deep.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from sparkml_ext.deep.dataset import Batch, ShardDataset
+from sparkml_ext.deep.dataset import Batch, ShardDataset, numeric_stats
 from sparkml_ext.deep.manifest import Manifest, assign_rows
 from sparkml_ext.deep.metrics import roc_auc
 from sparkml_ext.deep.model import DLRM, DLRMConfig, save_model
@@ -54,6 +54,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes per rank
     embedding_sizes: int | dict[str, int] | None = None  # table size per categorical column
     fold_ids: bool = False  # larger hashed ids fold into a table by modulo (see DLRMConfig)
+    normalize_numeric: bool = True  # squash + standardise numerics with training-row statistics
     embedding_dim: int = 16
     bottom_mlp: tuple[int, ...] = (64,)
     top_mlp: tuple[int, ...] = (64, 32)
@@ -198,8 +199,15 @@ class Trainer:
                 shuffle=False,
                 **options,
             )
+        mean, std = (
+            numeric_stats(train, seed=cfg.seed)
+            if cfg.normalize_numeric and self.data.numeric_width
+            else ([], [])
+        )
         self.model_config = DLRMConfig(
             num_numeric=self.data.numeric_width,
+            numeric_mean=tuple(mean),
+            numeric_std=tuple(std),
             embedding_sizes=cfg.table_sizes(train.categorical),
             embedding_dim=cfg.embedding_dim,
             bottom_mlp=cfg.bottom_mlp,

@@ -1,5 +1,7 @@
 """DLRM: shapes, unknown ids, and a rebuild from config + state_dict alone."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -74,3 +76,18 @@ def test_forward_under_mixed_precision_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(*inputs())
     assert logits.shape == (8,) and torch.isfinite(logits.float()).all()
+
+
+def test_numeric_inputs_are_squashed_and_standardised():
+    raw = DLRM(DLRMConfig(num_numeric=2, embedding_sizes=(10,)))
+    config = dataclasses.replace(raw.config, numeric_mean=(1.0, -2.0), numeric_std=(2.0, 0.5))
+    standardised = DLRM(config)
+    standardised.load_state_dict(raw.state_dict())  # the statistics are config, not weights
+    numeric, ids = torch.tensor([[3.0, -100.0], [0.0, 5e6]]), torch.tensor([[1], [2]])
+    squashed = torch.sign(numeric) * torch.log1p(numeric.abs())
+    expected = raw((squashed - torch.tensor([1.0, -2.0])) / torch.tensor([2.0, 0.5]), ids)
+    assert torch.allclose(standardised(numeric, ids), expected)
+    with pytest.raises(ValueError, match="numeric_mean and numeric_std need 2 values each"):
+        DLRMConfig(num_numeric=2, embedding_sizes=(), numeric_mean=(1.0,), numeric_std=(1.0,))
+    with pytest.raises(ValueError, match="numeric_std must be > 0"):
+        DLRMConfig(num_numeric=1, embedding_sizes=(), numeric_mean=(1.0,), numeric_std=(0.0,))

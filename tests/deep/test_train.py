@@ -1,7 +1,10 @@
 """train_worker in this process (no process group): config errors, early stopping, resume."""
 
+import numpy as np
+import pyarrow as pa
 import pytest
 import torch
+from shardkit import CLICK_COLUMNS, click_table, write_shards
 
 from sparkml_ext.deep.checkpoint import list_checkpoints
 from sparkml_ext.deep.train import train_worker
@@ -69,6 +72,24 @@ def test_a_changed_data_plan_restarts_the_interrupted_epoch(clicks, tmp_path, ca
     again = train_worker(train, {**config, "batch_size": 32})  # 10 batches per epoch now
     assert "the data plan changed" in caplog.text
     assert again["resumed_from_step"] == 3 and again["steps"] == 3 + 10
+
+
+def test_numerics_of_any_scale_are_standardised_with_training_row_statistics(tmp_path):
+    def shards(rows: int, seed: int, name: str) -> str:
+        table = click_table(rows, seed)  # x0 drives the label; make it a count-like number
+        x0 = table["x0"].to_numpy() * 1e4 + 5e4
+        table = table.set_column(table.schema.get_field_index("x0"), "x0", pa.array(x0))
+        return str(write_shards(tmp_path / name, table, **CLICK_COLUMNS))
+
+    train, val = shards(3000, 0, "train"), shards(1000, 1, "val")
+    config = {**BASE, "epochs": 3, "lr": 3e-3, "output_dir": str(tmp_path / "out")}
+    standardised = train_worker(train, config, val)
+    raw = train_worker(train, {**config, "normalize_numeric": False, "output_dir": None}, val)
+    assert standardised["val_auc"][-1] > 0.8 > raw["val_auc"][-1] + 0.05
+    saved = torch.load(standardised["model_path"], weights_only=True)["config"]["model"]
+    x0 = np.log1p(np.abs(click_table(3000, 0)["x0"].to_numpy() * 1e4 + 5e4))
+    assert saved["numeric_mean"][0] == pytest.approx(x0.mean(), rel=1e-6)  # all rows sampled
+    assert saved["numeric_std"][0] == pytest.approx(x0.std(), rel=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
