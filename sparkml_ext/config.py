@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import posixpath
 import re
 import types
 import typing
@@ -58,7 +59,10 @@ class TablesConfig:
 
 @dataclass(frozen=True)
 class IngestConfig:
+    """How ingest treats bad input: quarantine or fail; columns outside source.schema."""
+
     on_bad_record: Literal["quarantine", "fail"] = "quarantine"
+    schema_evolution: bool = False  # true: a batch's new columns are added to bronze
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,36 @@ class PipelineConfig:
         root = self.lakehouse if "://" in self.lakehouse else os.path.abspath(self.lakehouse)
         return f"{root.rstrip('/')}/{where}"
 
+    def batch_path(self, batch_id: str, input_path: str | None = None) -> str:
+        """The landing folder of one batch, confined to `source.path`.
+
+        A batch id is one path segment, and `--input` must lie under the landing root,
+        so neither can make ingest read (and fingerprint) files outside it.
+        """
+        root = self.source.path.rstrip("/")
+        if not _SEGMENT.fullmatch(batch_id) or batch_id in (".", ".."):
+            raise ConfigError(f"{self.path}: --batch-id: {batch_id!r} must be one path segment "
+                              "(letters, digits, '.', '_', '=', '-')")
+        if input_path is None:
+            return f"{root}/{batch_id}"
+        if not _inside(root, input_path):
+            raise ConfigError(f"{self.path}: --input: {input_path!r} is outside source.path {root!r}")
+        return input_path
+
+
+_SEGMENT = re.compile(r"[A-Za-z0-9._=-]+")
+
+
+def _inside(root: str, path: str) -> bool:
+    """Whether `path` is `root` or below it, after resolving '..' (and links, locally)."""
+    root, path = _resolved(root), _resolved(path)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _resolved(path: str) -> str:
+    scheme, sep, rest = path.partition("://")
+    return f"{scheme}://{posixpath.normpath(rest)}" if sep else os.path.realpath(path)
+
 
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Read, interpolate, override and validate one pipeline YAML file."""
@@ -199,6 +233,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     raw.setdefault("path", file)
     config = _build(PipelineConfig, raw, file, "")
     _check_source(config.source, file)
+    _check_tables(config.tables, file)
     _check_features(config.features, file)
     _check_train_torch(config.train_torch, file)
     return config
@@ -316,6 +351,16 @@ def _check_source(source: SourceConfig, file: str) -> None:
             raise ConfigError(f"{file}: source.{name}: column {column!r} is not in source.schema")
     if source.schema.get(source.event_time, "").lower() != "timestamp":
         raise ConfigError(f"{file}: source.event_time: column {source.event_time!r} must be a timestamp")
+
+
+def _check_tables(tables: TablesConfig, file: str) -> None:
+    """A relative table path must stay inside the lakehouse ('..' may not climb out)."""
+    for name, where in dataclasses.asdict(tables).items():
+        if "://" in where or os.path.isabs(where):
+            continue
+        if posixpath.normpath(where).split("/")[0] in ("..", "."):
+            raise ConfigError(f"{file}: tables.{name}: {where!r} escapes the lakehouse; "
+                              "use a path below it (or an absolute path or URI)")
 
 
 def _check_features(spec: FeaturesConfig, file: str) -> None:

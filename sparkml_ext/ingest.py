@@ -8,7 +8,10 @@ native Spark expressions; only per-file fingerprints and a few counts reach the 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -24,6 +27,9 @@ REASONS = "_reasons"
 RAW = "_raw_record"
 SOURCE_FILE = "_source_file"
 BATCH = "_batch_id"
+INTERNAL = (CORRUPT, REASONS, RAW, SOURCE_FILE)
+# What a text reader puts where the input's bytes are not valid in its encoding.
+REPLACEMENT_CHAR = "\ufffd"
 
 
 class IngestError(RuntimeError):
@@ -56,7 +62,7 @@ def ingest_batch(
 ) -> IngestReport:
     """Land `batch_id` (by default the folder `<source.path>/<batch_id>`) in bronze."""
     started = time.monotonic()
-    path = input_path or f"{cfg.source.path.rstrip('/')}/{batch_id}"
+    path = cfg.batch_path(batch_id, input_path)
     report = IngestReport(batch_id=batch_id, input=path)
     fingerprint = batch_fingerprint(spark, path)
     ledger = cfg.table_path("batches")
@@ -67,25 +73,29 @@ def ingest_batch(
         done.seconds = round(time.monotonic() - started, 2)
         return done
 
-    records = validate(read_batch(spark, cfg.source, path), cfg, path)
-    if cfg.ingest.on_bad_record == "fail":
-        _fail_on_first_bad(records)
-    report.rows_read = count_records(spark, cfg.source, path)
-    if report.rows_read == 0:
-        raise IngestError(f"input {path} holds no records; nothing was written")
-
-    lake.claim_batch(spark, ledger, JOB, batch_id, fingerprint)
-    meta = {"job": JOB, "batch_id": batch_id, "fingerprint": fingerprint}
     bronze, quarantine = cfg.table_path("bronze"), cfg.table_path("quarantine")
-    bronze_version = lake.append_once(
-        _accepted(records, batch_id, cfg.source.event_time), bronze,
-        app_id=f"{JOB}:{batch_id}", partition_by=["event_date"], metadata=meta,
-        properties={"delta.enableChangeDataFeed": "true"},  # features read only new rows
-    )
-    quarantine_version = lake.append_once(
-        _quarantined(records, batch_id), quarantine,
-        app_id=f"{JOB}:{batch_id}", partition_by=["batch_id"], metadata=meta,
-    )
+    with _unreadable_files_refused(path):
+        records = validate(read_batch(spark, cfg.source, path, cfg.ingest.schema_evolution), cfg, path)
+        if cfg.ingest.on_bad_record == "fail":
+            _fail_on_first_bad(records)
+        report.rows_read = count_records(spark, cfg.source, path)
+        if report.rows_read == 0:
+            raise IngestError(f"input {path} holds no records; nothing was written")
+
+        for table in (ledger, bronze, quarantine):
+            lake.require_writable(spark, table)
+        lake.claim_batch(spark, ledger, JOB, batch_id, fingerprint)
+        meta = {"job": JOB, "batch_id": batch_id, "fingerprint": fingerprint}
+        bronze_version = lake.append_once(
+            _accepted(records, batch_id, cfg.source.event_time), bronze,
+            app_id=f"{JOB}:{batch_id}", partition_by=["event_date"], metadata=meta,
+            properties={"delta.enableChangeDataFeed": "true"},  # features read only new rows
+            merge_schema=cfg.ingest.schema_evolution,
+        )
+        quarantine_version = lake.append_once(
+            _quarantined(records, batch_id), quarantine,
+            app_id=f"{JOB}:{batch_id}", partition_by=["batch_id"], metadata=meta,
+        )
     report.versions = {"bronze": bronze_version, "quarantine": quarantine_version}
     report.accepted = (
         lake.rows_written(spark, bronze, bronze_version)
@@ -132,26 +142,58 @@ def _path_exists(spark: SparkSession, path: str) -> bool:
     return fs.exists(hadoop_path)
 
 
-def read_batch(spark: SparkSession, source: SourceConfig, path: str) -> DataFrame:
+_FAILED_READ = re.compile(r"\[FAILED_READ_FILE[.\w]*\] Encountered error while reading file (\S+)\.")
+
+
+@contextmanager
+def _unreadable_files_refused(path: str) -> Iterator[None]:
+    """A corrupt or truncated input file is refused by name, not shown as a Spark stack trace.
+
+    Spark reads files lazily, so this covers the whole job up to the last table write
+    (no commit happens once a read fails).
+    """
+    try:
+        yield
+    except Exception as err:
+        match = _FAILED_READ.search(str(err))
+        if match is None:
+            raise
+        detail = str(err)[match.end():].strip().splitlines()[0]
+        raise IngestError(
+            f"input {path}: cannot read {match.group(1)} (corrupt or truncated file: {detail}); "
+            "nothing was written"
+        ) from None
+
+
+def read_batch(spark: SparkSession, source: SourceConfig, path: str, evolve: bool = False) -> DataFrame:
     """Raw records with their source file and raw text; typing happens in `validate`.
 
     Text formats are read with every column as a string, so a value of the wrong type
-    is kept (and quarantined) instead of silently becoming null.
+    is kept (and quarantined) instead of silently becoming null. A Parquet batch must hold
+    every declared column; columns it adds are refused unless `evolve` is on, and then
+    kept as they are.
     """
     reader = spark.read.option("recursiveFileLookup", "true")
     if source.format == "parquet":
-        df = reader.parquet(path)
+        # every file's footer: a column that only some files add must not go unseen
+        df = reader.option("mergeSchema", "true").parquet(path)
         missing = [c for c in source.schema if c not in df.columns]
         extra = [c for c in df.columns if c not in source.schema]
-        if missing or extra:
+        if missing:
             raise IngestError(
-                f"input {path} does not match source.schema: missing columns {missing}, "
-                f"unexpected columns {extra}; nothing was written"
+                f"input {path} does not match source.schema: missing columns {missing}"
+                f"{f', unexpected columns {extra}' if extra else ''}; nothing was written"
+            )
+        if extra and not evolve:
+            raise IngestError(
+                f"input {path} has columns that are not in source.schema: {extra}; set "
+                "ingest.schema_evolution: true to add them to bronze. Nothing was written"
             )
         return df.select(
             *source.schema,
+            *extra,
             F.lit(None).cast("string").alias(CORRUPT),
-            F.to_json(F.struct(*source.schema)).alias(RAW),
+            F.to_json(F.struct(*source.schema, *extra)).alias(RAW),
             F.col("_metadata.file_path").alias(SOURCE_FILE),
         )
     ddl = ", ".join(f"`{c}` string" for c in [*source.schema, CORRUPT])
@@ -173,16 +215,20 @@ def read_batch(spark: SparkSession, source: SourceConfig, path: str) -> DataFram
 def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
     """Typed columns plus `_reasons`: empty for a good record, else why it is quarantined.
 
-    Reasons, first one wins for reporting: malformed, bad_type:<col>, missing:<col>,
-    check:<name>, duplicate_key (a key seen earlier in the same batch).
+    Reasons, first one wins for reporting: malformed, bad_encoding (bytes not valid in
+    the reader's encoding), bad_type:<col>, missing:<col>, check:<name>, duplicate_key (a
+    key seen earlier in the same batch). Columns outside source.schema pass through.
     """
     source = cfg.source
+    extra = [c for c in raw.columns if c not in source.schema and c not in INTERNAL]
     typed = raw.select(
         *[_typed(F.col(c), t, source.timestamp_format).alias(c) for c, t in source.schema.items()],
+        *extra,
         _flags(
-            [(F.col(c).isNotNull() & _typed(F.col(c), t, source.timestamp_format).isNull(), f"bad_type:{c}")
-             for c, t in source.schema.items()]
-        ).alias("_type_errors"),
+            [(F.col(RAW).contains(REPLACEMENT_CHAR), "bad_encoding")]
+            + [(F.col(c).isNotNull() & _typed(F.col(c), t, source.timestamp_format).isNull(), f"bad_type:{c}")
+               for c, t in source.schema.items()]
+        ).alias("_value_errors"),
         CORRUPT, RAW, SOURCE_FILE,
     )
     missing = [
@@ -193,7 +239,7 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
     checks = [(~F.coalesce(_check(typed, name, sql, cfg.path), F.lit(True)), f"check:{name}")
               for name, sql in source.checks.items()]
     reasons = F.when(F.col(CORRUPT).isNotNull(), F.array(F.lit("malformed"))).otherwise(
-        F.concat(F.col("_type_errors"), _flags(missing + checks))
+        F.concat(F.col("_value_errors"), _flags(missing + checks))
     )
     first_of_key = Window.partitionBy(source.key).orderBy(
         F.size(REASONS) > 0, F.col(SOURCE_FILE), F.col(RAW)
@@ -205,7 +251,7 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
             REASONS,
             F.when(duplicate, F.array(F.lit("duplicate_key"))).otherwise(F.col(REASONS)),
         )
-        .drop("_type_errors")
+        .drop("_value_errors")
     )
 
 
@@ -245,7 +291,7 @@ def _fail_on_first_bad(records: DataFrame) -> None:
 
 
 def _accepted(records: DataFrame, batch_id: str, event_time: str) -> DataFrame:
-    data_columns = [c for c in records.columns if c not in (CORRUPT, RAW, SOURCE_FILE, REASONS)]
+    data_columns = [c for c in records.columns if c not in INTERNAL]
     return records.where(F.size(REASONS) == 0).select(
         *data_columns,
         F.to_date(F.col(event_time)).alias("event_date"),

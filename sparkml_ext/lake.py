@@ -10,16 +10,40 @@ table first, and a reused batch id with other content is refused.
 from __future__ import annotations
 
 import json
+import logging
+import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
-from delta.exceptions import DeltaConcurrentModificationException
+from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
+from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Delta's commit conflicts. In delta-spark's Python API the specific ones do not derive
+# from DeltaConcurrentModificationException, so catching that alone catches none of them.
+CONFLICTS = tuple(
+    getattr(delta_errors, name)
+    for name in (
+        "DeltaConcurrentModificationException", "ConcurrentWriteException", "MetadataChangedException",
+        "ProtocolChangedException", "ConcurrentAppendException", "ConcurrentDeleteReadException",
+        "ConcurrentDeleteDeleteException", "ConcurrentTransactionException",
+    )
+)
+
+
 class BatchConflict(RuntimeError):
     """A batch id was reused for different content."""
+
+
+class StorageError(OSError):
+    """A table location that cannot take files (read-only, no permission, not a directory)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +72,26 @@ def read_version(spark: SparkSession, path: str, version: int | None = None) -> 
     return spark.read.format("delta").option("versionAsOf", pinned).load(path), pinned
 
 
+def require_writable(spark: SparkSession, path: str) -> None:
+    """Fail before any commit when `path` cannot take files, naming the path and why.
+
+    Writes and deletes a probe file through Hadoop's file system (so it checks local
+    folders, HDFS and object stores alike); creates the folder when it is missing.
+    """
+    jvm = spark.sparkContext._jvm
+    folder = jvm.org.apache.hadoop.fs.Path(path)
+    probe = jvm.org.apache.hadoop.fs.Path(folder, f"_write_probe_{uuid.uuid4().hex}")
+    try:
+        fs = folder.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        fs.mkdirs(folder)
+        fs.create(probe, False).close()
+        fs.delete(probe, False)
+    except Py4JJavaError as err:
+        raise StorageError(
+            f"cannot write to {path}: {err.java_exception.toString()}; nothing was written"
+        ) from None
+
+
 def append_once(
     df: DataFrame,
     path: str,
@@ -56,12 +100,30 @@ def append_once(
     partition_by: list[str] | None = None,
     metadata: dict | None = None,
     properties: dict[str, str] | None = None,
+    merge_schema: bool = False,
+    attempts: int = 3,
 ) -> int | None:
     """Append `df` unless `app_id` already committed to this table.
 
     `properties` (e.g. ``delta.enableChangeDataFeed``) apply when this write creates the
-    table. Returns the version written, or None when Delta skipped the write as a repeat.
+    table; `merge_schema` lets the write add new columns. A commit conflict (two writers
+    creating the table at once) is retried. Returns the version this write committed, or
+    None when Delta skipped it as a repeat.
     """
+    return _retrying(f"append {app_id}", path, attempts, lambda: _append(
+        df, path, app_id, partition_by, {**(metadata or {}), "app_id": app_id}, properties, merge_schema
+    ))
+
+
+def _append(
+    df: DataFrame,
+    path: str,
+    app_id: str,
+    partition_by: list[str] | None,
+    metadata: dict,
+    properties: dict[str, str] | None,
+    merge_schema: bool,
+) -> int | None:
     spark = df.sparkSession
     before = current_version(spark, path)
     writer = (
@@ -69,16 +131,44 @@ def append_once(
         .mode("append")
         .option("txnAppId", app_id)
         .option("txnVersion", 0)
+        .option("userMetadata", json.dumps(metadata, sort_keys=True))
     )
     if before is None and properties:
         writer = writer.options(**properties)
-    if metadata:
-        writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(path)
+    return _committed_by(spark, path, app_id, before)
+
+
+def _committed_by(spark: SparkSession, path: str, app_id: str, before: int | None) -> int | None:
+    """The version `app_id` committed after `before`, found by its commit metadata.
+
+    Other writers may commit around ours, so "the latest version" is not necessarily ours.
+    """
     after = current_version(spark, path)
-    return after if after != before else None
+    if after is None or after == before:
+        return None
+    ours = (
+        DeltaTable.forPath(spark, path).history(after - (-1 if before is None else before))
+        .where(F.get_json_object("userMetadata", "$.app_id") == app_id)
+        .select(F.max("version"))
+        .head()[0]
+    )
+    return None if ours is None else int(ours)
+
+
+def _retrying(what: str, path: str, attempts: int, write: Callable[[], T]) -> T:
+    """Run `write`, retrying Delta commit conflicts: `attempts` tries in all."""
+    for attempt in range(1, attempts):
+        try:
+            return write()
+        except CONFLICTS as err:
+            log.warning("%s on %s: concurrent commit (%s); retry %d of %d",
+                        what, path, type(err).__name__, attempt, attempts - 1)
+    return write()
 
 
 def merge_by_key(
@@ -97,16 +187,14 @@ def merge_by_key(
     concurrent writer is retried a bounded number of times.
     """
     spark = df.sparkSession
+    require_writable(spark, path)
     source = df.dropDuplicates([key])
-    attempt = 1
-    while True:
-        try:
-            _upsert(source, path, key, metadata, partition_by)
-            return current_version(spark, path)
-        except DeltaConcurrentModificationException:
-            if attempt >= attempts:
-                raise
-            attempt += 1
+
+    def upsert() -> int:
+        _upsert(source, path, key, metadata, partition_by)
+        return current_version(spark, path)
+
+    return _retrying(f"merge into {key}", path, attempts, upsert)
 
 
 def _upsert(source: DataFrame, path: str, key: str, metadata: dict, partition_by: list[str] | None) -> None:
