@@ -2,6 +2,10 @@
 
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -73,3 +77,36 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     after = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(before[0], after[0])
     assert np.array_equal(before[1], after[1]) and before[2] == after[2]
+
+
+SAVER = """
+import sys, torch
+from sparkml_ext.deep.checkpoint import save_checkpoint
+big = torch.zeros(64 * 2**20 // 4)  # 64 MiB: each save takes long enough to be caught
+for step in range(1, 10**6):
+    save_checkpoint({"step": step, "weights": big + step}, sys.argv[1], step, keep=2)
+    print(step, flush=True)
+"""
+
+
+def test_a_writer_killed_mid_save_leaves_the_last_complete_checkpoint(tmp_path):
+    folder = tmp_path / "ckpt"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", SAVER, str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline().strip() == "1"  # one complete checkpoint exists
+        deadline = time.monotonic() + 60
+        while not list(folder.glob(".step-*.tmp")):  # the next one is being written
+            assert time.monotonic() < deadline, "no save in progress was seen"
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    assert list(folder.glob(".step-*.tmp"))  # the half-written file is there, but hidden
+    path, state = latest_checkpoint(folder)
+    assert path.name == f"step-{state['step']:09d}.pt"
+    assert torch.equal(state["weights"][:3], torch.full((3,), float(state["step"])))
+    save_checkpoint({"step": 99}, folder, 99, keep=2)  # the next save clears the leftover
+    assert not list(folder.glob(".step-*.tmp"))
