@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test clean dist cluster-start cluster-stop cluster-demo
 
 venv: $(STAMP)
 
@@ -24,6 +24,25 @@ demo: venv
 
 test: venv
 	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m pytest
+
+# The package as a cluster ships it: a wheel (Databricks, pip on the nodes) and the same
+# bytes as dist/sparkml_ext.zip for spark-submit --py-files (Spark imports .zip, not .whl).
+dist: venv
+	rm -rf dist
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+	cp dist/sparkml_ext-*.whl dist/sparkml_ext.zip
+
+# A standalone master and two workers on 127.0.0.1 (scripts/cluster.py; UI on :8090).
+cluster-start: venv
+	$(PY) scripts/cluster.py start
+
+cluster-stop:
+	$(PY) scripts/cluster.py stop
+
+# The whole pipeline as one spark-submit to the running cluster, DDP ranks on both workers.
+cluster-demo: dist
+	$(PY) scripts/cluster.py submit jobs/pipeline.py --pipeline conf/pipelines/clicks.yaml \
+	    --set train_torch.local_mode=false
 
 clean:
 	rm -rf $(VENV) lakehouse data/generated spark-warehouse

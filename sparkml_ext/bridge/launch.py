@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -118,6 +119,12 @@ def _run_rank(train_fn: Callable[..., Any], reports: str, *args: Any) -> Any:
     the executors share the driver's machine.
     """
     rank = os.environ.get("RANK", "0")
+    # Where the rank runs (in barrier mode the working directory is its executor's) and
+    # which copy of this package it imported: one line, streamed to the driver's log.
+    package = os.path.dirname(os.path.dirname(__file__))
+    print(f"sparkml_ext rank {rank} of {os.environ.get('WORLD_SIZE', '1')}: pid {os.getpid()} on "
+          f"{socket.gethostname()}, cwd {os.getcwd()}, package {package}",
+          file=sys.stderr, flush=True)
     try:
         value = train_fn(*args)
     except BaseException:
