@@ -18,7 +18,7 @@ LOCAL = (str(SPARK_SUBMIT), "--properties-file", "conf/spark/local.conf")
 
 
 def submit(job: str, *args: str, launcher: tuple[str, ...] = LOCAL) -> subprocess.CompletedProcess:
-    """`<launcher> jobs/<job>.py --pipeline conf/pipelines/clicks.yaml <args>` from the repo root."""
+    """`<launcher> jobs/<job>.py --pipeline conf/pipelines/clicks.yaml <args>` in the repo root."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     command = [*launcher, f"jobs/{job}.py", "--pipeline", "conf/pipelines/clicks.yaml", *args]
     return subprocess.run(command, check=False, env=env, cwd=REPO, capture_output=True, text=True,
@@ -33,8 +33,8 @@ def report_of(result: subprocess.CompletedProcess) -> dict:
 def build_wheel(out: Path) -> Path:
     """The wheel of the working tree (as `make dist` builds it), and beside it the same bytes
     as `sparkml_ext.zip` for `--py-files`; returns the wheel."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(REPO)], check=True, cwd=REPO)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--wheel-dir", str(out), str(REPO)], check=True, cwd=REPO)
     (wheel,) = out.glob("sparkml_ext-*.whl")
     shutil.copyfile(wheel, out / "sparkml_ext.zip")
     return wheel

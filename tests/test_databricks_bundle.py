@@ -28,7 +28,7 @@ TASKS = {task["task_key"]: task for task in JOB["tasks"]}
 STAGES = ["generate", "ingest", "features", "train-mllib", "train-torch"]  # `pipeline`'s order
 # What `databricks bundle deploy` fills in: the synced repo, and values for required variables.
 DEPLOYED = {"workspace.file_path": str(REPO), "bundle.target": "dev",
-            "var.lakehouse": "s3://bucket/sparkml_ext", "var.checkpoint_root": "/Volumes/main/s/v/ckpt"}
+            "var.lakehouse": "s3://bucket/sparkml_ext", "var.checkpoint_root": "/Volumes/m/s/v/ckpt"}
 
 
 def normalized(name: str) -> str:
@@ -55,7 +55,7 @@ def wheel(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory, wheel) -> Path:
-    """A throwaway venv with only the wheel installed (the dependencies come from .venv's site-packages)."""
+    """A throwaway venv with only the wheel installed (dependencies: .venv's site-packages)."""
     python = cluster_script().node_python(tmp_path_factory.mktemp("venv"))
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
                     "--no-deps", "--ignore-installed", str(wheel)], check=True)
@@ -87,7 +87,7 @@ def test_each_entry_point_is_in_the_wheel_and_runs_from_a_fresh_venv(wheel, venv
     for key, task in TASKS.items():
         wheel_task = task["python_wheel_task"]
         assert normalized(wheel_task["package_name"]) == normalized(dist), key
-        assert wheel_task["entry_point"] in scripts, f"{key}: no entry point {wheel_task['entry_point']}"
+        assert wheel_task["entry_point"] in scripts, f"{key}: {wheel_task['entry_point']}?"
 
     installed = subprocess.run([venv / "bin" / "python", "-P", "-c",
                                 "import sparkml_ext; print(sparkml_ext.__file__)"],
