@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test clean dist cluster-start cluster-stop cluster-demo
+.PHONY: venv demo test clean airflow-venv dist cluster-start cluster-stop cluster-demo
 
 venv: $(STAMP)
 
@@ -19,10 +19,21 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m sparkml_ext.session
 	touch $(STAMP)
 
+# Airflow in a virtual environment of its own, apart from .venv (tests/test_airflow_dag.py
+# needs it): pinned versions plus constraints made from a working install (airflow/constraints.txt).
+AIRFLOW_VENV := .airflow-venv
+
+airflow-venv: $(AIRFLOW_VENV)/.installed
+
+$(AIRFLOW_VENV)/.installed: airflow/requirements.txt airflow/constraints.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install --quiet -r airflow/requirements.txt -c airflow/constraints.txt
+	touch $@
+
 demo: venv
 	PYSPARK_PYTHON=$(abspath $(PY)) $(VENV)/bin/sparkml-ext pipeline --pipeline conf/pipelines/clicks.yaml
 
-test: venv
+test: venv airflow-venv
 	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m pytest
 
 # The package as a cluster ships it: a wheel (Databricks, pip on the nodes) and the same
@@ -45,4 +56,4 @@ cluster-demo: dist
 	    --set train_torch.local_mode=false
 
 clean:
-	rm -rf $(VENV) lakehouse data/generated spark-warehouse
+	rm -rf $(VENV) $(AIRFLOW_VENV) lakehouse data/generated spark-warehouse
