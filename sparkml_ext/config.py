@@ -143,6 +143,29 @@ class TrainTorchConfig:
     num_threads: int | None = None  # torch threads per rank; null = cores / num_processes
 
 
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
+                    "databricks-uc", "file")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking of the training jobs (sparkml_ext.tracking).
+
+    mode: auto = track when MLflow is installed, else say so in one line and train anyway;
+    required = fail when it is not; disabled = never. uri: null (or "") = a SQLite store at
+    <lakehouse>/mlflow.db with artifacts in <lakehouse>/mlartifacts. registered_model:
+    register each stored model under this name, `{model}` = the model type (null = no registry).
+    Credentials only through MLflow's environment variables (MLFLOW_TRACKING_TOKEN, ...).
+    """
+
+    mode: Literal["auto", "required", "disabled"] = "auto"
+    uri: str | None = None
+    registry_uri: str | None = None  # null = the tracking URI
+    experiment: str | None = None  # null = the pipeline's name
+    artifact_location: str | None = None  # for a new experiment; null = see `uri`, or the server's
+    registered_model: str | None = None
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     model: str = "latest"
@@ -174,6 +197,7 @@ class PipelineConfig:
     train_mllib: TrainMllibConfig = TrainMllibConfig()
     train_torch: TrainTorchConfig = TrainTorchConfig()
     score: ScoreConfig = ScoreConfig()
+    tracking: TrackingConfig = TrackingConfig()
     spark: dict[str, str] = field(default_factory=dict)
     path: str = ""
 
@@ -236,6 +260,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     _check_tables(config.tables, file)
     _check_features(config.features, file)
     _check_train_torch(config.train_torch, file)
+    _check_tracking(config.tracking, file)
     return config
 
 
@@ -385,3 +410,19 @@ def _check_train_torch(tt: TrainTorchConfig, file: str) -> None:
     if tt.checkpoint_root and "://" in tt.checkpoint_root:
         raise ConfigError(f"{file}: train_torch.checkpoint_root: must be a path every rank can open "
                           f"(local, NFS or a mount such as /dbfs), not the URI {tt.checkpoint_root!r}")
+
+
+def _check_tracking(tr: TrackingConfig, file: str) -> None:
+    for key in ("uri", "registry_uri"):
+        uri = getattr(tr, key)
+        scheme = re.split(r"[:+]", uri or "")[0]
+        if uri and scheme not in TRACKING_SCHEMES:
+            raise ConfigError(f"{file}: tracking.{key}: {uri!r} is not an MLflow store URI (expected "
+                              f"{', '.join(s + ':' for s in TRACKING_SCHEMES)} ..., or null)")
+    if tr.experiment == "":
+        raise ConfigError(f"{file}: tracking.experiment: must not be empty (null = the pipeline's name)")
+    name = tr.registered_model
+    rest = (name or "").replace("{model}", "")
+    if name is not None and (not name.strip() or "{" in rest or "}" in rest):
+        raise ConfigError(f"{file}: tracking.registered_model: {name!r} must be a name in which "
+                          f"{{model}} (the model type) is the only placeholder")

@@ -30,7 +30,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
-from sparkml_ext import lake, modelstore
+from sparkml_ext import lake, modelstore, tracking
 from sparkml_ext.config import ConfigError, PipelineConfig
 from sparkml_ext.features import feature_columns, processed_version, spec_fingerprint
 from sparkml_ext.stages import FrequencyEncoder
@@ -71,6 +71,7 @@ def split_of(key: str) -> Column:
 def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
     """Fit, tune, evaluate and store one model; returns its card."""
     started = time.monotonic()
+    tracker = tracking.Tracker(cfg, "train-mllib")
     tm, key = cfg.train_mllib, cfg.source.key
     label = tm.label or cfg.features.label
     table = cfg.table_path("features")
@@ -117,14 +118,18 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
         "timings": {"fit_seconds": fit_seconds, "total_seconds": round(time.monotonic() - started, 1)},
         "created_unix": time.time(),
     }
-    root = cfg.table_path("models")
-    staged = modelstore.staging(root, tm.model)
-    model.write().save(f"{staged}/model")
-    modelstore.write_json(f"{staged}/metrics.json", metrics)
-    modelstore.write_json(f"{staged}/card.json", card)
-    stored = modelstore.publish(root, tm.model, staged)
-    card["model_version"] = stored.name
-    card["model_uri"] = stored.uri
+    with tracker.run(card, asdict(tm)) as run:
+        run.log_spark_model(model, test)
+        card["mlflow"] = run.card_entry()
+        root = cfg.table_path("models")
+        staged = modelstore.staging(root, tm.model)
+        model.write().save(f"{staged}/model")
+        modelstore.write_json(f"{staged}/metrics.json", metrics)
+        modelstore.write_json(f"{staged}/card.json", card)
+        stored = modelstore.publish(root, tm.model, staged)
+        card["model_version"] = stored.name
+        card["model_uri"] = stored.uri
+        run.published(card)
     return card
 
 

@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 import torch
 from pyspark.sql import DataFrame, SparkSession
 
-from sparkml_ext import lake, modelstore
+from sparkml_ext import lake, modelstore, tracking
 from sparkml_ext.bridge import export_table, launch, pick_backend
 from sparkml_ext.config import ConfigError, PipelineConfig
 from sparkml_ext.deep.manifest import Manifest
@@ -52,6 +52,7 @@ def split_filter(key: str, split: str) -> str:
 def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     """Export, train on DDP ranks (resuming a checkpoint), evaluate, store; returns the card."""
     started = time.monotonic()
+    tracker = tracking.Tracker(cfg, "train-torch")
     tt, key, label = cfg.train_torch, cfg.source.key, cfg.features.label
     table = cfg.table_path("features")
     try:
@@ -105,11 +106,15 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
                        "evaluate": round(metrics["test_rows"] / max(evaluated - launched, 1e-9))},
         "created_unix": time.time(),
     }
-    modelstore.write_json(f"{staged}/metrics.json", metrics)
-    modelstore.write_json(f"{staged}/card.json", card)
-    stored = modelstore.publish(root, KIND, staged)
-    card["model_version"] = stored.name
-    card["model_uri"] = stored.uri
+    with tracker.run(card, config) as run:
+        run.log_torch_model(trained["model_path"], test)
+        card["mlflow"] = run.card_entry()
+        modelstore.write_json(f"{staged}/metrics.json", metrics)
+        modelstore.write_json(f"{staged}/card.json", card)
+        stored = modelstore.publish(root, KIND, staged)
+        card["model_version"] = stored.name
+        card["model_uri"] = stored.uri
+        run.published(card)
     return card
 
 

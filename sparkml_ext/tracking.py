@@ -1,0 +1,276 @@
+"""MLflow tracking of the training jobs: one run per stored model, or none without MLflow.
+
+A job makes a `Tracker` when it starts (so `tracking.mode: required` fails before any
+training) and, once the model is trained and judged, opens the run with its card:
+parameters, holdout metrics, per-step series (the search's scores, torch's epochs),
+timings and tags (feature table, its Delta version, config hash) are logged from the card,
+then the model with its signature and an input example, and finally, after the model
+store published the version, the store version as a tag, the card as an artifact and a
+registered model version. The card carries the run id; the run carries the store version.
+
+MLflow is optional: it is imported here and only here, lazily, so the jobs and the torch
+workers run without it. The MLlib model is logged in the `spark` flavor (written through
+a temporary folder under the lakehouse, which every executor can reach); the torch model
+as a pyfunc whose loader is this module, so it loads with `weights_only=True` and takes a
+pandas frame of named feature columns, like the MLlib one. Both ship the package's code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import Any
+
+from sparkml_ext.config import ConfigError, PipelineConfig
+
+log = logging.getLogger(__name__)
+PACKAGE_DIR = str(Path(__file__).resolve().parent)
+MODEL_PATH = "model"  # the logged model's name inside its run
+EXAMPLE_ROWS = 5
+
+
+class Tracker:
+    """Decides at job start whether this job is tracked; `run` then records one run."""
+
+    def __init__(self, cfg: PipelineConfig, job: str):
+        self.cfg, self.job = cfg, job
+        self.started_ms = int(time.time() * 1000)
+        self.mlflow = _import_mlflow(cfg, job)
+
+    @contextmanager
+    def run(self, card: dict, params: dict) -> Iterator[TrainingRun | Untracked]:
+        """A run logged from `card` and `params`, ended FAILED if the block raises."""
+        if self.mlflow is None:
+            yield Untracked()
+            return
+        mlflow = self.mlflow
+        experiment = _experiment(mlflow, self.cfg)
+        tags = {"job": self.job, "pipeline": self.cfg.name, "pipeline_file": self.cfg.path,
+                "model_type": card["model"], "feature_table": card["feature_table"],
+                "feature_table_version": str(card["feature_version"]),
+                "config_hash": card["config_hash"]}
+        created = mlflow.MlflowClient().create_run(
+            experiment, start_time=self.started_ms, tags=tags,
+            run_name=f"{self.job} {card['model']} (features v{card['feature_version']})")
+        with mlflow.start_run(run_id=created.info.run_id) as active:  # FAILED on an exception
+            run = TrainingRun(mlflow, self.cfg, active.info.run_id, experiment)
+            run.log_card(card, params)
+            yield run
+
+
+class TrainingRun:
+    """The active run of one training job."""
+
+    def __init__(self, mlflow: Any, cfg: PipelineConfig, run_id: str, experiment_id: str):
+        self.mlflow, self.cfg, self.run_id = mlflow, cfg, run_id
+        self.experiment_id = experiment_id
+        self.model_uri: str | None = None
+
+    def log_card(self, card: dict, params: dict) -> None:
+        """Params, one-off metrics and per-step series from a job's card."""
+        mlflow = self.mlflow
+        mlflow.log_params(_flatten(params))
+        series = dict(card.get("epochs", {}))  # torch: train_loss, val_loss, val_auc per epoch
+        if "scores" in card.get("search", {}):  # mllib: the validation score of each grid point
+            series["search_score"] = card["search"]["scores"]
+            mlflow.log_params({"search.kind": card["search"]["kind"],
+                               "search.grid": json.dumps(card["search"]["grid"])})
+        once = {**card["metrics"], **card.get("timings", {}), **_prefixed("rows", card.get("rows", {})),
+                **_prefixed("rows_per_s", card.get("rows_per_s", {}))}
+        mlflow.log_metrics({k: float(v) for k, v in _numbers(once).items() if k not in series})
+        for name, values in series.items():
+            for step, value in enumerate(values, 1):
+                mlflow.log_metric(name, float(value), step=step)
+
+    def log_spark_model(self, model: Any, rows: Any) -> None:
+        """The fitted PipelineModel in the `spark` flavor; `rows`: a DataFrame with its inputs."""
+        from mlflow.models import infer_signature
+
+        example = rows.select(*pipeline_inputs(model)).limit(EXAMPLE_ROWS)
+        predicted = model.transform(example).select("prediction").toPandas()  # driver-ok: 5 rows
+        info = self.mlflow.spark.log_model(
+            model, MODEL_PATH, signature=infer_signature(example, predicted["prediction"]),
+            input_example=example.toPandas(), dfs_tmpdir=f"{_lakehouse(self.cfg)}/_tmp/mlflow",
+            code_paths=[PACKAGE_DIR], pip_requirements=_pins("pyspark"))
+        self.model_uri = info.model_uri
+
+    def log_torch_model(self, model_file: str, rows: Any) -> None:
+        """A saved `deep.model` file as a pyfunc loaded by this module; `rows`: a DataFrame."""
+        from mlflow.models import infer_signature
+
+        predictor = _load_pyfunc(model_file)
+        example = rows.select(*predictor.columns).limit(EXAMPLE_ROWS)
+        sample = example.toPandas()  # driver-ok: 5 rows
+        info = self.mlflow.pyfunc.log_model(
+            name=MODEL_PATH, loader_module=__name__, data_path=model_file,
+            code_paths=[PACKAGE_DIR], signature=infer_signature(example, predictor.predict(sample)),
+            input_example=sample, pip_requirements=_pins("torch", "numpy", "pandas"))
+        self.model_uri = info.model_uri
+
+    def card_entry(self) -> dict:
+        """What the model card records of this run."""
+        return {"run_id": self.run_id, "experiment_id": self.experiment_id,
+                "tracking_uri": self.mlflow.get_tracking_uri(), "model_uri": self.model_uri}
+
+    def published(self, card: dict) -> None:
+        """After the store published `card['model_version']`: tag it, keep the card, register
+        the model (its registry version goes into the returned card, `mlflow.registered`)."""
+        mlflow, stored = self.mlflow, card["model_version"]
+        mlflow.set_tags({"model_store_version": stored, "model_store_uri": card["model_uri"]})
+        mlflow.log_text(json.dumps(card, indent=2, sort_keys=True, default=str), "card.json")
+        name = self.cfg.tracking.registered_model
+        if not name or self.model_uri is None:
+            return
+        registered = mlflow.register_model(
+            self.model_uri, name.replace("{model}", card["model"]),
+            tags={"model_store_version": stored, "feature_table": card["feature_table"],
+                  "feature_table_version": str(card["feature_version"])})
+        card["mlflow"]["registered"] = {"name": registered.name, "version": int(registered.version)}
+
+
+class Untracked:
+    """The run of a job that is not tracked: every step does nothing."""
+
+    run_id = None
+
+    def log_spark_model(self, model: Any, rows: Any) -> None:
+        pass
+
+    def log_torch_model(self, model_file: str, rows: Any) -> None:
+        pass
+
+    def card_entry(self) -> None:
+        return None
+
+    def published(self, card: dict) -> None:
+        pass
+
+
+def pipeline_inputs(model: Any) -> list[str]:
+    """Columns a PipelineModel reads from its input (those no earlier stage produces)."""
+    produced: set[str] = set()
+    needed: list[str] = []
+    for stage in model.stages:
+        for param in ("inputCol", "inputCols", "featuresCol"):
+            if stage.hasParam(param) and stage.isDefined(stage.getParam(param)):
+                value = stage.getOrDefault(stage.getParam(param))
+                needed += [c for c in ([value] if isinstance(value, str) else value)
+                           if c not in produced and c not in needed]
+        for param in ("outputCol", "outputCols", "predictionCol", "probabilityCol",
+                      "rawPredictionCol"):
+            if stage.hasParam(param) and stage.isDefined(stage.getParam(param)):
+                value = stage.getOrDefault(stage.getParam(param))
+                produced.update([value] if isinstance(value, str) else value)
+    return needed
+
+
+class TorchClickModel:
+    """pyfunc predictor of a `deep.model` file: named feature columns in, click probability out."""
+
+    def __init__(self, model_file: str):
+        from sparkml_ext.deep.model import load_model
+
+        self.model, config = load_model(model_file)
+        self.model.eval()
+        self.numeric = list(config["columns"]["numeric"])
+        self.categorical = list(config["columns"]["categorical"])
+        self.columns = self.numeric + self.categorical
+
+    def predict(self, model_input: Any, params: dict | None = None) -> Any:
+        """A pandas frame with the model's columns (nulls = 0, as in training) → float64 array."""
+        import numpy as np
+        import torch
+
+        missing = sorted(set(self.columns) - set(model_input.columns))
+        if missing:
+            raise ValueError(f"the torch model needs columns the input lacks: {missing}")
+        frame = model_input[self.columns].fillna(0)
+        dense = torch.from_numpy(frame[self.numeric].to_numpy(dtype=np.float32))
+        ids = torch.from_numpy(frame[self.categorical].to_numpy(dtype=np.int64))
+        with torch.inference_mode():
+            return torch.sigmoid(self.model(dense, ids)).double().numpy()
+
+
+def _load_pyfunc(data_path: str) -> TorchClickModel:
+    """MLflow's pyfunc loader hook (`loader_module`) for the torch model."""
+    return TorchClickModel(data_path)
+
+
+def _import_mlflow(cfg: PipelineConfig, job: str) -> Any:
+    mode = cfg.tracking.mode
+    if mode == "disabled":
+        return None
+    try:
+        import mlflow
+    except ImportError as err:
+        if mode == "required":
+            raise ConfigError(f"{cfg.path}: tracking.mode: required, but MLflow cannot be imported "
+                              f"({err}); pip install 'sparkml-ext[mlflow]'") from None
+        log.warning("tracking: MLflow cannot be imported (%s), %s runs untracked; "
+                    "pip install 'sparkml-ext[mlflow]' or set tracking.mode: disabled", err, job)
+        return None
+    return mlflow
+
+
+def _experiment(mlflow: Any, cfg: PipelineConfig) -> str:
+    """Point MLflow at the configured stores; the experiment's id, created on first use."""
+    tr = cfg.tracking
+    local = not tr.uri
+    if local and "://" in cfg.lakehouse:
+        raise ConfigError(f"{cfg.path}: tracking.uri: the lakehouse {cfg.lakehouse!r} is not a local "
+                          f"folder for the default SQLite store; set tracking.uri")
+    if local:
+        os.makedirs(_lakehouse(cfg), exist_ok=True)
+    mlflow.set_tracking_uri(tr.uri or f"sqlite:///{_lakehouse(cfg)}/mlflow.db")
+    if tr.registry_uri:
+        mlflow.set_registry_uri(tr.registry_uri)
+    name = tr.experiment or cfg.name
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = tr.artifact_location or (Path(_lakehouse(cfg), "mlartifacts").as_uri() if local else None)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # another job created it meanwhile
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _lakehouse(cfg: PipelineConfig) -> str:
+    return cfg.lakehouse.rstrip("/") if "://" in cfg.lakehouse else os.path.abspath(cfg.lakehouse)
+
+
+def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config → MLflow params: 'grid.maxDepth' = '[4, 6]', null = 'None'."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return flat
+
+
+def _prefixed(prefix: str, values: dict) -> dict:
+    return {f"{prefix}_{k}": v for k, v in values.items()}
+
+
+def _numbers(values: dict) -> dict:
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _pins(*distributions: str) -> list[str]:
+    """Requirements of a logged model: the versions this job ran with."""
+    from packaging.version import Version
+
+    return [f"{d}=={Version(installed_version(d)).public}" for d in distributions]

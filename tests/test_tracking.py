@@ -1,0 +1,176 @@
+"""MLflow tracking of train-mllib and train-torch: real MLflow (SQLite store), real Spark and DDP.
+
+One small lakehouse, one run of each job; the tracking store is then read back with
+MlflowClient and the logged models are loaded back and asked to predict. Without MLflow
+(made unimportable in a subprocess) the real job still trains and stores its model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from pyspark.ml import PipelineModel
+
+from sparkml_ext.config import ConfigError, load_config
+from sparkml_ext.features import build_features, feature_columns
+from sparkml_ext.generate import ClickSpec, generate_clicks
+from sparkml_ext.ingest import ingest_batch
+from sparkml_ext.mllib import split_of, train_mllib
+from sparkml_ext.scoring import torch_predictions
+from sparkml_ext.torch_job import train_torch
+from sparkml_ext.tracking import Tracker, pipeline_inputs
+
+pytestmark = pytest.mark.slow
+CLICKS = "conf/pipelines/clicks.yaml"
+SMALL = ["train_mllib.params={maxIter: 3, seed: 7}", "train_mllib.grid={maxDepth: [2, 3]}",
+         "train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embedding_rows=1024",
+         "tracking.registered_model=clicks_{model}"]
+
+
+def _cfg(root: Path, *overrides: str):
+    return load_config(CLICKS, [f"lakehouse={root}/lake", f"source.path={root}/landing",
+                                "tracking.uri=", *SMALL, *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(spark, tmp_path_factory):
+    """A 3,000-event lakehouse, one train-mllib and one train-torch run, tracked locally."""
+    root = tmp_path_factory.mktemp("tracked")
+    cfg = _cfg(root)
+    generate_clicks(spark, ClickSpec(rows=3000), f"{root}/landing", cfg.table_path("truth"))
+    ingest_batch(spark, cfg, "batch-00000")
+    build_features(spark, cfg)
+    cards = {"mllib": train_mllib(spark, cfg), "torch": train_torch(spark, cfg)}
+    mlflow.set_tracking_uri(f"sqlite:///{root}/lake/mlflow.db")
+    return root, cards, mlflow.MlflowClient()
+
+
+def _test_rows(spark, root: Path):
+    features = spark.read.format("delta").load(_cfg(root).table_path("features"))
+    return features.where(split_of("event_id") == "test").orderBy("event_id").limit(7)
+
+
+def _history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, metric),
+                                              key=lambda m: m.step)]
+
+
+def _check_run_links(client, card: dict, kind: str, job: str) -> None:
+    """Run ↔ card ↔ store ↔ registry: each names the others."""
+    run = client.get_run(card["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["feature_table"] == card["feature_table"] and tags["feature_table_version"] == "0"
+    assert tags["model_store_version"] == card["model_version"] == f"{kind}/v1"
+    assert tags["config_hash"] == card["config_hash"] and tags["job"] == job
+    stored_card = json.loads(Path(card["model_uri"], "card.json").read_text())
+    assert stored_card["mlflow"]["run_id"] == run.info.run_id
+    logged_card = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="card.json")).read_text())
+    assert logged_card["model_version"] == card["model_version"]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "clicks" and "/lake/mlartifacts" in experiment.artifact_location
+    registered = card["mlflow"]["registered"]
+    assert registered == {"name": f"clicks_{kind}", "version": 1}
+    version = client.get_model_version(registered["name"], "1")
+    assert version.run_id == run.info.run_id and version.tags["model_store_version"] == f"{kind}/v1"
+
+
+def test_train_mllib_run_has_params_metrics_tags_and_a_registered_spark_model(spark, trained):
+    root, cards, client = trained
+    card = cards["mllib"]
+    run = client.get_run(card["mlflow"]["run_id"])
+    params, metrics = run.data.params, run.data.metrics
+    assert params["model"] == "gbt" and params["params.maxIter"] == "3"
+    assert params["grid.maxDepth"] == "[2, 3]" and params["search.kind"] == "train_validation_split"
+    assert metrics["auc_roc"] == pytest.approx(card["metrics"]["auc_roc"])
+    assert metrics["bayes_optimal_auc"] == pytest.approx(card["metrics"]["bayes_optimal_auc"])
+    assert metrics["rows_test"] == card["rows"]["test"] and metrics["fit_seconds"] > 0
+    assert _history(client, run.info.run_id, "search_score") == [
+        (1, pytest.approx(card["search"]["scores"][0])), (2, pytest.approx(card["search"]["scores"][1]))]
+    _check_run_links(client, card, "gbt", "train-mllib")
+
+    info = mlflow.models.get_model_info(card["mlflow"]["model_uri"])
+    assert "spark" in info.flavors and info.saved_input_example_info is not None
+    stored = PipelineModel.load(f"{card['model_uri']}/model")
+    columns = feature_columns(_cfg(root).features)
+    assert info.signature.inputs.input_names() == pipeline_inputs(stored)
+    assert set(info.signature.inputs.input_names()) == set(columns["numeric"] + columns["categorical_raw"])
+
+    # The model loaded back from the registry predicts what the stored PipelineModel predicts.
+    rows = _test_rows(spark, root)
+    loaded = mlflow.pyfunc.load_model("models:/clicks_gbt/1")
+    predicted = list(loaded.predict(rows.select(*pipeline_inputs(stored)).toPandas()))
+    expected = [r.prediction for r in stored.transform(rows).select("prediction").collect()]
+    assert predicted == expected and len(expected) == 7
+
+
+def test_train_torch_run_has_epoch_history_and_a_registered_pyfunc(spark, trained):
+    root, cards, client = trained
+    card = cards["torch"]
+    run_id = card["mlflow"]["run_id"]
+    params = client.get_run(run_id).data.params
+    assert params["epochs"] == "2" and params["embedding_sizes"] == "1024" and params["lr"] == "0.001"
+    for metric in ("train_loss", "val_loss", "val_auc"):
+        assert _history(client, run_id, metric) == [
+            (1, pytest.approx(card["epochs"][metric][0])), (2, pytest.approx(card["epochs"][metric][1]))]
+    assert client.get_run(run_id).data.metrics["auc_roc"] == pytest.approx(card["metrics"]["auc_roc"])
+    _check_run_links(client, card, "torch", "train-torch")
+
+    info = mlflow.models.get_model_info(card["mlflow"]["model_uri"])
+    columns = feature_columns(_cfg(root).features)
+    assert info.signature.inputs.input_names() == columns["numeric"] + columns["categorical_ids"]
+    assert info.saved_input_example_info is not None
+    assert info.flavors["python_function"]["loader_module"] == "sparkml_ext.tracking"
+
+    # Loaded back, it gives the probabilities that scoring on the executors gives.
+    rows = _test_rows(spark, root)
+    loaded = mlflow.pyfunc.load_model("models:/clicks_torch/1")
+    predicted = loaded.predict(rows.select(*info.signature.inputs.input_names()).toPandas())
+    scored = torch_predictions(rows, f"{card['model_uri']}/model.pt", "event_id").orderBy("event_id")
+    assert list(predicted) == pytest.approx([r.score for r in scored.collect()], abs=1e-6)
+
+
+def test_without_mlflow_the_real_job_says_so_once_and_trains(trained, tmp_path):
+    """A subprocess whose `import mlflow` fails: train-mllib stores a model and tracks nothing."""
+    root, _, client = trained
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['mlflow'] = None\n")
+    runs = len(client.search_runs([client.get_experiment_by_name("clicks").experiment_id]))
+    command = [str(Path(sys.executable).with_name("sparkml-ext")), "train-mllib", "--pipeline", CLICKS,
+               f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing",
+               "--set=train_mllib.model=logistic_regression", "--set=train_mllib.params={maxIter: 5}",
+               "--set=train_mllib.grid={}"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYSPARK_PYTHON": sys.executable}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "train-mllib: logistic_regression/v1" in result.stdout
+    said = [line for line in result.stderr.splitlines() if "MLflow cannot be imported" in line]
+    assert len(said) == 1 and "train-mllib runs untracked" in said[0], result.stderr[-3000:]
+    stored = json.loads(Path(root, "lake/models/clicks/logistic_regression/v1/card.json").read_text())
+    assert stored["mlflow"] is None
+    assert len(client.search_runs([client.get_experiment_by_name("clicks").experiment_id])) == runs
+
+
+def test_required_tracking_without_mlflow_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ConfigError, match=r"clicks.yaml: tracking.mode: required, but MLflow cannot be imported"):
+        Tracker(_cfg(tmp_path, "tracking.mode=required"), "train-mllib")
+    assert Tracker(_cfg(tmp_path, "tracking.mode=disabled"), "train-mllib").mlflow is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tracking.uri=mlruns", "tracking.uri: 'mlruns' is not an MLflow store URI"),
+    ("tracking.registry_uri=ftp://host", "tracking.registry_uri: 'ftp://host' is not an MLflow store URI"),
+    ("tracking.registered_model=clicks_{kind}", "tracking.registered_model: 'clicks_{kind}' must be"),
+    ("tracking.experiment=", "tracking.experiment: must not be empty"),
+    ("tracking.mode=always", "tracking.mode: 'always' is not one of auto, required, disabled"),
+])
+def test_bad_tracking_config_names_the_key(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=f"clicks.yaml: {message}"):
+        _cfg(tmp_path, override)
