@@ -1,0 +1,211 @@
+"""report: what one pipeline run did and how good its models are, gathered in Spark.
+
+`pipeline` records each run (its stage reports) as `<lakehouse>/_meta/runs/<run id>.json`,
+so a report can be drawn, or drawn again, from the lakehouse alone. Everything data-sized
+stays in Spark: quarantine reasons are counted per batch, and each model's test-split
+scores (beside the generator's planted probability, the Bayes-optimal score) are binned
+and counted per bin; only those few hundred rows reach the driver, where ROC and
+calibration curves are cumulative sums. `report_page` draws the page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from functools import reduce
+
+import pyarrow.fs as pafs
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from sparkml_ext import lake, modelstore
+from sparkml_ext.config import PipelineConfig
+from sparkml_ext.mllib import split_of
+
+RUNS = "_meta/runs"
+BINS = 500  # score bins for the ROC curve (AUC within ~1e-3 of the exact one)
+CALIBRATION_BINS = 20  # equal-width groups of those bins for the calibration curve
+BAYES = "bayes-optimal"
+
+
+def lakehouse_path(cfg: PipelineConfig, name: str) -> str:
+    root = cfg.lakehouse if "://" in cfg.lakehouse else os.path.abspath(cfg.lakehouse)
+    return f"{root.rstrip('/')}/{name}"
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow file system of a local path or of any URI pyarrow opens (s3://, hdfs://)."""
+    return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+
+
+def record_run(cfg: PipelineConfig, stages: dict[str, dict]) -> str:
+    """Store a finished pipeline's stage reports as a new run record; returns its id."""
+    run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    fs, folder = filesystem(lakehouse_path(cfg, RUNS))
+    fs.create_dir(folder)
+    record = {"run_id": run_id, "pipeline": cfg.path, "name": cfg.name,
+              "created_unix": time.time(), "stages": stages}
+    with fs.open_output_stream(f"{folder}/{run_id}.json") as sink:  # unsorted: stage order
+        sink.write(json.dumps(record, indent=2, default=str).encode())
+    return run_id
+
+
+def read_run(cfg: PipelineConfig, run_id: str | None = None) -> dict:
+    """A run record by id, or the latest (ids sort by their UTC start time)."""
+    where = lakehouse_path(cfg, RUNS)
+    fs, folder = filesystem(where)
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    ids = sorted(i.base_name.removesuffix(".json") for i in infos if i.base_name.endswith(".json"))
+    if not ids:
+        raise FileNotFoundError(f"no pipeline run recorded under {where}: "
+                                "run `sparkml-ext pipeline` first")
+    chosen = run_id or ids[-1]
+    if chosen not in ids:
+        raise FileNotFoundError(f"run {chosen!r} is not under {where} (latest: {ids[-3:]})")
+    with fs.open_input_stream(f"{folder}/{chosen}.json") as source:
+        return json.loads(source.read())
+
+
+def build_report(spark: SparkSession, cfg: PipelineConfig, run: dict, out: str | None = None
+                 ) -> dict:
+    """Draw the page of a run record into `out` (default `<lakehouse>/reports/<run id>`)."""
+    from sparkml_ext.report_page import write_page
+
+    out = out or lakehouse_path(cfg, f"reports/{run['run_id']}")
+    return write_page(gather(spark, cfg, run), out)
+
+
+def gather(spark: SparkSession, cfg: PipelineConfig, run: dict) -> dict:
+    """The page's data: stage rows, quarantine reasons, curves, training and bridge figures."""
+    stages = run["stages"]
+    batches = [r["batch_id"] for r in stages.values() if "rows_read" in r]
+    scores = [r for r in stages.values() if "predictions_table" in r]
+    models = cfg.table_path("models")
+    cards = {r["model"]: modelstore.read_json(modelstore.resolve(models, r["model"]), "card.json")
+             for r in scores}
+    binary = [r for r in scores if cards[r["model"]]["metrics"].get("auc_roc") is not None]
+    bins = score_bins(spark, cfg, binary) if binary else {}
+    return {
+        "run": {k: run[k] for k in ("run_id", "pipeline", "name", "created_unix")},
+        "stages": [{"stage": name, "seconds": r.get("stage_seconds"), **_stage_rows(r)}
+                   for name, r in stages.items()],
+        "quarantine": quarantine_reasons(spark, cfg, batches),
+        "curves": {name: curves(rows) for name, rows in bins.items()},
+        "models": {name: _model_summary(card) for name, card in cards.items()},
+    }
+
+
+def _model_summary(card: dict) -> dict:
+    metrics = card["metrics"]
+    return {
+        "kind": card["model"],
+        "feature_version": card["feature_version"],
+        "card_auc": metrics.get("auc_roc"),
+        "bayes_optimal_auc": metrics.get("bayes_optimal_auc"),
+        "log_loss": metrics.get("log_loss"),
+        "epochs": card.get("epochs"),  # torch: train_loss, val_loss, val_auc per epoch
+        "search": card.get("search"),  # MLlib: validation score per grid point
+        "rows_per_s": card.get("rows_per_s"),
+        "timings": card.get("timings"),
+        "world_size": card.get("training", {}).get("world_size"),
+    }
+
+
+def _stage_rows(report: dict) -> dict[str, int]:
+    """The row counts a stage report holds, whatever the stage."""
+    if "rows_read" in report:
+        return {"read": report["rows_read"], "accepted": report["accepted"],
+                "quarantined": report["quarantined"]}
+    if "rows_merged" in report:
+        return {"new events": report["rows_in"], "merged": report["rows_merged"]}
+    if "metrics" in report:
+        splits = report.get("rows", {})
+        return {f"{s} rows": splits[s] for s in ("train", "validation", "test") if s in splits}
+    if "predictions_table" in report:
+        return {"predictions": report["rows"]}
+    return {"rows": report["rows"]} if isinstance(report.get("rows"), int) else {}
+
+
+def quarantine_reasons(spark: SparkSession, cfg: PipelineConfig, batches: list[str]
+                       ) -> dict[str, dict[str, int]]:
+    """Quarantined records per first reason and batch: {reason: {batch: count}}."""
+    table = cfg.table_path("quarantine")
+    if not batches or not lake.is_delta(spark, table):
+        return {}
+    rows = (spark.read.format("delta").load(table).where(F.col("batch_id").isin(batches))
+            .groupBy("reason", "batch_id").count()
+            .collect())  # driver-ok: reasons x batches
+    counts: dict[str, dict[str, int]] = {}
+    for r in rows:
+        counts.setdefault(r["reason"], {})[r["batch_id"]] = r["count"]
+    return counts
+
+
+def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict]
+               ) -> dict[str, list[tuple]]:
+    """(bin, rows, positives, score sum) per curve over the test split, binned in Spark.
+
+    Each scored model is read from the predictions table as the run left it; the
+    Bayes-optimal curve scores the same test rows with the generator's planted probability.
+    """
+    key, label = cfg.source.key, cfg.features.label
+    predictions = (spark.read.format("delta")
+                   .option("versionAsOf", max(r["predictions_version"] for r in scores))
+                   .load(cfg.table_path("predictions")))
+    frames = []
+    for r in scores:
+        scored = predictions.where((F.col("model") == r["model"])
+                                   & (F.col("feature_version") == r["feature_version"]))
+        frames.append(_test_rows(spark, cfg, r["feature_version"]).join(scored, key)
+                      .select(F.lit(r["model"]).alias("curve"), "score", label))
+    truth = cfg.table_path("truth")
+    if lake.is_delta(spark, truth):
+        planted = (spark.read.format("delta").load(truth)
+                   .select(key, F.col("p_click").alias("score")).where(F.col("score").isNotNull()))
+        frames.append(_test_rows(spark, cfg, scores[-1]["feature_version"]).join(planted, key)
+                      .select(F.lit(BAYES).alias("curve"), "score", label))
+    score = F.col("score").cast("double")
+    bin_ = F.least(F.greatest(F.floor(score * BINS), F.lit(0)), F.lit(BINS - 1)).cast("int")
+    rows = (reduce(DataFrame.unionByName, frames)
+            .groupBy("curve", bin_.alias("bin"))
+            .agg(F.count(F.lit(1)).alias("rows"),
+                 F.sum(F.col(label).cast("long")).alias("positives"),
+                 F.sum(score).alias("score_sum"))
+            .collect())  # driver-ok: at most BINS rows per curve
+    binned: dict[str, list[tuple]] = {}
+    for r in rows:
+        binned.setdefault(r["curve"], []).append((r["bin"], r["rows"], r["positives"],
+                                                  r["score_sum"]))
+    return binned
+
+
+def _test_rows(spark: SparkSession, cfg: PipelineConfig, version: int) -> DataFrame:
+    features, _ = lake.read_version(spark, cfg.table_path("features"), version)
+    key, label = cfg.source.key, cfg.features.label
+    return features.where(split_of(key) == "test").select(key, label)
+
+
+def curves(bins: list[tuple]) -> dict:
+    """ROC (highest scores first, ties within a bin as one step), its AUC, and calibration."""
+    ordered = sorted(bins, reverse=True)
+    positives = sum(b[2] for b in ordered)
+    negatives = sum(b[1] - b[2] for b in ordered)
+    fpr, tpr, auc = [0.0], [0.0], 0.0
+    for _, rows, pos, _ in ordered:
+        x = fpr[-1] + (rows - pos) / max(negatives, 1)
+        y = tpr[-1] + pos / max(positives, 1)
+        auc += (x - fpr[-1]) * (y + tpr[-1]) / 2
+        fpr.append(x)
+        tpr.append(y)
+    groups: dict[int, list[float]] = {}
+    for bin_, rows, pos, score_sum in bins:
+        group = groups.setdefault(bin_ * CALIBRATION_BINS // BINS, [0, 0, 0.0])
+        group[0] += rows
+        group[1] += pos
+        group[2] += score_sum
+    calibration = [{"predicted": s / n, "observed": p / n, "rows": n}
+                   for _, (n, p, s) in sorted(groups.items())]
+    return {"fpr": fpr, "tpr": tpr, "auc": auc, "rows": positives + negatives,
+            "positives": positives, "calibration": calibration}

@@ -1,0 +1,164 @@
+"""`sparkml-ext pipeline` on a tiny lakehouse ends with its report; the page renders in Chromium.
+
+Real Spark, Delta, TorchDistributor, matplotlib and headless Chromium; nothing mocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sparkml_ext.cli import EXIT_INPUT, EXIT_OK, main
+from sparkml_ext.report import BAYES, BINS, curves
+
+TINY = ["tracking.mode=disabled",
+        "generate.rows=3000", "generate.batches=2", "generate.malformed_rate=0.01",
+        "train_mllib.params={maxIter: 5, seed: 7}", "train_mllib.grid={maxDepth: [3]}",
+        "train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embedding_rows=1024"]
+PLOTS = {"roc.png", "calibration.png", "training.png", "rows.png", "quarantine.png",
+         "throughput.png"}
+CURVE_BLUE = (0x1F, 0x77, 0xB4)  # the plots' first colour (no CSS on the page uses it)
+
+
+def _options(root: Path) -> list[str]:
+    where = [f"lakehouse={root}/lake", f"source.path={root}/landing",
+             f"generate.landing={root}/landing"]
+    return [f"--set={s}" for s in [*where, *TINY]]
+
+
+def _run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def piped(spark, tmp_path_factory):
+    """One tiny pipeline run (two batches, GBT, a 2-rank DDP model) and its printed output."""
+    root = tmp_path_factory.mktemp("report")
+    code, printed = _run("pipeline", *_options(root))
+    assert code == EXIT_OK, printed
+    return root, printed
+
+
+def _page(printed: str) -> Path:
+    """The page `pipeline` names on its last line."""
+    last = printed.rstrip().splitlines()[-1]
+    assert last.startswith("report: "), last
+    return Path(last.removeprefix("report: "))
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+
+def _colours(png: Path) -> set[tuple]:
+    with Image.open(png) as image:
+        return {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 24)}
+
+
+@pytest.mark.parametrize(("bins", "auc"), [
+    ([(BINS - 1, 10, 10, 9.9), (0, 10, 0, 0.01)], 1.0),  # every positive above every negative
+    ([(0, 10, 10, 0.01), (BINS - 1, 10, 0, 9.9)], 0.0),
+    ([(BINS // 2, 20, 10, 10.0)], 0.5),  # one bin: all tied
+    ([(400, 10, 8, 8.0), (100, 10, 2, 2.0)], 0.8),  # 64 pairs ranked right + 32 ties / 2, of 100
+])
+def test_curves_from_hand_made_bins(bins, auc):
+    curve = curves(bins)
+    assert curve["auc"] == pytest.approx(auc)
+    assert (curve["fpr"][-1], curve["tpr"][-1]) == pytest.approx((1.0, 1.0))
+    assert sum(p["rows"] for p in curve["calibration"]) == curve["rows"] == sum(b[1] for b in bins)
+
+
+@pytest.mark.slow
+def test_the_pipeline_records_its_run_and_ends_by_printing_its_report(piped):
+    root, printed = piped
+    runs = list((root / "lake/_meta/runs").glob("*.json"))
+    assert len(runs) == 1
+    run = json.loads(runs[0].read_text())
+    page = root / "lake/reports" / run["run_id"] / "index.html"
+    assert _page(printed) == page
+    assert page.is_file()
+    assert {"generate", "ingest batch-00001", "train-torch", "score mllib"} <= set(run["stages"])
+
+
+@pytest.mark.slow
+def test_the_page_links_valid_pngs_of_real_plots(piped):
+    _, printed = piped
+    page = _page(printed)
+    parser = _Images()
+    parser.feed(page.read_text())
+    assert set(parser.sources) == PLOTS
+    for source in parser.sources:
+        png = page.parent / source
+        with Image.open(png) as image:
+            image.verify()  # a whole, well-formed PNG
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.width >= 500 and image.height >= 250, source
+        assert len(_colours(png)) >= 20, f"{source} looks blank"  # lines, text, anti-aliasing
+
+
+@pytest.mark.slow
+def test_the_binned_curves_agree_with_the_model_cards(piped):
+    root, printed = piped
+    data = json.loads(_page(printed).with_name("report.json").read_text())
+    run = json.loads(next((root / "lake/_meta/runs").glob("*.json")).read_text())["stages"]
+    assert set(data["curves"]) == {"gbt/v1", "torch/v1", BAYES}
+    for name, model in data["models"].items():
+        curve = data["curves"][name]
+        assert curve["auc"] == pytest.approx(model["card_auc"], abs=0.005), name
+        assert curve["rows"] == run["train-mllib"]["rows"]["test"]  # the same hash split
+        assert sum(p["rows"] for p in curve["calibration"]) == curve["rows"]
+    optimum = data["models"]["gbt/v1"]["bayes_optimal_auc"]
+    assert data["curves"][BAYES]["auc"] == pytest.approx(optimum, abs=0.005)
+    quarantined = sum(n for counts in data["quarantine"].values() for n in counts.values())
+    assert quarantined == sum(r["quarantined"] for r in run.values() if "rows_read" in r) > 0
+    assert len(data["models"]["torch/v1"]["epochs"]["train_loss"]) == 2
+
+
+@pytest.mark.slow
+def test_report_redraws_the_latest_run_and_refuses_an_unknown_one(piped, tmp_path):
+    root, _ = piped
+    code, printed = _run("report", *_options(root), f"--out={tmp_path}/page")
+    assert code == EXIT_OK and printed.strip().endswith(f"{tmp_path}/page/index.html")
+    assert {p.name for p in (tmp_path / "page").iterdir()} == PLOTS | {"index.html", "report.json"}
+    assert _run("report", *_options(root), "--run=19990101T000000Z-abcdef")[0] == EXIT_INPUT
+    assert _run("report", *_options(tmp_path / "empty"))[0] == EXIT_INPUT
+
+
+@pytest.mark.slow
+def test_the_page_renders_in_headless_chromium(piped, tmp_path):
+    chromium = shutil.which("chromium")
+    assert chromium, "Chromium is not installed: `make test` installs it (apt-get install chromium)"
+    _, printed = piped
+    page = _page(printed)
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+         "--window-size=1280,2000", page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )
+    with Image.open(shot) as image:
+        assert image.size == (1280, 2000)
+        counts = image.convert("RGB").getcolors(maxcolors=1 << 24)  # [(pixels, colour)]
+    assert len(counts) >= 50  # text, tables and plots, not a blank or error page
+    # The PNGs were loaded and painted: the plots' first colour covers many pixels.
+    assert sum(n for n, c in counts if all(abs(a - b) <= 12 for a, b in zip(c, CURVE_BLUE))) > 500
+    assert sum(n for n, c in counts if c == (255, 255, 255)) < 0.97 * 1280 * 2000
