@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test clean airflow-venv dist cluster-start cluster-stop cluster-demo
+.PHONY: venv demo test clean chromium airflow-venv dist cluster-start cluster-stop cluster-demo
 
 venv: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[torch,test,mlflow]"
+	$(PY) -m pip install --quiet -e ".[torch,test,report,mlflow]"
 	@echo "fetching the Delta jars (Maven Central, cached by Spark's Ivy in ~/.ivy2.5.2)"
 	$(PY) -m sparkml_ext.session
 	touch $(STAMP)
@@ -33,7 +33,7 @@ $(AIRFLOW_VENV)/.installed: airflow/requirements.txt airflow/constraints.txt
 demo: venv
 	PYSPARK_PYTHON=$(abspath $(PY)) $(VENV)/bin/sparkml-ext pipeline --pipeline conf/pipelines/clicks.yaml
 
-test: venv airflow-venv
+test: venv chromium airflow-venv
 	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m pytest
 
 # The package as a cluster ships it: a wheel (Databricks, pip on the nodes) and the same
@@ -54,6 +54,10 @@ cluster-stop:
 cluster-demo: dist
 	$(PY) scripts/cluster.py submit jobs/pipeline.py --pipeline conf/pipelines/clicks.yaml \
 	    --set train_torch.local_mode=false
+
+# The report test loads the page in headless Chromium (Debian's package; needs root or sudo).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 clean:
 	rm -rf $(VENV) $(AIRFLOW_VENV) lakehouse data/generated spark-warehouse

@@ -1,5 +1,8 @@
 """`sparkml-ext <job>`: one subcommand per job, plus `pipeline` to run them in order.
 
+`report` draws an HTML page with PNG plots of a recorded pipeline run (the latest by
+default); `pipeline` records its run under `<lakehouse>/_meta/runs/` and ends with it.
+
 The jobs/ scripts for spark-submit call `main` with their job's name, so a job takes
 the same options however it is launched. Exit codes: 0 done, 2 bad config or usage,
 3 input the job refused (nothing written), 1 anything unexpected.
@@ -88,6 +91,15 @@ def run_score(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     return report
 
 
+def run_report(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
+    from sparkml_ext.report import build_report, read_run
+
+    run = read_run(cfg, args.run_id)  # before the session: a missing run fails fast
+    result = build_report(_session(cfg, args.log_level), cfg, run, args.out)
+    print(f"report: run {result['run_id']}: {result['html']}")
+    return result
+
+
 def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     """Every stage in order for one pipeline file, a progress line each, a table at the end."""
     stages: list[tuple[str, Callable[[], dict]]] = [("generate", lambda: run_generate(args, cfg))]
@@ -104,12 +116,21 @@ def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
 
     stages.append(("score mllib", lambda: score_model("train-mllib")))
     stages.append(("score torch", lambda: score_model("train-torch")))
+
+    def report_run() -> dict:  # record the jobs' reports first, so `report` can redraw it later
+        from sparkml_ext.report import record_run
+
+        run_id = record_run(cfg, results)
+        return run_report(argparse.Namespace(**{**vars(args), "run_id": run_id, "out": None}), cfg)
+
+    stages.append(("report", report_run))
     for number, (name, stage) in enumerate(stages, 1):
         print(f"[{number}/{len(stages)}] {name} …", flush=True)
         started = time.monotonic()
         results[name] = stage()
         results[name]["stage_seconds"] = round(time.monotonic() - started, 1)
     print(_summary_table(results))
+    print(f"report: {results['report']['html']}")
     return results
 
 
@@ -123,6 +144,8 @@ def _summary_table(results: dict[str, dict]) -> str:
         elif "metrics" in report:
             shown = {k: v for k, v in report["metrics"].items() if k in ("auc_roc", "bayes_optimal_auc")}
             detail = f"{report['model_version']} " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+        elif "html" in report:
+            detail = f"run {report['run_id']}"
         else:
             detail = f"rows {report.get('rows', '')}"
         lines.append(f"{name:<22}{report['stage_seconds']:>9}  {detail}")
@@ -173,7 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     sco.add_argument("--model", help="model version, e.g. gbt/v3, torch/latest (default: score.model)")
     sco.set_defaults(run=run_score)
 
-    pipe = jobs.add_parser("pipeline", parents=[common], help="run every stage in order")
+    rep = jobs.add_parser("report", parents=[common],
+                          help="HTML page with PNG plots of a pipeline run (rows, quarantine, ROC, "
+                               "calibration, training, throughput)")
+    rep.add_argument("--run", dest="run_id", help="run id under <lakehouse>/_meta/runs (default: the latest run)")
+    rep.add_argument("--out", help="folder for index.html and its PNGs (default: <lakehouse>/reports/<run id>)")
+    rep.set_defaults(run=run_report)
+
+    pipe = jobs.add_parser("pipeline", parents=[common], help="run every stage in order, then report")
     pipe.set_defaults(run=run_pipeline)
     return parser
 
