@@ -17,12 +17,13 @@ SPARK_SUBMIT = Path(sys.executable).with_name("spark-submit")
 LOCAL = (str(SPARK_SUBMIT), "--properties-file", "conf/spark/local.conf")
 
 
-def submit(job: str, *args: str, launcher: tuple[str, ...] = LOCAL) -> subprocess.CompletedProcess:
+def submit(job: str, *args: str, launcher: tuple[str, ...] = LOCAL, timeout: float = 600
+           ) -> subprocess.CompletedProcess:
     """`<launcher> jobs/<job>.py --pipeline conf/pipelines/clicks.yaml <args>` in the repo root."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     command = [*launcher, f"jobs/{job}.py", "--pipeline", "conf/pipelines/clicks.yaml", *args]
     return subprocess.run(command, check=False, env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=timeout)
 
 
 def report_of(result: subprocess.CompletedProcess) -> dict:
