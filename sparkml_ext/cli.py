@@ -5,7 +5,8 @@ default); `pipeline` records its run under `<lakehouse>/_meta/runs/` and ends wi
 
 The jobs/ scripts for spark-submit call `main` with their job's name, so a job takes
 the same options however it is launched. Exit codes: 0 done, 2 bad config or usage,
-3 input the job refused (nothing written), 1 anything unexpected.
+3 input the job refused (nothing written), 1 storage that cannot be written (nothing
+written) or anything unexpected.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sparkml_ext.features import FeaturesError
     from sparkml_ext.ingest import IngestError
-    from sparkml_ext.lake import BatchConflict
+    from sparkml_ext.lake import BatchConflict, StorageError
     from sparkml_ext.mllib import TrainError
 
     try:
@@ -231,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (IngestError, FeaturesError, TrainError, BatchConflict, FileNotFoundError) as err:
         print(f"{args.job} refused: {err}", file=sys.stderr)
         return EXIT_INPUT
+    except StorageError as err:  # the lakehouse cannot be written: nothing was
+        print(f"{args.job} failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     return EXIT_OK
