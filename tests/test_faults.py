@@ -19,7 +19,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pyspark.sql import functions as F
 
 from clickdata import line, write_batch
 from faultkit import (click_lines, commits, data_files, finish, kill_group, launch, mounted,
