@@ -93,10 +93,12 @@ class TrainingRun:
         from mlflow.models import infer_signature
 
         example = rows.select(*pipeline_inputs(model)).limit(EXAMPLE_ROWS)
-        predicted = model.transform(example).select("prediction").toPandas()  # driver-ok: 5 rows
+        # Both schemas come from Spark's plan (no job runs): the input columns' types, and the
+        # `prediction` column that MLflow's spark pyfunc returns.
+        signature = infer_signature(example, model.transform(example).select("prediction"))
         info = self.mlflow.spark.log_model(
-            model, MODEL_PATH, signature=infer_signature(example, predicted["prediction"]),
-            input_example=example.toPandas(), dfs_tmpdir=f"{_lakehouse(self.cfg)}/_tmp/mlflow",
+            model, MODEL_PATH, signature=signature, input_example=example.toPandas(),  # 5 rows
+            dfs_tmpdir=f"{_lakehouse(self.cfg)}/_tmp/mlflow",
             code_paths=[PACKAGE_DIR], pip_requirements=_pins("pyspark"))
         self.model_uri = info.model_uri
 
@@ -227,9 +229,9 @@ def _experiment(mlflow: Any, cfg: PipelineConfig) -> str:
                           f"folder for the default SQLite store; set tracking.uri")
     if local:
         os.makedirs(_lakehouse(cfg), exist_ok=True)
-    mlflow.set_tracking_uri(tr.uri or f"sqlite:///{_lakehouse(cfg)}/mlflow.db")
-    if tr.registry_uri:
-        mlflow.set_registry_uri(tr.registry_uri)
+    uri = tr.uri or f"sqlite:///{_lakehouse(cfg)}/mlflow.db"
+    mlflow.set_tracking_uri(uri)  # process-wide, as MLflow's fluent API (log_model) needs
+    mlflow.set_registry_uri(tr.registry_uri or uri)
     name = tr.experiment or cfg.name
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(name)

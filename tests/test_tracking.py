@@ -147,7 +147,7 @@ def test_without_mlflow_the_real_job_says_so_once_and_trains(trained, tmp_path):
                "--set=train_mllib.model=logistic_regression", "--set=train_mllib.params={maxIter: 5}",
                "--set=train_mllib.grid={}"]
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYSPARK_PYTHON": sys.executable}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "train-mllib: logistic_regression/v1" in result.stdout
     said = [line for line in result.stderr.splitlines() if "MLflow cannot be imported" in line]
