@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# MLflow tracking is tested in test_tracking.py (which switches it on); elsewhere every
+# tracked MLlib model would be saved, copied and reloaded by MLflow (~20 s a fit). The
+# spark-submit and Airflow tests' jobs inherit this too.
+os.environ.setdefault("SPARKML_EXT_TRACKING", "disabled")
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 CLICKS = "conf/pipelines/clicks.yaml"
 SMALL = ["train_mllib.params={maxIter: 3, seed: 7}", "train_mllib.grid={maxDepth: [2, 3]}",
          "train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embedding_rows=1024",
-         "tracking.registered_model=clicks_{model}"]
+         "tracking.registered_model=clicks_{model}", "tracking.mode=auto"]
 
 
 def _cfg(root: Path, *overrides: str):
@@ -146,7 +146,7 @@ def test_without_mlflow_the_real_job_says_so_once_and_trains(trained, tmp_path):
     command = [str(Path(sys.executable).with_name("sparkml-ext")), "train-mllib", "--pipeline", CLICKS,
                f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing",
                "--set=train_mllib.model=logistic_regression", "--set=train_mllib.params={maxIter: 5}",
-               "--set=train_mllib.grid={}"]
+               "--set=train_mllib.grid={}", "--set=tracking.mode=auto"]
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYSPARK_PYTHON": sys.executable}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
