@@ -97,7 +97,7 @@ class TrainingRun:
         # `prediction` column that MLflow's spark pyfunc returns.
         signature = infer_signature(example, model.transform(example).select("prediction"))
         info = self.mlflow.spark.log_model(
-            model, MODEL_PATH, signature=signature, input_example=example.toPandas(),  # 5 rows
+            model, MODEL_PATH, signature=signature, input_example=example.toPandas(),  # driver-ok: 5 rows
             dfs_tmpdir=f"{_lakehouse(self.cfg)}/_tmp/mlflow",
             code_paths=[PACKAGE_DIR], pip_requirements=_pins("pyspark"))
         self.model_uri = info.model_uri
