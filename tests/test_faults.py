@@ -310,7 +310,7 @@ def test_table_under_a_file_exits_1_naming_the_path_and_writes_nothing(spark, tm
         "ingest", "--batch-id", "b1", *_where(tmp_path), f"--set=tables.bronze={blocker}/bronze"), log), log)
 
     assert code == 1, output[-3000:]
-    assert re.search(rf"StorageError: cannot write to {blocker}/bronze: .*; nothing was written", output)
+    assert re.search(rf"ingest failed: cannot write to {blocker}/bronze: .*; nothing was written", output)
     assert lake.current_version(spark, _cfg(tmp_path).table_path("batches")) is None  # not even claimed
     assert not (tmp_path / "lake" / "quarantine").exists()
 
