@@ -1,9 +1,29 @@
-from sparkml_ext.session import DELTA_PACKAGE
+import re
+from pathlib import Path
+
+import pytest
+
+from sparkml_ext.session import DELTA_EXCLUDES, DELTA_PACKAGE
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "spark"
 
 
-def test_embedded_session_has_delta(spark, tmp_path):
+def test_embedded_session_has_delta_and_none_of_its_duplicate_jars(spark, tmp_path):
     path = str(tmp_path / "t")
     spark.range(3).write.format("delta").save(path)
     assert spark.read.format("delta").load(path).count() == 3
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
-    assert DELTA_PACKAGE in spark.sparkContext.getConf().get("spark.jars.packages")
+    conf = spark.sparkContext.getConf()
+    assert DELTA_PACKAGE in conf.get("spark.jars.packages")
+    jars = [Path(jar).name for jar in conf.get("spark.jars").split(",")]
+    assert any(name.startswith("io.delta_delta-spark") for name in jars)
+    excluded = tuple(f"{item.replace(':', '_')}-" for item in DELTA_EXCLUDES.split(","))  # Ivy's names
+    assert [name for name in jars if name.startswith(excluded)] == []
+
+
+@pytest.mark.parametrize("name", ["local.conf", "cluster.conf"])
+def test_spark_profiles_ask_for_the_same_delta_jars_as_the_embedded_session(name):
+    text = re.sub(r"\\\n\s*", "", (CONF / name).read_text())  # Java properties line continuations
+    settings = dict(line.split(None, 1) for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    assert settings["spark.jars.packages"].strip() == DELTA_PACKAGE
+    assert settings["spark.jars.excludes"].strip() == DELTA_EXCLUDES
