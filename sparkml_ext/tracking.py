@@ -20,17 +20,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version as installed_version
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 from sparkml_ext.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
-PACKAGE_DIR = str(Path(__file__).resolve().parent)
 MODEL_PATH = "model"  # the logged model's name inside its run
 EXAMPLE_ROWS = 5
 
@@ -96,10 +98,11 @@ class TrainingRun:
         # Both schemas come from Spark's plan (no job runs): the input columns' types, and the
         # `prediction` column that MLflow's spark pyfunc returns.
         signature = infer_signature(example, model.transform(example).select("prediction"))
-        info = self.mlflow.spark.log_model(
-            model, MODEL_PATH, signature=signature, input_example=example.toPandas(),  # driver-ok: 5 rows
-            dfs_tmpdir=f"{_lakehouse(self.cfg)}/_tmp/mlflow",
-            code_paths=[PACKAGE_DIR], pip_requirements=_pins("pyspark"))
+        with _package_folder() as package:
+            info = self.mlflow.spark.log_model(
+                model, MODEL_PATH, signature=signature, input_example=example.toPandas(),  # driver-ok: 5 rows
+                dfs_tmpdir=f"{_lakehouse(self.cfg)}/_tmp/mlflow",
+                code_paths=[package], pip_requirements=_pins("pyspark"))
         self.model_uri = info.model_uri
 
     def log_torch_model(self, model_file: str, rows: Any) -> None:
@@ -109,10 +112,11 @@ class TrainingRun:
         predictor = _load_pyfunc(model_file)
         example = rows.select(*predictor.columns).limit(EXAMPLE_ROWS)
         sample = example.toPandas()  # driver-ok: 5 rows
-        info = self.mlflow.pyfunc.log_model(
-            name=MODEL_PATH, loader_module=__name__, data_path=model_file,
-            code_paths=[PACKAGE_DIR], signature=infer_signature(example, predictor.predict(sample)),
-            input_example=sample, pip_requirements=_pins("torch", "numpy", "pandas"))
+        with _package_folder() as package:
+            info = self.mlflow.pyfunc.log_model(
+                name=MODEL_PATH, loader_module=__name__, data_path=model_file,
+                code_paths=[package], signature=infer_signature(example, predictor.predict(sample)),
+                input_example=sample, pip_requirements=_pins("torch", "numpy", "pandas"))
         self.model_uri = info.model_uri
 
     def card_entry(self) -> dict:
@@ -269,6 +273,28 @@ def _prefixed(prefix: str, values: dict) -> dict:
 
 def _numbers(values: dict) -> dict:
     return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+@contextmanager
+def _package_folder() -> Iterator[str]:
+    """This package as a folder, for MLflow's `code_paths`: where it was imported from, or a
+    temporary copy when that is a zip (`--py-files sparkml_ext.zip` on a cluster)."""
+    package = files(__package__)
+    if isinstance(package, Path):
+        yield str(package)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        _copy_tree(package, Path(tmp, __package__))
+        yield str(Path(tmp, __package__))
+
+
+def _copy_tree(source: Traversable, target: Path) -> None:
+    target.mkdir()
+    for entry in source.iterdir():
+        if entry.is_dir():
+            _copy_tree(entry, target / entry.name)
+        elif not entry.name.endswith(".pyc"):
+            (target / entry.name).write_bytes(entry.read_bytes())
 
 
 def _pins(*distributions: str) -> list[str]:
