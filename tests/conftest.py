@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +37,85 @@ def spark(tmp_path_factory):
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def fresh_lake(spark, tmp_path_factory) -> Callable[[str], Path]:
+    """`fresh_lake(name)`: a private copy of one small lakehouse (4,000 events, 1% malformed,
+    ingested, feature table built), which is built once per session, when first asked for.
+
+    The copy has `lake/` and `landing/`; a test that trains or scores writes only to its own.
+    """
+    from sparkml_ext.config import load_config
+    from sparkml_ext.features import build_features
+    from sparkml_ext.generate import ClickSpec, generate_clicks
+    from sparkml_ext.ingest import ingest_batch
+
+    built = tmp_path_factory.mktemp("clicks")
+    cfg = load_config("conf/pipelines/clicks.yaml", [f"lakehouse={built}/lake", f"source.path={built}/landing"])
+    generate_clicks(spark, ClickSpec(rows=4000, malformed_rate=0.01), f"{built}/landing", cfg.table_path("truth"))
+    ingest_batch(spark, cfg, "batch-00000")
+    build_features(spark, cfg)
+
+    def copy(name: str) -> Path:
+        root = tmp_path_factory.mktemp(name)
+        shutil.copytree(built, root, dirs_exist_ok=True)
+        return root
+
+    return copy
+
+
+@dataclass
+class ClusterRun:
+    """`pipeline` as one spark-submit to a standalone cluster; see `cluster_pipeline`."""
+
+    root: Path  # lake/, landing/, cluster/ (the cluster's work folder), dist/
+    stdout: str  # the driver's and the forwarded DDP ranks' output, then the JSON report
+    stages: dict  # each stage's report, by stage name
+    stopped: subprocess.CompletedProcess  # `cluster.py stop`
+    left_running: list[int]  # processes under the work folder after the stop
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The tiny pipeline that tests/test_cluster.py and tests/test_report.py look at.
+CLUSTER_PIPELINE = [
+    "generate.rows=3000", "generate.batches=2", "generate.malformed_rate=0.01",
+    "train_mllib.params={maxIter: 3, seed: 7}", "train_mllib.grid={}",
+    "train_torch.local_mode=false", "train_torch.num_processes=2", "train_torch.epochs=2",
+    "train_torch.batch_size=128", "train_torch.embedding_rows=1024", "tracking.mode=auto",
+]
+
+
+@pytest.fixture(scope="session")
+def cluster_pipeline(tmp_path_factory) -> ClusterRun:
+    """One `pipeline` run as a user runs it on a cluster (`make cluster-start cluster-demo
+    cluster-stop`): a master and two workers on 127.0.0.1 whose Python lacks sparkml_ext, the
+    package shipped only as the `--py-files` zip, DDP ranks in barrier mode, MLflow on.
+
+    Shared because it is the suite's most expensive run: the cluster test checks how it ran,
+    the report test the page it ended with.
+    """
+    from shipping import REPO, build_wheel, cluster_script, report_of, submit
+
+    cluster = cluster_script()
+    root = tmp_path_factory.mktemp("cluster-pipeline")
+    work = root / "cluster"
+    archive = build_wheel(root / "dist").with_name("sparkml_ext.zip")
+    script = [sys.executable, str(REPO / "scripts" / "cluster.py"), "--work-dir", str(work)]
+    where = [f"lakehouse={root}/lake", f"generate.landing={root}/landing", f"source.path={root}/landing"]
+    try:
+        ports = ["--port", str(_free_port()), "--webui-port", str(_free_port())]
+        subprocess.run([*script, "start", *ports], check=True, timeout=300)
+        node = subprocess.run([work / "node-env" / "bin" / "python", "-P", "-c", "import sparkml_ext"],
+                              cwd=work, capture_output=True, text=True, check=False)
+        assert "No module named 'sparkml_ext'" in node.stderr  # only the archive can provide it
+        run = submit("pipeline", *[f"--set={s}" for s in [*where, *CLUSTER_PIPELINE]], "--json",
+                     launcher=(*script, "submit", "--archive", str(archive)), timeout=1800)
+    finally:
+        stopped = subprocess.run([*script, "stop"], capture_output=True, text=True, timeout=300, check=False)
+    return ClusterRun(root, run.stdout, report_of(run), stopped, cluster.processes_under(work))

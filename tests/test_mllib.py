@@ -10,9 +10,6 @@ from pyspark.ml import PipelineModel
 
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import ConfigError, load_config
-from sparkml_ext.features import build_features
-from sparkml_ext.generate import ClickSpec, generate_clicks
-from sparkml_ext.ingest import ingest_batch
 from sparkml_ext.mllib import TrainError, evaluate, split_of, train_mllib
 from sparkml_ext.scoring import score
 
@@ -21,14 +18,8 @@ FAST = ["train_mllib.params={maxIter: 5, seed: 7}", "train_mllib.grid={maxDepth:
 
 
 @pytest.fixture(scope="module")
-def lakehouse(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("chain")
-    cfg = load_config("conf/pipelines/clicks.yaml", [f"lakehouse={root}/lake", f"source.path={root}/landing"])
-    generate_clicks(spark, ClickSpec(rows=4000, batches=1, malformed_rate=0.01), f"{root}/landing",
-                    cfg.table_path("truth"))
-    ingest_batch(spark, cfg, "batch-00000")
-    build_features(spark, cfg)
-    return root
+def lakehouse(fresh_lake):
+    return fresh_lake("chain")
 
 
 def _cfg(root: Path, *overrides: str):

@@ -1,6 +1,7 @@
-"""`sparkml-ext pipeline` on a tiny lakehouse ends with its report; the page renders in Chromium.
+"""`sparkml-ext pipeline` ends with its report; the page renders in Chromium.
 
-Real Spark, Delta, TorchDistributor, matplotlib and headless Chromium; nothing mocked.
+The run is the tiny pipeline on the test cluster (conftest.py's `cluster_pipeline`). Real
+Spark, Delta, TorchDistributor, matplotlib and headless Chromium; nothing mocked.
 """
 
 from __future__ import annotations
@@ -19,19 +20,14 @@ from PIL import Image
 from sparkml_ext.cli import EXIT_INPUT, EXIT_OK, main
 from sparkml_ext.report import BAYES, BINS, curves
 
-TINY = ["tracking.mode=disabled",
-        "generate.rows=3000", "generate.batches=2", "generate.malformed_rate=0.01",
-        "train_mllib.params={maxIter: 5, seed: 7}", "train_mllib.grid={maxDepth: [3]}",
-        "train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embedding_rows=1024"]
 PLOTS = {"roc.png", "calibration.png", "training.png", "rows.png", "quarantine.png",
          "throughput.png"}
 CURVE_BLUE = (0x1F, 0x77, 0xB4)  # the plots' first colour (no CSS on the page uses it)
 
 
 def _options(root: Path) -> list[str]:
-    where = [f"lakehouse={root}/lake", f"source.path={root}/landing",
-             f"generate.landing={root}/landing"]
-    return [f"--set={s}" for s in [*where, *TINY]]
+    where = [f"lakehouse={root}/lake", f"source.path={root}/landing", "tracking.mode=disabled"]
+    return [f"--set={s}" for s in where]
 
 
 def _run(*argv: str) -> tuple[int, str]:
@@ -42,19 +38,10 @@ def _run(*argv: str) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def piped(spark, tmp_path_factory):
-    """One tiny pipeline run (two batches, GBT, a 2-rank DDP model) and its printed output."""
-    root = tmp_path_factory.mktemp("report")
-    code, printed = _run("pipeline", *_options(root))
-    assert code == EXIT_OK, printed
-    return root, printed
-
-
-def _page(printed: str) -> Path:
-    """The page `pipeline` names on its last line."""
-    last = printed.rstrip().splitlines()[-1]
-    assert last.startswith("report: "), last
-    return Path(last.removeprefix("report: "))
+def piped(spark, cluster_pipeline):
+    """The tiny pipeline run on the test cluster (two batches, GBT, a 2-rank DDP model) and
+    the page its report stage drew."""
+    return cluster_pipeline.root, Path(cluster_pipeline.stages["report"]["html"])
 
 
 class _Images(HTMLParser):
@@ -86,21 +73,21 @@ def test_curves_from_hand_made_bins(bins, auc):
 
 
 @pytest.mark.slow
-def test_the_pipeline_records_its_run_and_ends_by_printing_its_report(piped):
-    root, printed = piped
+def test_the_pipeline_records_its_run_and_ends_by_printing_its_report(cluster_pipeline):
+    root = cluster_pipeline.root
     runs = list((root / "lake/_meta/runs").glob("*.json"))
     assert len(runs) == 1
     run = json.loads(runs[0].read_text())
     page = root / "lake/reports" / run["run_id"] / "index.html"
-    assert _page(printed) == page
-    assert page.is_file()
+    assert page.is_file() and Path(cluster_pipeline.stages["report"]["html"]) == page
+    printed = cluster_pipeline.stdout[:cluster_pipeline.stdout.index("\n{")]  # before the JSON
+    assert printed.rstrip().splitlines()[-1] == f"report: {page}"
     assert {"generate", "ingest batch-00001", "train-torch", "score mllib"} <= set(run["stages"])
 
 
 @pytest.mark.slow
 def test_the_page_links_valid_pngs_of_real_plots(piped):
-    _, printed = piped
-    page = _page(printed)
+    _, page = piped
     parser = _Images()
     parser.feed(page.read_text())
     assert set(parser.sources) == PLOTS
@@ -115,8 +102,8 @@ def test_the_page_links_valid_pngs_of_real_plots(piped):
 
 @pytest.mark.slow
 def test_the_binned_curves_agree_with_the_model_cards(piped):
-    root, printed = piped
-    data = json.loads(_page(printed).with_name("report.json").read_text())
+    root, page = piped
+    data = json.loads(page.with_name("report.json").read_text())
     run = json.loads(next((root / "lake/_meta/runs").glob("*.json")).read_text())["stages"]
     assert set(data["curves"]) == {"gbt/v1", "torch/v1", BAYES}
     for name, model in data["models"].items():
@@ -145,8 +132,7 @@ def test_report_redraws_the_latest_run_and_refuses_an_unknown_one(piped, tmp_pat
 def test_the_page_renders_in_headless_chromium(piped, tmp_path):
     chromium = shutil.which("chromium")
     assert chromium, "Chromium is not installed: `make test` installs it (apt-get install chromium)"
-    _, printed = piped
-    page = _page(printed)
+    _, page = piped
     shot = tmp_path / "page.png"
     subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

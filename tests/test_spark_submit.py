@@ -1,4 +1,8 @@
-"""End to end as a user runs it: spark-submit with the local profile, twice."""
+"""spark-submit with the local profile, as a user runs a job: exit codes and a rerun.
+
+The whole chain of jobs, each its own spark-submit, and its rerun run in the Airflow
+test (tests/test_airflow_dag.py), which submits them exactly this way.
+"""
 
 from __future__ import annotations
 
@@ -31,28 +35,3 @@ def test_broken_config_exits_2_naming_the_key(tmp_path):
     assert result.returncode == 2
     assert "conf/pipelines/clicks.yaml: generate.rows: expected int" in result.stdout
 
-
-def test_mllib_chain_via_spark_submit_and_reruns_change_nothing(spark, tmp_path):
-    """generate → ingest → features → train-mllib → score, each its own spark-submit."""
-    where = [f"--set=lakehouse={tmp_path}/lake", f"--set=generate.landing={tmp_path}/landing",
-             f"--set=source.path={tmp_path}/landing", "--set=generate.malformed_rate=0.01", "--json"]
-    fast = ["--set=train_mllib.params={maxIter: 3}", "--set=train_mllib.grid={}"]
-
-    generated = report_of(submit("generate", "--rows", "4000", "--batches", "1", *where))
-    ingested = report_of(submit("ingest", "--batch-id", "batch-00000", *where))
-    assert ingested["accepted"] + ingested["quarantined"] == ingested["rows_read"] == generated["rows"]
-    assert ingested["quarantined"] == generated["malformed"] > 0
-
-    features = report_of(submit("features", *where))
-    assert features["rows_merged"] == ingested["accepted"] and features["feature_version"] == 0
-    card = report_of(submit("train_mllib", *where, *fast))
-    assert card["model_version"] == "gbt/v1" and card["feature_version"] == 0
-    assert 0.5 < card["metrics"]["auc_roc"] <= card["metrics"]["bayes_optimal_auc"] + 0.05
-    scored = report_of(submit("score", "--model", "gbt/v1", *where))
-    assert scored["rows"] == ingested["accepted"]
-
-    assert report_of(submit("features", *where))["feature_version"] is None  # nothing new
-    again = report_of(submit("score", "--model", "gbt/v1", *where))
-    assert again["predictions_version"] == scored["predictions_version"] + 1  # replaced, not appended
-    predictions = spark.read.format("delta").load(again["predictions_table"])
-    assert predictions.count() == predictions.select("event_id").distinct().count() == ingested["accepted"]

@@ -16,9 +16,6 @@ from pyspark.sql import functions as F
 from sparkml_ext import modelstore
 from sparkml_ext.config import ConfigError, load_config
 from sparkml_ext.deep.model import load_model
-from sparkml_ext.features import build_features
-from sparkml_ext.generate import ClickSpec, generate_clicks
-from sparkml_ext.ingest import ingest_batch
 from sparkml_ext.mllib import split_of
 from sparkml_ext.scoring import _torch_model, score, torch_predictions
 from sparkml_ext.torch_job import TorchTrainError, evaluate, split_filter, train_torch
@@ -35,14 +32,10 @@ def _cfg(root: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def trained(spark, tmp_path_factory):
-    """A 3,000-event lakehouse and one train-torch run on it (2 ranks, local mode)."""
-    root = tmp_path_factory.mktemp("torch")
-    cfg = _cfg(root)
-    generate_clicks(spark, ClickSpec(rows=3000), f"{root}/landing", cfg.table_path("truth"))
-    ingest_batch(spark, cfg, "batch-00000")
-    build_features(spark, cfg)
-    return root, train_torch(spark, cfg)
+def trained(spark, fresh_lake):
+    """The session's small lakehouse and one train-torch run on it (2 ranks, local mode)."""
+    root = fresh_lake("torch")
+    return root, train_torch(spark, _cfg(root))
 
 
 def _files(folder: str) -> dict[str, int]:

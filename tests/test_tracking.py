@@ -2,15 +2,17 @@
 
 One small lakehouse, one run of each job; the tracking store is then read back with
 MlflowClient and the logged models are loaded back and asked to predict. Without MLflow
-(made unimportable in a subprocess) the real job still trains and stores its model.
+(made unimportable) the job still trains and stores its model.
 """
 
 from __future__ import annotations
 
+import ast
 import json
-import os
+import logging
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -18,9 +20,7 @@ import pytest
 from pyspark.ml import PipelineModel
 
 from sparkml_ext.config import ConfigError, load_config
-from sparkml_ext.features import build_features, feature_columns
-from sparkml_ext.generate import ClickSpec, generate_clicks
-from sparkml_ext.ingest import ingest_batch
+from sparkml_ext.features import feature_columns
 from sparkml_ext.mllib import split_of, train_mllib
 from sparkml_ext.scoring import torch_predictions
 from sparkml_ext.torch_job import train_torch
@@ -39,13 +39,10 @@ def _cfg(root: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def trained(spark, tmp_path_factory):
-    """A 3,000-event lakehouse, one train-mllib and one train-torch run, tracked locally."""
-    root = tmp_path_factory.mktemp("tracked")
+def trained(spark, fresh_lake):
+    """The session's small lakehouse, one train-mllib and one train-torch run, tracked locally."""
+    root = fresh_lake("tracked")
     cfg = _cfg(root)
-    generate_clicks(spark, ClickSpec(rows=3000), f"{root}/landing", cfg.table_path("truth"))
-    ingest_batch(spark, cfg, "batch-00000")
-    build_features(spark, cfg)
     cards = {"mllib": train_mllib(spark, cfg), "torch": train_torch(spark, cfg)}
     mlflow.set_tracking_uri(f"sqlite:///{root}/lake/mlflow.db")
     return root, cards, mlflow.MlflowClient()
@@ -138,23 +135,21 @@ def test_train_torch_run_has_epoch_history_and_a_registered_pyfunc(spark, traine
     assert list(predicted) == pytest.approx([r.score for r in scored.collect()], abs=1e-6)
 
 
-def test_without_mlflow_the_real_job_says_so_once_and_trains(trained, tmp_path):
-    """A subprocess whose `import mlflow` fails: train-mllib stores a model and tracks nothing."""
+def test_without_mlflow_the_job_says_so_once_and_trains(spark, trained, monkeypatch, caplog):
+    """`import mlflow` fails (as where it is not installed): train-mllib stores a model, tracks nothing."""
     root, _, client = trained
-    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['mlflow'] = None\n")
     runs = len(client.search_runs([client.get_experiment_by_name("clicks").experiment_id]))
-    command = [str(Path(sys.executable).with_name("sparkml-ext")), "train-mllib", "--pipeline", CLICKS,
-               f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing",
-               "--set=train_mllib.model=logistic_regression", "--set=train_mllib.params={maxIter: 5}",
-               "--set=train_mllib.grid={}", "--set=tracking.mode=auto"]
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYSPARK_PYTHON": sys.executable}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "train-mllib: logistic_regression/v1" in result.stdout
-    said = [line for line in result.stderr.splitlines() if "MLflow cannot be imported" in line]
-    assert len(said) == 1 and "train-mllib runs untracked" in said[0], result.stderr[-3000:]
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    cfg = _cfg(root, "train_mllib.model=logistic_regression", "train_mllib.params={maxIter: 5}",
+               "train_mllib.grid={}")
+    with caplog.at_level(logging.WARNING, logger="sparkml_ext.tracking"):
+        card = train_mllib(spark, cfg)
+    assert card["model_version"] == "logistic_regression/v1" and card["mlflow"] is None
+    said = [r.getMessage() for r in caplog.records if "MLflow cannot be imported" in r.getMessage()]
+    assert len(said) == 1 and "train-mllib runs untracked" in said[0]
     stored = json.loads(Path(root, "lake/models/clicks/logistic_regression/v1/card.json").read_text())
     assert stored["mlflow"] is None
+    monkeypatch.undo()
     assert len(client.search_runs([client.get_experiment_by_name("clicks").experiment_id])) == runs
 
 
@@ -175,3 +170,22 @@ def test_required_tracking_without_mlflow_fails_before_training(tmp_path, monkey
 def test_bad_tracking_config_names_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=f"clicks.yaml: {message}"):
         _cfg(tmp_path, override)
+
+
+def test_the_logged_code_is_a_folder_even_when_the_package_was_imported_from_a_zip(tmp_path):
+    """On a cluster the package arrives as `--py-files sparkml_ext.zip`; MLflow copies folders."""
+    package = Path(__file__).resolve().parents[1] / "sparkml_ext"
+    sources = sorted(str(p.relative_to(package.parent)) for p in package.rglob("*.py"))
+    archive = tmp_path / "sparkml_ext.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for source in sources:
+            zipped.write(package.parent / source, source)
+    listing = ("import sys, os; sys.path.insert(0, sys.argv[1]); import sparkml_ext.tracking as t\n"
+               "with t._package_folder() as p:\n"
+               "    print(t.__file__); print(sorted(os.path.relpath(os.path.join(d, f), os.path.dirname(p))"
+               " for d, _, fs in os.walk(p) for f in fs))")
+    result = subprocess.run([sys.executable, "-P", "-c", listing, str(archive)], cwd=tmp_path,
+                            capture_output=True, text=True, check=True)
+    imported_from, copied = result.stdout.splitlines()
+    assert imported_from == f"{archive}/sparkml_ext/tracking.py"
+    assert ast.literal_eval(copied) == sources
