@@ -3,7 +3,7 @@
 Each test asserts that nothing was lost and nothing was duplicated. Already proven
 elsewhere and not repeated here: a re-run of a committed batch writes nothing and a
 half-done batch is completed (test_ingest.py), the pipeline's jobs re-run via spark-submit
-change nothing (test_spark_submit.py), incremental features equal a full run
+change nothing (test_airflow_dag.py), incremental features equal a full run
 (test_features.py).
 """
 

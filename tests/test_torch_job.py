@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from pyspark.sql import functions as F
 
-from sparkml_ext import modelstore
 from sparkml_ext.config import ConfigError, load_config
 from sparkml_ext.deep.model import load_model
 from sparkml_ext.mllib import split_of
@@ -21,7 +16,6 @@ from sparkml_ext.scoring import _torch_model, score, torch_predictions
 from sparkml_ext.torch_job import TorchTrainError, evaluate, split_filter, train_torch
 
 pytestmark = pytest.mark.slow
-SPARK_SUBMIT = Path(sys.executable).with_name("spark-submit")
 SMALL = ["train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embedding_rows=1024",
          "train_torch.checkpoint_every=5"]
 
@@ -120,18 +114,3 @@ def test_refusals_name_what_to_do(spark, tmp_path):
         _cfg(tmp_path, "train_torch.embedding_rows=1")
     with pytest.raises(ConfigError, match="train_torch.checkpoint_root: must be a path every rank"):
         _cfg(tmp_path, "train_torch.checkpoint_root=s3://bucket/ckpt")
-
-
-def test_train_torch_via_spark_submit(trained):
-    root, _ = trained
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    command = [str(SPARK_SUBMIT), "--properties-file", "conf/spark/local.conf", "jobs/train_torch.py",
-               "--pipeline", "conf/pipelines/clicks.yaml", f"--set=lakehouse={root}/lake",
-               f"--set=source.path={root}/landing", *[f"--set={s}" for s in SMALL],
-               "--set=train_torch.epochs=1", "--set=train_torch.num_processes=2"]
-    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    printed = re.search(r"train-torch: (torch/v\d+) on .* auc_roc", result.stdout)
-    assert printed, result.stdout[-3000:]
-    versions = modelstore.versions(f"{root}/lake/models/clicks", "torch")
-    assert printed.group(1) == versions[-1].name
