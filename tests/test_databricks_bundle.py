@@ -100,6 +100,18 @@ def test_each_entry_point_is_in_the_wheel_and_runs_from_a_fresh_venv(wheel, venv
         assert shown.returncode == 0 and "--pipeline" in shown.stdout, shown.stderr
 
 
+def test_the_wheel_leaves_the_runtimes_spark_and_torch_alone(wheel):
+    """Installing the wheel on a runtime must not pull PyPI's pyspark, Delta or torch over its own."""
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = [line.removeprefix("Requires-Dist: ") for line in archive.read(name).decode().splitlines()
+                    if line.startswith("Requires-Dist: ")]
+    always = {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower() for r in requires if "extra ==" not in r}
+    assert always == {"pyarrow", "pandas", "numpy", "pyyaml"}
+    spark_extra = {r.split(";")[0].replace(" ", "") for r in requires if "extra == \"spark\"" in r}
+    assert spark_extra == {"pyspark==4.2.0", "delta-spark==4.4.1"}
+
+
 def test_task_parameters_are_real_cli_options_and_config_keys():
     parser = build_parser()
     for key, task in TASKS.items():
