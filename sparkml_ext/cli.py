@@ -6,7 +6,8 @@ default); `pipeline` records its run under `<lakehouse>/_meta/runs/` and ends wi
 The jobs/ scripts for spark-submit call `main` with their job's name, so a job takes
 the same options however it is launched. Exit codes: 0 done, 2 bad config or usage,
 3 input the job refused (nothing written), 1 storage that cannot be written (nothing
-written) or anything unexpected.
+written), a metastore name taken by another table (the job's writes stand) or anything
+unexpected. With `catalog.schema` set, a job that succeeded names the tables it wrote.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from sparkml_ext.config import ConfigError, PipelineConfig, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INPUT = 0, 1, 2, 3
 
+# The Delta tables each job writes: named in the metastore after it when catalog.schema is set.
+WRITES = {"generate": ("truth",), "ingest": ("bronze", "quarantine", "batches"),
+          "features": ("features",), "score": ("predictions",)}
+WRITES["pipeline"] = tuple(name for names in WRITES.values() for name in names)
+
 
 def _session(cfg: PipelineConfig, log_level: str):
     from sparkml_ext.session import get_spark
@@ -29,6 +35,18 @@ def _session(cfg: PipelineConfig, log_level: str):
     spark = get_spark(f"sparkml_ext-{cfg.name}", cfg.spark)
     spark.sparkContext.setLogLevel(log_level)
     return spark
+
+
+def name_tables(cfg: PipelineConfig, names: Sequence[str], log_level: str) -> list[str]:
+    """Register each of `names` that exists as `<catalog.schema>.<name>`; the names made."""
+    from sparkml_ext.lake import register
+
+    spark = _session(cfg, log_level)
+    schema = cfg.catalog.schema
+    named = [f"{schema}.{name}" for name in names if register(spark, schema, name, cfg.table_path(name))]
+    if named:
+        print(f"catalog: {', '.join(named)}")
+    return named
 
 
 def run_generate(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
@@ -220,19 +238,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sparkml_ext.features import FeaturesError
     from sparkml_ext.ingest import IngestError
-    from sparkml_ext.lake import BatchConflict, StorageError
+    from sparkml_ext.lake import BatchConflict, CatalogConflict, StorageError
     from sparkml_ext.mllib import TrainError
 
     try:
         cfg = load_config(args.pipeline, [*args.overrides, *_generate_overrides(args)])
         report = args.run(args, cfg)
+        if cfg.catalog.schema and args.job in WRITES:
+            name_tables(cfg, WRITES[args.job], args.log_level)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     except (IngestError, FeaturesError, TrainError, BatchConflict, FileNotFoundError) as err:
         print(f"{args.job} refused: {err}", file=sys.stderr)
         return EXIT_INPUT
-    except StorageError as err:  # the lakehouse cannot be written: nothing was
+    except (StorageError, CatalogConflict) as err:  # the lakehouse cannot be written, or named
         print(f"{args.job} failed: {err}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:

@@ -167,6 +167,17 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class CatalogConfig:
+    """Metastore names for the Delta tables, for SQL and discovery.
+
+    The jobs address tables by path (the same on every catalog); with `schema` set, each
+    job also names the tables it wrote as external tables `<schema>.<table>` at those paths.
+    """
+
+    schema: str | None = None  # `catalog.schema` (Unity Catalog) or `database` (Hive); null = paths only
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     model: str = "latest"
     feature_version: int | None = None
@@ -198,6 +209,7 @@ class PipelineConfig:
     train_torch: TrainTorchConfig = TrainTorchConfig()
     score: ScoreConfig = ScoreConfig()
     tracking: TrackingConfig = TrackingConfig()
+    catalog: CatalogConfig = CatalogConfig()
     spark: dict[str, str] = field(default_factory=dict)
     path: str = ""
 
@@ -227,6 +239,7 @@ class PipelineConfig:
 
 
 _SEGMENT = re.compile(r"[A-Za-z0-9._=-]+")
+_SCHEMA_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?")
 
 
 def _inside(root: str, path: str) -> bool:
@@ -261,6 +274,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     _check_features(config.features, file)
     _check_train_torch(config.train_torch, file)
     _check_tracking(config.tracking, file)
+    _check_catalog(config.catalog, file)
     return config
 
 
@@ -410,6 +424,12 @@ def _check_train_torch(tt: TrainTorchConfig, file: str) -> None:
     if tt.checkpoint_root and "://" in tt.checkpoint_root:
         raise ConfigError(f"{file}: train_torch.checkpoint_root: must be a path every rank can open "
                           f"(local, NFS or a mount such as /dbfs), not the URI {tt.checkpoint_root!r}")
+
+
+def _check_catalog(catalog: CatalogConfig, file: str) -> None:
+    if catalog.schema is not None and not _SCHEMA_NAME.fullmatch(catalog.schema):
+        raise ConfigError(f"{file}: catalog.schema: {catalog.schema!r} is not `schema` or "
+                          "`catalog.schema` (letters, digits, underscores)")
 
 
 def _check_tracking(tr: TrackingConfig, file: str) -> None:

@@ -46,6 +46,10 @@ class StorageError(OSError):
     """A table location that cannot take files (read-only, no permission, not a directory)."""
 
 
+class CatalogConflict(RuntimeError):
+    """A metastore name is already taken by a table at another location."""
+
+
 @dataclass(frozen=True)
 class BatchRecord:
     fingerprint: str
@@ -90,6 +94,32 @@ def require_writable(spark: SparkSession, path: str) -> None:
         raise StorageError(
             f"cannot write to {path}: {err.java_exception.toString()}; nothing was written"
         ) from None
+
+
+def register(spark: SparkSession, schema: str, name: str, path: str) -> bool:
+    """Name the Delta table at `path` as `<schema>.<name>` in the session's catalog (an
+    external table), unless it already is; False when no table is at `path` yet.
+
+    A name that points at another location is refused, not silently left pointing there.
+    """
+    if not is_delta(spark, path):
+        return False
+    table = f"{schema}.{name}"
+    if spark.catalog.tableExists(table):
+        location = spark.sql(f"DESCRIBE DETAIL {table}").head()["location"]
+        if _location(location) != _location(path):
+            raise CatalogConflict(f"{table} already names the table at {location}, not {path}; "
+                                  "choose another catalog.schema or drop that name")
+        return True
+    quoted = path.replace("\\", "\\\\").replace("'", "\\'")
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    spark.sql(f"CREATE TABLE {table} USING DELTA LOCATION '{quoted}'")
+    return True
+
+
+def _location(path: str) -> str:
+    """A table location as the catalog and a config may both spell it (file:/x, /x/)."""
+    return path.removeprefix("file://").removeprefix("file:").rstrip("/")
 
 
 def append_once(
