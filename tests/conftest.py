@@ -19,18 +19,6 @@ import pytest
 os.environ.setdefault("SPARKML_EXT_TRACKING", "disabled")
 
 
-# Session fixtures that run something expensive once; under pytest-xdist (`make test` runs
-# `-n 2 --dist loadgroup`) every test that uses one goes to the same worker, so it runs once.
-SHARED_RUNS = ("cluster_pipeline", "fresh_lake")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """One xdist group per shared run, else one per file (module fixtures are built once too)."""
-    for item in items:
-        shared = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.path.name))
-
-
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from sparkml_ext.session import get_spark
