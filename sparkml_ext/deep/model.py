@@ -4,7 +4,9 @@ Each categorical column has its own embedding table, and the tables are rows of 
 tensor looked up once per batch (one kernel instead of one per column, which is what
 bounds a small model's step on a GPU); a bottom MLP maps the numeric features into the
 same space; the pairwise dot products of all these vectors, next to
-the bottom output, feed a top MLP that gives one logit per row.
+the bottom output, feed a top MLP. A first-order weight per categorical id (the "wide"
+part of Wide & Deep and DeepFM) is added to the top MLP's logit: a category's main effect
+is one learned number instead of something the dot products must reconstruct.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def _mlp(sizes: list[int], last_activation: bool) -> nn.Sequential:
 
 
 class DLRM(nn.Module):
-    """logit = top([bottom(numeric), pairwise dots of {bottom(numeric), embeddings}])."""
+    """logit = top([bottom(numeric), pairwise dots of {bottom(numeric), embeddings}])
+    + sum of the categorical ids' first-order weights."""
 
     def __init__(self, config: DLRMConfig):
         super().__init__()
@@ -95,6 +98,9 @@ class DLRM(nn.Module):
         d = config.embedding_dim
         sizes = torch.tensor(config.embedding_sizes, dtype=torch.int64)
         self.embedding = nn.Embedding(int(sizes.sum()), d) if len(sizes) else None
+        self.first_order = nn.Embedding(int(sizes.sum()), 1) if len(sizes) else None
+        if self.first_order is not None:
+            nn.init.zeros_(self.first_order.weight)  # start as the plain DLRM
         self.register_buffer("table_sizes", sizes, persistent=False)
         self.register_buffer("table_starts", sizes.cumsum(0) - sizes, persistent=False)
         self.bottom = (
@@ -128,7 +134,10 @@ class DLRM(nn.Module):
             parts.append(self.embedding(ids + self.table_starts))
         vectors = torch.cat(parts, dim=1)
         dots = torch.bmm(vectors, vectors.transpose(1, 2))[:, self.pairs[0], self.pairs[1]]
-        return self.top(torch.cat([*dense, dots], dim=1)).squeeze(1)
+        logit = self.top(torch.cat([*dense, dots], dim=1)).squeeze(1)
+        if self.first_order is not None:
+            logit = logit + self.first_order(ids + self.table_starts).sum(dim=(1, 2))
+        return logit
 
 
 def save_model(model: DLRM, path: str | os.PathLike, columns: dict[str, Any]) -> None:
