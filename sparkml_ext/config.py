@@ -119,6 +119,8 @@ class TrainTorchConfig:
     Categorical ids are hashed into `features.hash_buckets`; each embedding table has
     `embedding_rows` rows (row 0 = null) and larger ids fold into it by modulo inside the
     model, so one shard export serves any table size. null = hash_buckets + 1 rows.
+    With `vocabulary` K set instead, each column's K most frequent ids in the training rows
+    get rows of their own and every other id shares row 0 (like train_mllib.max_categories).
     """
 
     feature_version: int | None = None
@@ -133,6 +135,7 @@ class TrainTorchConfig:
     weight_decay: float = 0.01
     embedding_dim: int = 16
     embedding_rows: int | None = 4096
+    vocabulary: int | None = None
     bottom_mlp: list[int] = field(default_factory=lambda: [64])
     top_mlp: list[int] = field(default_factory=lambda: [64, 32])
     patience: int = 0
@@ -414,7 +417,8 @@ def _check_features(spec: FeaturesConfig, file: str) -> None:
 
 def _check_train_torch(tt: TrainTorchConfig, file: str) -> None:
     minimums = {"num_processes": 1, "max_restarts": 0, "epochs": 1, "batch_size": 1,
-                "embedding_dim": 1, "embedding_rows": 2, "checkpoint_every": 1, "num_threads": 1}
+                "embedding_dim": 1, "embedding_rows": 2, "vocabulary": 1, "checkpoint_every": 1,
+                "num_threads": 1}
     for key, least in minimums.items():
         value = getattr(tt, key)
         if value is not None and value < least:

@@ -32,6 +32,11 @@ class DLRMConfig:
     `fold_ids`: ids of hashed columns (1 + hash mod buckets, 0 = null) may exceed a table;
     folded, id k >= 1 uses row 1 + (k - 1) mod (size - 1), as if hashed into fewer buckets,
     and ids below the size keep their row. Not folded, ids outside a table are the unknown id 0.
+
+    `vocabularies`: per categorical column, the sorted ids that get rows of their own (the
+    column's most frequent, see `dataset.frequent_ids`): the i-th uses row i + 1, any other
+    id (rare, unseen or null) row 0. Each table then has len(vocabulary) + 1 rows. Unlike
+    folding, frequent values never share a row, which is what their effects need.
     """
 
     num_numeric: int
@@ -42,6 +47,7 @@ class DLRMConfig:
     fold_ids: bool = False
     numeric_mean: tuple[float, ...] = ()  # of squash(numeric) over training rows; () = raw inputs
     numeric_std: tuple[float, ...] = ()
+    vocabularies: tuple[tuple[int, ...], ...] = ()  # () = ids index the tables directly
 
     def __post_init__(self):
         if self.num_numeric < 0 or (self.num_numeric == 0 and not self.embedding_sizes):
@@ -60,6 +66,16 @@ class DLRMConfig:
             raise ValueError(f"numeric_std must be > 0, got {self.numeric_std}")
         if self.fold_ids and any(s < 2 for s in self.embedding_sizes):
             raise ValueError(f"folding ids needs tables of >= 2 rows, got {self.embedding_sizes}")
+        if self.vocabularies:
+            if self.fold_ids:
+                raise ValueError("ids are either folded or looked up in vocabularies, not both")
+            sizes = tuple(len(v) + 1 for v in self.vocabularies)
+            if sizes != self.embedding_sizes:
+                raise ValueError(
+                    f"with vocabularies the table sizes must be {sizes}, got {self.embedding_sizes}"
+                )
+            if any(list(v) != sorted(set(v)) for v in self.vocabularies):
+                raise ValueError("each vocabulary must hold distinct ids in ascending order")
 
     @classmethod
     def from_dict(cls, raw: dict) -> DLRMConfig:
@@ -67,11 +83,19 @@ class DLRMConfig:
         unknown = set(raw) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        return cls(**{k: _tuples(v) for k, v in raw.items()})
 
     def to_dict(self) -> dict:
         """Plain lists and ints: safe for `torch.load(weights_only=True)` and JSON."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {k: _lists(v) for k, v in asdict(self).items()}
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _lists(value: Any) -> Any:
+    return [_lists(v) for v in value] if isinstance(value, list | tuple) else value
 
 
 def squash(numeric: torch.Tensor) -> torch.Tensor:
@@ -103,6 +127,20 @@ class DLRM(nn.Module):
             nn.init.zeros_(self.first_order.weight)  # start as the plain DLRM
         self.register_buffer("table_sizes", sizes, persistent=False)
         self.register_buffer("table_starts", sizes.cumsum(0) - sizes, persistent=False)
+        # the vocabularies as one sorted [columns, longest] tensor, each padded at its end
+        longest = max((len(v) for v in config.vocabularies), default=0) or 1
+        pad = torch.iinfo(torch.int64).max
+        self.register_buffer(
+            "vocabulary",
+            torch.tensor([[*v, *[pad] * (longest - len(v))] for v in config.vocabularies],
+                         dtype=torch.int64).reshape(len(config.vocabularies), longest),
+            persistent=False,
+        )
+        self.register_buffer(
+            "vocabulary_sizes",
+            torch.tensor([len(v) for v in config.vocabularies], dtype=torch.int64),
+            persistent=False,
+        )
         self.bottom = (
             _mlp([config.num_numeric, *config.bottom_mlp, d], last_activation=True)
             if config.num_numeric
@@ -122,7 +160,9 @@ class DLRM(nn.Module):
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         """numeric float [B, num_numeric], categorical int [B, columns] -> logits [B]."""
-        if self.config.fold_ids:
+        if self.config.vocabularies:
+            ids = self._vocabulary_rows(categorical)
+        elif self.config.fold_ids:
             ids = torch.where(categorical > 0, 1 + (categorical - 1) % (self.table_sizes - 1), 0)
         else:  # ids outside a table (new categories, negative values) are the unknown id 0
             ids = torch.where((categorical >= 0) & (categorical < self.table_sizes), categorical, 0)
@@ -138,6 +178,16 @@ class DLRM(nn.Module):
         if self.first_order is not None:
             logit = logit + self.first_order(ids + self.table_starts).sum(dim=(1, 2))
         return logit
+
+    def _vocabulary_rows(self, categorical: torch.Tensor) -> torch.Tensor:
+        """[B, columns] ids -> rows: 1 + an id's place in its column's vocabulary, else 0."""
+        ids = categorical.T.contiguous()  # searchsorted goes along the last dimension
+        place = torch.searchsorted(self.vocabulary, ids)
+        last = self.vocabulary.shape[1] - 1
+        found = (place < self.vocabulary_sizes.unsqueeze(1)) & (
+            self.vocabulary.gather(1, place.clamp(max=last)) == ids
+        )
+        return torch.where(found, place + 1, 0).T
 
 
 def save_model(model: DLRM, path: str | os.PathLike, columns: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ from sparkml_ext.deep.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from sparkml_ext.deep.dataset import Batch, ShardDataset, numeric_stats
+from sparkml_ext.deep.dataset import Batch, ShardDataset, frequent_ids, numeric_stats
 from sparkml_ext.deep.manifest import Manifest, assign_rows
 from sparkml_ext.deep.metrics import roc_auc
 from sparkml_ext.deep.model import DLRM, DLRMConfig, save_model
@@ -54,6 +54,9 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes per rank
     embedding_sizes: int | dict[str, int] | None = None  # table size per categorical column
     fold_ids: bool = False  # larger hashed ids fold into a table by modulo (see DLRMConfig)
+    # > 0: each categorical column's `vocabulary` most frequent ids get rows of their own and
+    # the rest share row 0 (DLRMConfig.vocabularies); embedding_sizes and fold_ids are unused
+    vocabulary: int | None = None
     normalize_numeric: bool = True  # squash + standardise numerics with training-row statistics
     embedding_dim: int = 16
     bottom_mlp: tuple[int, ...] = (64,)
@@ -81,13 +84,24 @@ class TrainConfig:
             raise ValueError(
                 f"config key 'precision' must be auto, fp32, bf16 or fp16, not {config.precision!r}"
             )
-        counts = ("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "keep_checkpoints")
+        counts = ("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
+                  "vocabulary")
         for key in counts:
-            if getattr(config, key) < 1:
+            if getattr(config, key) is not None and getattr(config, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, not {getattr(config, key)}")
         return config
 
-    def table_sizes(self, categorical: tuple[str, ...]) -> tuple[int, ...]:
+    def vocabularies(self, train: Manifest) -> list[list[int]]:
+        """The categorical columns' vocabularies from the training rows, if configured."""
+        if not (self.vocabulary and train.categorical):
+            return []
+        return frequent_ids(train, self.vocabulary, seed=self.seed)
+
+    def table_sizes(
+        self, categorical: tuple[str, ...], vocabularies: list[list[int]]
+    ) -> tuple[int, ...]:
+        if vocabularies:
+            return tuple(len(v) + 1 for v in vocabularies)
         if not categorical:
             return ()
         sizes = self.embedding_sizes
@@ -204,15 +218,17 @@ class Trainer:
             if cfg.normalize_numeric and self.data.numeric_width
             else ([], [])
         )
+        vocabularies = cfg.vocabularies(train)
         self.model_config = DLRMConfig(
             num_numeric=self.data.numeric_width,
             numeric_mean=tuple(mean),
             numeric_std=tuple(std),
-            embedding_sizes=cfg.table_sizes(train.categorical),
+            embedding_sizes=cfg.table_sizes(train.categorical, vocabularies),
             embedding_dim=cfg.embedding_dim,
             bottom_mlp=cfg.bottom_mlp,
             top_mlp=cfg.top_mlp,
-            fold_ids=cfg.fold_ids,
+            fold_ids=cfg.fold_ids and not vocabularies,
+            vocabularies=tuple(tuple(v) for v in vocabularies),
         )
         self.model = DLRM(self.model_config).to(ctx.device)
         self.optimizer = torch.optim.AdamW(

@@ -91,3 +91,34 @@ def test_numeric_inputs_are_squashed_and_standardised():
         DLRMConfig(num_numeric=2, embedding_sizes=(), numeric_mean=(1.0,), numeric_std=(1.0,))
     with pytest.raises(ValueError, match="numeric_std must be > 0"):
         DLRMConfig(num_numeric=1, embedding_sizes=(), numeric_mean=(1.0,), numeric_std=(0.0,))
+
+
+def test_vocabulary_ids_get_their_own_rows_and_every_other_id_row_zero(tmp_path):
+    vocabularies = ((3, 7, 10**12), (5,), (1, 2))
+    config = DLRMConfig(num_numeric=5, embedding_sizes=(4, 2, 3), vocabularies=vocabularies)
+    model = DLRM(config)
+    ids = torch.tensor([[3, 5, 1], [7, 6, 2], [10**12, 0, 9], [4, -5, 2], [0, 5, 10**12]])
+    rows = torch.tensor([[1, 1, 1], [2, 0, 2], [3, 0, 0], [0, 0, 2], [0, 1, 0]])
+    assert torch.equal(model._vocabulary_rows(ids), rows)
+    numeric = torch.randn(5, 5)  # other ids outside the vocabularies give the same logits
+    assert torch.equal(model(numeric, ids), model(numeric, rows_as_ids(rows, vocabularies)))
+
+    save_model(model, tmp_path / "model.pt", {"numeric": [], "categorical": [], "label": "y"})
+    loaded, _ = load_model(tmp_path / "model.pt")  # the vocabularies travel in the config
+    assert loaded.config.vocabularies == vocabularies
+    assert torch.equal(loaded(numeric, ids), model(numeric, ids))
+
+
+def rows_as_ids(rows: torch.Tensor, vocabularies) -> torch.Tensor:
+    """The id that row r > 0 stands for, and -1 (in no vocabulary) for row 0."""
+    columns = [torch.tensor([-1, *v])[rows[:, j]] for j, v in enumerate(vocabularies)]
+    return torch.stack(columns, dim=1)
+
+
+def test_vocabularies_must_match_the_tables_and_be_sorted():
+    with pytest.raises(ValueError, match=r"table sizes must be \(3,\)"):
+        DLRMConfig(num_numeric=1, embedding_sizes=(4,), vocabularies=((1, 2),))
+    with pytest.raises(ValueError, match="distinct ids in ascending order"):
+        DLRMConfig(num_numeric=1, embedding_sizes=(3,), vocabularies=((2, 1),))
+    with pytest.raises(ValueError, match="either folded or looked up"):
+        DLRMConfig(num_numeric=1, embedding_sizes=(3,), vocabularies=((1, 2),), fold_ids=True)

@@ -7,6 +7,9 @@ import torch
 from shardkit import CLICK_COLUMNS, click_table, write_shards
 
 from sparkml_ext.deep.checkpoint import list_checkpoints
+from sparkml_ext.deep.dataset import frequent_ids
+from sparkml_ext.deep.model import load_model
+from sparkml_ext.deep.shards import read_manifest
 from sparkml_ext.deep.train import train_worker
 
 BASE = dict(
@@ -27,6 +30,20 @@ def test_config_errors_name_the_key(clicks):
         train_worker(path, {k: v for k, v in BASE.items() if k != "embedding_sizes"})
     with pytest.raises(ValueError, match=r"'embedding_sizes' has no size for columns \['c1'\]"):
         train_worker(path, {**BASE, "embedding_sizes": {"c0": 10}})
+    with pytest.raises(ValueError, match="config key 'vocabulary' must be >= 1, not 0"):
+        train_worker(path, {**BASE, "vocabulary": 0})
+
+
+def test_vocabulary_gives_the_most_frequent_ids_their_own_rows(clicks, tmp_path):
+    path = str(clicks(rows=600))
+    config = {**BASE, "vocabulary": 5, "epochs": 3, "lr": 0.01, "output_dir": str(tmp_path)}
+    metrics = train_worker(path, config)
+    model, _ = load_model(metrics["model_path"])
+    expected = frequent_ids(read_manifest(path), top=5)
+    assert model.config.vocabularies == tuple(tuple(v) for v in expected)
+    assert all(len(v) == 5 for v in expected) and not model.config.fold_ids
+    assert model.config.embedding_sizes == (6,) * len(expected)
+    assert metrics["train_loss"][-1] < metrics["train_loss"][0]
 
 
 def test_early_stopping_when_validation_loss_stops_improving(clicks):
