@@ -36,7 +36,7 @@ MODEL_OVERRIDES = {
                             "train_mllib.max_categories=200",
                             "train_mllib.params={maxIter: 100, regParam: 0.0005, elasticNetParam: 0.0}"],
     "torch": ["train_torch.epochs=3", "train_torch.batch_size=512", "train_torch.lr=0.003",
-              "train_torch.embedding_rows=256", "train_torch.embedding_dim=8"],
+              "train_torch.embedding_dim=8"],
 }
 
 

@@ -13,7 +13,13 @@ from sparkml_ext.config import ConfigError, load_config
 from sparkml_ext.deep.model import load_model
 from sparkml_ext.mllib import split_of
 from sparkml_ext.scoring import _torch_model, score, torch_predictions
-from sparkml_ext.torch_job import TorchTrainError, evaluate, split_filter, train_torch
+from sparkml_ext.torch_job import (
+    TorchTrainError,
+    evaluate,
+    split_filter,
+    train_torch,
+    worker_config,
+)
 
 pytestmark = pytest.mark.slow
 SMALL = ["train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embedding_rows=1024",
@@ -53,7 +59,7 @@ def test_train_torch_stores_a_model_that_reloads_with_weights_only(spark, traine
     assert card["model_version"] == "torch/v1" and card["feature_version"] == 0
     assert card["training"]["world_size"] == 2 and card["training"]["resumed_from_step"] == 0
     assert [a["error"] for a in card["attempts"]] == [None]
-    assert len(card["epochs"]["val_auc"]) == 2 and card["params"]["embedding_sizes"] == 1024
+    assert len(card["epochs"]["val_auc"]) == 2 and card["params"]["vocabulary"] == 200
     losses = card["epochs"]
     assert losses["train_loss"][1] < losses["train_loss"][0] and losses["val_loss"][-1] < 0.65
     metrics = card["metrics"]
@@ -69,8 +75,10 @@ def test_train_torch_stores_a_model_that_reloads_with_weights_only(spark, traine
     saved = torch.load(stored / "model.pt", weights_only=True)
     assert set(saved) == {"state_dict", "config"}
     config = load_model(stored / "model.pt")[1]
-    assert config["model"]["embedding_sizes"] == [1024] * 26 and config["model"]["fold_ids"]
-    assert len(config["columns"]["categorical"]) == 26
+    vocabularies = config["model"]["vocabularies"]
+    assert len(vocabularies) == len(config["columns"]["categorical"]) == 26
+    assert config["model"]["embedding_sizes"] == [len(v) + 1 for v in vocabularies]
+    assert max(map(len, vocabularies)) == 200 and not config["model"]["fold_ids"]
 
     # The stored model, scored again on the executors, gives the card's test metrics.
     test = spark.read.format("delta").load(cfg.table_path("features")).where(split_of("event_id") == "test")
@@ -112,5 +120,14 @@ def test_refusals_name_what_to_do(spark, tmp_path):
         train_torch(spark, _cfg(tmp_path))
     with pytest.raises(ConfigError, match="train_torch.embedding_rows: must be at least 2"):
         _cfg(tmp_path, "train_torch.embedding_rows=1")
+    with pytest.raises(ConfigError, match="train_torch.vocabulary: must be at least 1"):
+        _cfg(tmp_path, "train_torch.vocabulary=0")
     with pytest.raises(ConfigError, match="train_torch.checkpoint_root: must be a path every rank"):
         _cfg(tmp_path, "train_torch.checkpoint_root=s3://bucket/ckpt")
+
+
+def test_a_vocabulary_replaces_the_folded_tables(tmp_path):
+    counted = worker_config(_cfg(tmp_path), use_gpu=False, checkpoint_dir="ckpt")
+    assert counted["vocabulary"] == 200 and not {"embedding_sizes", "fold_ids"} & set(counted)
+    folded = worker_config(_cfg(tmp_path, "train_torch.vocabulary=null"), False, "ckpt")
+    assert folded["embedding_sizes"] == 1024 and folded["fold_ids"] and "vocabulary" not in folded

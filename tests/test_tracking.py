@@ -113,7 +113,7 @@ def test_train_torch_run_has_epoch_history_and_a_registered_pyfunc(spark, traine
     card = cards["torch"]
     run_id = card["mlflow"]["run_id"]
     params = client.get_run(run_id).data.params
-    assert params["epochs"] == "2" and params["embedding_sizes"] == "1024"
+    assert params["epochs"] == "2" and params["vocabulary"] == "200"
     assert params["lr"] == str(card["params"]["lr"]) and params["backend"] == card["params"]["backend"]
     for metric in ("train_loss", "val_loss", "val_auc"):
         assert _history(client, run_id, metric) == [
