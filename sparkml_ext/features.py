@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window, WindowSpec
 from pyspark.sql import functions as F
 
 from sparkml_ext import lake
@@ -22,7 +22,11 @@ from sparkml_ext.config import ConfigError, FeaturesConfig, PipelineConfig
 JOB = "features"
 # Part of the spec fingerprint: bump it when a feature's definition changes in code, so
 # a table built by the old code is never extended by the new one.
-DEFINITIONS_VERSION = 2
+DEFINITIONS_VERSION = 3
+# Window means and click rates are summed as longs in units of 2^-24 (rounding error below
+# 3e-8 per value): exact differences, and room for 2^63 / (clip * 2^24) ≈ 2.7e10 events
+# per entity at the default clip of 20.
+FIXED_POINT = 2**24
 
 
 class FeaturesError(RuntimeError):
@@ -98,39 +102,76 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
 
 def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str) -> DataFrame:
     """Every feature column, each row seeing only its entity's strictly earlier events."""
-    seconds = F.col(event_time).cast("long")
-    by_entity = Window.partitionBy(spec.entity).orderBy(seconds)
-    label = F.col(spec.label).cast("double")
-    aggregates: list[Column] = []
-    for name, width in spec.window_seconds().items():
-        before = by_entity.rangeBetween(-width, -1)
-        aggregates += [
-            F.count(label).over(before).cast("int").alias(f"u_events_{name}"),
-            F.coalesce(F.avg(label).over(before), F.lit(0.0)).alias(f"u_click_rate_{name}"),
-        ]
-        aggregates += [
-            F.coalesce(F.avg(F.log1p(_non_negative(c))).over(before), F.lit(0.0)).alias(f"u_mean_{c}_{name}")
-            for c in spec.window_means
-        ]
-    # The gap to the previous event counts only inside the longest window, so that an
-    # incremental run (which sees that much history) computes exactly what a full one does.
-    horizon = max(spec.window_seconds().values())
-    gap = seconds - F.lag(seconds).over(Window.partitionBy(spec.entity).orderBy(seconds, F.col(key)))
-    recent = F.coalesce(gap <= horizon, F.lit(False))
     return events.select(
         key,
         spec.entity,
         event_time,
         F.to_date(event_time).alias("event_date"),
         F.col(spec.label),
-        *[F.least(F.log1p(_non_negative(c)), F.lit(spec.clip)).alias(f"log_{c}") for c in spec.numeric],
+        *[_clipped_log(c, spec.clip).alias(f"log_{c}") for c in spec.numeric],
         *[F.col(c).isNull().cast("int").alias(f"isnull_{c}") for c in spec.numeric],
-        *aggregates,
-        F.when(recent, F.log1p(gap)).otherwise(-1.0).alias("u_log_seconds_since_prev"),
-        (~recent).cast("int").alias("u_no_recent_event"),
+        *entity_aggregates(spec, key, event_time),
         *[_hashed_id(c, spec.hash_buckets) for c in spec.categorical],
         *spec.categorical,
     )
+
+
+def entity_aggregates(spec: FeaturesConfig, key: str, event_time: str) -> list[Column]:
+    """The per-entity window columns: counts, click rates, means and the gap to the last event."""
+    seconds = F.col(event_time).cast("long")
+    by_entity = Window.partitionBy(spec.entity).orderBy(seconds)
+    label = F.col(spec.label)
+    labelled, rows = label.isNotNull().cast("long"), F.lit(1).cast("long")
+    clicks = _fixed_point(label.cast("double"))
+    logs = {c: _fixed_point(_clipped_log(c, spec.clip)) for c in spec.window_means}
+    columns: list[Column] = []
+    for name, width in spec.window_seconds().items():
+        labelled_events = _sum_before(labelled, by_entity, width)
+        in_window = _sum_before(rows, by_entity, width)
+        columns += [
+            labelled_events.cast("int").alias(f"u_events_{name}"),
+            _mean(_sum_before(clicks, by_entity, width), labelled_events).alias(f"u_click_rate_{name}"),
+            *[_mean(_sum_before(logs[c], by_entity, width), in_window).alias(f"u_mean_{c}_{name}")
+              for c in spec.window_means],
+        ]
+    # The gap to the previous event counts only inside the longest window, so that an
+    # incremental run (which sees that much history) computes exactly what a full one does.
+    horizon = max(spec.window_seconds().values())
+    gap = seconds - F.lag(seconds).over(Window.partitionBy(spec.entity).orderBy(seconds, F.col(key)))
+    recent = F.coalesce(gap <= horizon, F.lit(False))
+    return columns + [
+        F.when(recent, F.log1p(gap)).otherwise(-1.0).alias("u_log_seconds_since_prev"),
+        (~recent).cast("int").alias("u_no_recent_event"),
+    ]
+
+
+def _sum_before(value: Column, by_entity: WindowSpec, width: int) -> Column:
+    """Exact sum of a long column over the entity's events in [t - width, t - 1].
+
+    The difference of two running sums (up to t - 1, up to t - width - 1), not a sliding
+    RANGE frame: Spark re-aggregates a sliding frame from scratch for every row, which is
+    quadratic in a heavy entity's events per window (the features stage grew 1.9x per row
+    from 1M to 8M events), while a running sum adds each row once. Summing longs keeps the
+    difference exact whatever history the running sums start from, so an incremental run
+    still equals a full one.
+    """
+    def running(upper: int) -> Column:
+        frame = by_entity.rangeBetween(Window.unboundedPreceding, upper)
+        return F.coalesce(F.sum(value).over(frame), F.lit(0))
+
+    return running(-1) - running(-width - 1)
+
+
+def _fixed_point(value: Column) -> Column:
+    return F.round(value * FIXED_POINT).cast("long")
+
+
+def _mean(fixed_sum: Column, count: Column) -> Column:
+    return F.when(count > 0, fixed_sum / F.lit(float(FIXED_POINT)) / count).otherwise(0.0)
+
+
+def _clipped_log(column: str, clip: float) -> Column:
+    return F.least(F.log1p(_non_negative(column)), F.lit(clip))
 
 
 def _non_negative(column: str) -> Column:

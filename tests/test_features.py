@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
-
 from clickdata import line, write_batch
+from pyspark.sql import functions as F
+
 from sparkml_ext import lake
 from sparkml_ext.config import ConfigError, load_config
-from sparkml_ext.features import FeaturesError, build_features, feature_columns
+from sparkml_ext.features import FeaturesError, build_features, entity_aggregates, feature_columns
 from sparkml_ext.ingest import ingest_batch
 
 DAY1 = [
@@ -74,6 +76,39 @@ def test_aggregates_see_only_strictly_earlier_events(spark, tmp_path):
     # 7d mean of log1p(i1) over u1-a (3), u1-b (null → 0) and u1-c (1.5)
     assert u1d.u_events_7d == 3
     assert u1d.u_mean_i1_7d == pytest.approx((math.log1p(3) + 0.0 + math.log1p(1.5)) / 3)
+
+
+def test_window_aggregates_equal_a_brute_force_count_over_a_heavy_user(spark, tmp_path):
+    """Running-sum differences give what a per-row scan of [t - width, t - 1] gives."""
+    spec = _cfg(tmp_path).features
+    rng = random.Random(7)
+    rows = []
+    for user, events, span in (("heavy", 1500, 10 * 86400), ("light", 40, 3 * 86400), ("once", 1, 1)):
+        for i in range(events):
+            offset = rng.randrange(span)
+            ts = 1_767_225_600 + offset - offset % rng.choice((1, 60))  # many events share a minute
+            values = [rng.choice((None, -2.0, 0.0, rng.expovariate(0.01), 1e12)) for _ in spec.window_means]
+            rows.append((f"{user}-{i}", user, ts, rng.choice((0, 1)), *values))
+    names = ["event_id", spec.entity, "ts", spec.label, *spec.window_means]
+    events = spark.createDataFrame(rows, names).withColumn("event_time", F.timestamp_seconds("ts"))
+    got = {r["event_id"]: r for r in events.select("event_id", *entity_aggregates(spec, "event_id", "event_time")).collect()}
+
+    def log(value):
+        return min(math.log1p(max(value or 0.0, 0.0)), spec.clip)
+
+    by_user: dict[str, list[tuple]] = {}
+    for row in rows:
+        by_user.setdefault(row[1], []).append(row)
+    for name, width in spec.window_seconds().items():
+        for row in rows:
+            window = [r for r in by_user[row[1]] if row[2] - width <= r[2] <= row[2] - 1]
+            actual = got[row[0]]
+            assert actual[f"u_events_{name}"] == len(window), (row[0], name)
+            rate = sum(r[3] for r in window) / len(window) if window else 0.0
+            assert actual[f"u_click_rate_{name}"] == pytest.approx(rate, abs=1e-12)
+            for i, column in enumerate(spec.window_means):
+                mean = sum(log(r[4 + i]) for r in window) / len(window) if window else 0.0
+                assert actual[f"u_mean_{column}_{name}"] == pytest.approx(mean, abs=1e-7), (row[0], column, name)
 
 
 def test_incremental_runs_equal_one_full_run_and_rerun_writes_nothing(spark, tmp_path):
