@@ -82,16 +82,16 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
     if done == version:
         return report
 
-    if done is None:
-        new, context = bronze, bronze
+    if done is None:  # a first run: every bronze row is new, so no rows to select
+        new, features = bronze, engineer(bronze, spec, key, event_time)
     else:
         new = _changes(spark, bronze_path, done + 1, version).select(*bronze.columns)
         context = _context(bronze, new, spec.entity, event_time, max(spec.window_seconds().values()))
+        features = engineer(context, spec, key, event_time).join(new.select(key), key, "left_semi")
     report.rows_in = new.count()
     if report.rows_in == 0:
         raise FeaturesError(f"bronze gained no rows between v{done} and v{version}")
 
-    features = engineer(context, spec, key, event_time).join(new.select(key), key, "left_semi")
     meta = {"job": JOB, "bronze_version": version, "spec": fingerprint}
     report.feature_version = lake.merge_by_key(features, target, key, metadata=meta,
                                                partition_by=["event_date"])
