@@ -41,18 +41,18 @@ DELTA_SQL_CONF = {
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
 
+# Java 17's G1 throws OutOfMemoryError after 2 retries while JNI code (lz4, snappy, zstd)
+# holds the GC locker (JDK-8192647, fixed in Java 22): tasks compressing shuffle blocks on
+# every core hit that with most of the heap free. Local tasks run in the driver's JVM.
+GC_LOCKER_RETRIES = "-XX:+UnlockDiagnosticVMOptions -XX:GCLockerRetryAllocationCount=100"
+
 # Sane for 2 cores and a few GiB: UTC so event dates do not depend on the machine, no
 # speculation (our jobs have side effects). 64 shuffle partitions that adaptive execution
-# coalesces to what the data needs: a test's few MB become one or two tasks, while 16M wide
-# rows stay ~250k per task (8 fixed partitions put 2M in each and ran the heap out). Java 17's
-# G1 throws OutOfMemoryError after only 2 retries while JNI code (lz4, snappy, zstd) holds the
-# GC locker (JDK-8192647, fixed in 22): tasks compressing shuffle blocks on both cores hit
-# that with most of the heap free, so the driver (which runs local tasks) retries longer. Small Tungsten
+# coalesces to the data's size: a test's few MB become one or two tasks, 16M wide rows
+# ~250k per task (8 fixed partitions put 2M in each and ran a 4 GiB heap out). Small Tungsten
 # pages: every broadcast hash relation holds at least one page for as long as its plan
 # lives, and the default (64 MiB for a 4 GiB driver) made the 26 per-column vocabulary
 # lookups of one pipeline transform hold 1.7 GiB (2 MiB pages: ~60 MiB).
-GC_LOCKER_RETRIES = "-XX:+UnlockDiagnosticVMOptions -XX:GCLockerRetryAllocationCount=100"
-
 EMBEDDED_CONF = {
     "spark.master": "local[*]",
     "spark.jars.packages": DELTA_PACKAGE,

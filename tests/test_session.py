@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from sparkml_ext.session import DELTA_EXCLUDES, DELTA_PACKAGE
+from sparkml_ext.session import DELTA_EXCLUDES, DELTA_PACKAGE, GC_LOCKER_RETRIES
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "spark"
 
@@ -18,11 +18,18 @@ def test_embedded_session_has_delta_and_none_of_its_duplicate_jars(spark, tmp_pa
     assert any(name.startswith("io.delta_delta-spark") for name in jars)
     excluded = tuple(f"{item.replace(':', '_')}-" for item in DELTA_EXCLUDES.split(","))  # Ivy's names
     assert [name for name in jars if name.startswith(excluded)] == []
+    jvm = spark.sparkContext._jvm  # the flag must reach the JVM itself (default: 2 retries)
+    hotspot = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
+        jvm.com.sun.management.HotSpotDiagnosticMXBean._java_lang_class)
+    assert hotspot.getVMOption("GCLockerRetryAllocationCount").getValue() == "100"
 
 
 @pytest.mark.parametrize("name", ["local.conf", "cluster.conf"])
-def test_spark_profiles_ask_for_the_same_delta_jars_as_the_embedded_session(name):
+def test_spark_profiles_ask_for_the_same_delta_jars_and_gc_retries_as_the_embedded_session(name):
     lines = (CONF / name).read_text().splitlines()  # one setting per line: simple tools read these too
     settings = dict(line.split(None, 1) for line in lines if line.strip() and not line.startswith("#"))
     assert settings["spark.jars.packages"].strip() == DELTA_PACKAGE
     assert settings["spark.jars.excludes"].strip() == DELTA_EXCLUDES
+    task_jvms = ["spark.driver"] + (["spark.executor"] if name == "cluster.conf" else [])
+    for jvm in task_jvms:
+        assert GC_LOCKER_RETRIES in settings[f"{jvm}.extraJavaOptions"]
