@@ -104,6 +104,10 @@ def get_spark(app_name: str = "sparkml_ext", conf: Mapping[str, str] | None = No
         # not whatever `python3` is first on PATH; pyspark reads it at context start.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     wanted.update(conf or {})
+    java_options = wanted.get("spark.driver.extraJavaOptions", GC_LOCKER_RETRIES)
+    if not under_spark_submit() and GC_LOCKER_RETRIES not in java_options:
+        # a caller's own JVM options (say, -D properties) come with the retries, not instead
+        wanted["spark.driver.extraJavaOptions"] = f"{GC_LOCKER_RETRIES} {java_options}"
     if under_spark_submit():
         from pyspark import SparkConf
 

@@ -21,7 +21,7 @@ os.environ.setdefault("SPARKML_EXT_TRACKING", "disabled")
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from sparkml_ext.session import GC_LOCKER_RETRIES, get_spark
+    from sparkml_ext.session import get_spark
 
     warehouse = tmp_path_factory.mktemp("warehouse")
     session = get_spark(
@@ -31,7 +31,7 @@ def spark(tmp_path_factory):
             "spark.sql.shuffle.partitions": "2",
             "spark.ui.enabled": "false",
             "spark.sql.warehouse.dir": str(warehouse),
-            "spark.driver.extraJavaOptions": f"{GC_LOCKER_RETRIES} -Dderby.system.home={warehouse}",
+            "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse}",
         },
     )
     session.sparkContext.setLogLevel("ERROR")

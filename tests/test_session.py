@@ -18,7 +18,8 @@ def test_embedded_session_has_delta_and_none_of_its_duplicate_jars(spark, tmp_pa
     assert any(name.startswith("io.delta_delta-spark") for name in jars)
     excluded = tuple(f"{item.replace(':', '_')}-" for item in DELTA_EXCLUDES.split(","))  # Ivy's names
     assert [name for name in jars if name.startswith(excluded)] == []
-    jvm = spark.sparkContext._jvm  # the flag must reach the JVM itself (default: 2 retries)
+    # conftest passes its own JVM options: the retries must reach the JVM too (default: 2)
+    jvm = spark.sparkContext._jvm
     hotspot = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
         jvm.com.sun.management.HotSpotDiagnosticMXBean._java_lang_class)
     assert hotspot.getVMOption("GCLockerRetryAllocationCount").getValue() == "100"
