@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -25,6 +25,9 @@ from pyspark.sql import functions as F
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The column of a landing table (bronze) that names the batch each row came in.
+BATCH_COLUMN = "_batch_id"
 
 # Delta's commit conflicts. In delta-spark's Python API the specific ones do not derive
 # from DeltaConcurrentModificationException, so catching that alone catches none of them.
@@ -94,6 +97,27 @@ def require_writable(spark: SparkSession, path: str) -> None:
         raise StorageError(
             f"cannot write to {path}: {err.java_exception.toString()}; nothing was written"
         ) from None
+
+
+@contextmanager
+def staging_area(spark: SparkSession, near: str, name: str) -> Iterator[str]:
+    """A private folder beside the table `near` (``<parent>/_staging/<name>-<uuid>``) that
+    no reader looks at, removed on exit whatever happens.
+
+    A job writes its validated input here once, decides from it (counts, refusals), and
+    only then commits to the tables readers see. Folders an earlier, killed attempt left
+    under the same `name` are removed first.
+    """
+    jvm = spark.sparkContext._jvm
+    parent = jvm.org.apache.hadoop.fs.Path(jvm.org.apache.hadoop.fs.Path(near).getParent(), "_staging")
+    fs = parent.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    for stale in fs.globStatus(jvm.org.apache.hadoop.fs.Path(parent, f"{name}-*")) or []:
+        fs.delete(stale.getPath(), True)
+    folder = jvm.org.apache.hadoop.fs.Path(parent, f"{name}-{uuid.uuid4().hex}")
+    try:
+        yield folder.toString()
+    finally:
+        fs.delete(folder, True)
 
 
 def register(spark: SparkSession, schema: str, name: str, path: str) -> bool:
@@ -208,34 +232,45 @@ def merge_by_key(
     *,
     metadata: dict,
     partition_by: list[str] | None = None,
+    app_id: str | None = None,
     attempts: int = 3,
-) -> int:
+) -> int | None:
     """Upsert `df` by `key` (creating the table on first use); returns the version written.
 
     The source is deduplicated by key first (MERGE refuses several matches per target
     row), `metadata` lands in the commit atomically with the data, and a conflict with a
-    concurrent writer is retried a bounded number of times.
+    concurrent writer is retried a bounded number of times. With `app_id` the MERGE is
+    exactly-once like `append_once` (Delta's session-level txnAppId/txnVersion): a repeat
+    is skipped and returns None.
     """
     spark = df.sparkSession
     require_writable(spark, path)
     source = df.dropDuplicates([key])
+    metadata = {**metadata, "app_id": app_id} if app_id else metadata
 
-    def upsert() -> int:
-        _upsert(source, path, key, metadata, partition_by)
+    def upsert() -> int | None:
+        before = current_version(spark, path)
+        _upsert(source, path, key, metadata, partition_by, app_id)
+        if app_id:
+            return _committed_by(spark, path, app_id, before)
         return current_version(spark, path)
 
     return _retrying(f"merge into {key}", path, attempts, upsert)
 
 
-def _upsert(source: DataFrame, path: str, key: str, metadata: dict, partition_by: list[str] | None) -> None:
+def _upsert(
+    source: DataFrame, path: str, key: str, metadata: dict, partition_by: list[str] | None, app_id: str | None
+) -> None:
     spark = source.sparkSession
     if not is_delta(spark, path):
         writer = source.write.format("delta").mode("append")
         if partition_by:
             writer = writer.partitionBy(*partition_by)
+        if app_id:
+            writer = writer.option("txnAppId", app_id).option("txnVersion", 0)
         writer.option("userMetadata", json.dumps(metadata, sort_keys=True)).save(path)
         return
-    with _commit_metadata(spark, metadata):
+    with _commit_metadata(spark, metadata, app_id):
         (
             DeltaTable.forPath(spark, path).alias("t")
             .merge(source.alias("s"), f"t.`{key}` = s.`{key}`")
@@ -246,14 +281,29 @@ def _upsert(source: DataFrame, path: str, key: str, metadata: dict, partition_by
 
 
 @contextmanager
-def _commit_metadata(spark: SparkSession, metadata: dict):
-    """MERGE takes no writer options: its commit metadata comes from the session."""
-    conf = "spark.databricks.delta.commitInfo.userMetadata"
-    spark.conf.set(conf, json.dumps(metadata, sort_keys=True))
+def _commit_metadata(spark: SparkSession, metadata: dict, app_id: str | None = None):
+    """MERGE takes no writer options: its commit metadata and txn id come from the session."""
+    confs = {"spark.databricks.delta.commitInfo.userMetadata": json.dumps(metadata, sort_keys=True)}
+    if app_id:
+        confs |= {"spark.databricks.delta.write.txnAppId": app_id, "spark.databricks.delta.write.txnVersion": "0"}
+    for name, value in confs.items():
+        spark.conf.set(name, value)
     try:
         yield
     finally:
-        spark.conf.unset(conf)
+        for name in confs:
+            spark.conf.unset(name)
+
+
+def committed(spark: SparkSession, path: str, app_id: str) -> bool:
+    """Whether a write tagged `app_id` (by `append_once` or `merge_by_key`) committed to `path`."""
+    if not is_delta(spark, path):
+        return False
+    return (
+        DeltaTable.forPath(spark, path).history()
+        .where(F.get_json_object("userMetadata", "$.app_id") == app_id)
+        .head() is not None
+    )
 
 
 def last_metadata(spark: SparkSession, path: str, job: str) -> dict | None:
@@ -291,32 +341,51 @@ def rows_written(spark: SparkSession, path: str, version: int) -> int:
 
 
 def ledger_record(spark: SparkSession, ledger: str, job: str, batch_id: str) -> BatchRecord | None:
-    """What the ledger knows of a batch: its claimed fingerprint and whether it finished."""
+    """What the ledger knows of a batch: the fingerprint it committed (else its latest
+    claim) and whether it finished."""
     if not is_delta(spark, ledger):
         return None
     rows = (
         spark.read.format("delta")
         .load(ledger)
         .where((F.col("job") == job) & (F.col("batch_id") == batch_id))
+        .orderBy(F.col("recorded_at").desc())
         .select("fingerprint", "status", "report")
-        .collect()  # driver-ok: at most a claim and a commit row per batch
+        .collect()  # driver-ok: a claim per content tried and a commit row per batch
     )
     if not rows:
         return None
     done = [r for r in rows if r.status == "committed"]
-    report = json.loads(done[0].report) if done else None
-    return BatchRecord(rows[0].fingerprint, bool(done), report)
+    if done:
+        return BatchRecord(done[0].fingerprint, True, json.loads(done[0].report))
+    return BatchRecord(rows[0].fingerprint, False, None)
 
 
-def claim_batch(spark: SparkSession, ledger: str, job: str, batch_id: str, fingerprint: str) -> None:
-    """Record the batch's fingerprint before any data lands; refuse other content."""
+def refuse_other_content(
+    spark: SparkSession, ledger: str, job: str, batch_id: str, fingerprint: str, tables: list[str]
+) -> None:
+    """Refuse a batch id already used for other content that reached a table.
+
+    A claim whose data never committed anywhere (the job died between the claim and its
+    first commit) does not hold the id: the corrected content may take it.
+    """
     known = ledger_record(spark, ledger, job, batch_id)
-    if known is not None and known.fingerprint != fingerprint:
+    if known is None or known.fingerprint == fingerprint:
+        return
+    if known.committed or any(committed(spark, t, f"{job}:{batch_id}") for t in tables):
         raise BatchConflict(
             f"batch id {batch_id!r} was already used by {job} for different content "
             f"(fingerprint {known.fingerprint[:12]}…, now {fingerprint[:12]}…). "
             "Use a new batch id for new data."
         )
+
+
+def claim_batch(
+    spark: SparkSession, ledger: str, job: str, batch_id: str, fingerprint: str, tables: list[str]
+) -> None:
+    """Record the batch's fingerprint before any data lands in `tables`; refuse other content
+    (see `refuse_other_content`). The data writes carry the app id ``<job>:<batch_id>``."""
+    refuse_other_content(spark, ledger, job, batch_id, fingerprint, tables)
     _ledger_append(spark, ledger, job, batch_id, fingerprint, "claimed", None)
 
 
@@ -339,4 +408,6 @@ def _ledger_append(
         [(job, batch_id, fingerprint, status, json.dumps(report) if report else None)],
         "job string, batch_id string, fingerprint string, status string, report string",
     ).withColumn("recorded_at", F.current_timestamp())
-    append_once(row, ledger, app_id=f"{job}:{status}:{batch_id}")
+    # one claim per content tried, one commit per batch
+    suffix = f":{fingerprint[:16]}" if status == "claimed" else ""
+    append_once(row, ledger, app_id=f"{job}:{status}:{batch_id}{suffix}")
