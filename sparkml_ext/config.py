@@ -59,9 +59,14 @@ class TablesConfig:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """How ingest treats bad input: quarantine or fail; columns outside source.schema."""
+    """How ingest treats bad input, keys bronze already holds, and columns outside source.schema."""
 
     on_bad_record: Literal["quarantine", "fail"] = "quarantine"
+    # A record whose key bronze already holds (from another batch): quarantine it
+    # (duplicate_key_existing:<batch>), update the held row if the record is not older
+    # (a CDC feed: the latest event wins), or fail the batch.
+    on_existing_key: Literal["quarantine", "update", "fail"] = "quarantine"
+    max_record_chars: int = 1 << 20  # a longer record is quarantined as too_long
     schema_evolution: bool = False  # true: a batch's new columns are added to bronze
 
 

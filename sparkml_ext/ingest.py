@@ -1,8 +1,15 @@
 """Ingest one landing batch into the bronze Delta table, exactly once.
 
-Every input record ends in exactly one place: bronze (typed, partitioned by event
-date) or quarantine (raw record, reasons, batch id). Parsing, typing and checks are
-native Spark expressions; only per-file fingerprints and a few counts reach the driver.
+Every line of the input is accounted for: it is a record that lands in bronze (typed,
+partitioned by event date) or in quarantine (raw record, reasons, batch id), or it holds
+no record (an empty line, a CSV header or comment line), which the report counts.
+
+A refused batch leaves every table as it was. The batch is parsed and checked once into
+a private staging area; the reconciliation against an independent line count, the fail
+modes and the lookup of keys bronze already holds all decide on that staged form, and
+only then is the batch claimed in the ledger and committed to bronze and quarantine.
+Parsing, typing and checks are native Spark expressions; only per-file fingerprints and
+counts reach the driver.
 """
 
 from __future__ import annotations
@@ -19,17 +26,21 @@ from pyspark.sql import functions as F
 from pyspark.sql.utils import AnalysisException
 
 from sparkml_ext import lake
-from sparkml_ext.config import ConfigError, PipelineConfig, SourceConfig
+from sparkml_ext.config import ConfigError, IngestConfig, PipelineConfig, SourceConfig
 
 JOB = "ingest"
 CORRUPT = "_corrupt_record"
 REASONS = "_reasons"
 RAW = "_raw_record"
 SOURCE_FILE = "_source_file"
-BATCH = "_batch_id"
-INTERNAL = (CORRUPT, REASONS, RAW, SOURCE_FILE)
+BATCH = lake.BATCH_COLUMN
+HELD_BY = "_held_by"  # the batch that already holds the record's key in bronze
+HELD_AT = "_held_at"  # the event time bronze holds for that key
+INTERNAL = (CORRUPT, REASONS, RAW, SOURCE_FILE, HELD_BY, HELD_AT)
 # What a text reader puts where the input's bytes are not valid in its encoding.
 REPLACEMENT_CHAR = "\ufffd"
+# Control characters no text value should hold (tab, line feed and carriage return excepted).
+CONTROL_CHARS = "[\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F]"
 
 
 class IngestError(RuntimeError):
@@ -43,7 +54,9 @@ class IngestReport:
     rows_read: int = 0
     accepted: int = 0
     quarantined: int = 0
+    updated: int = 0  # accepted records that replaced an older row of their key (on_existing_key: update)
     reasons: dict[str, int] = field(default_factory=dict)
+    skipped_lines: dict[str, int] = field(default_factory=dict)  # lines that hold no record
     versions: dict[str, int | None] = field(default_factory=dict)
     already_ingested: bool = False
     seconds: float = 0.0
@@ -51,10 +64,31 @@ class IngestReport:
     def summary(self) -> str:
         state = " (already ingested: nothing written)" if self.already_ingested else ""
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.reasons.items())) or "none"
+        updated = f" ({self.updated} replacing older rows)" if self.updated else ""
+        skipped = "".join(f", {n} {kind} line(s) skipped" for kind, n in sorted(self.skipped_lines.items()) if n)
         return (
-            f"ingest batch {self.batch_id}{state}: read {self.rows_read}, accepted {self.accepted}, "
-            f"quarantined {self.quarantined} ({reasons}); versions {self.versions}"
+            f"ingest batch {self.batch_id}{state}: read {self.rows_read}, accepted {self.accepted}{updated}, "
+            f"quarantined {self.quarantined} ({reasons}){skipped}; versions {self.versions}"
         )
+
+
+@dataclass(frozen=True)
+class FileLines:
+    """One input file's lines as an independent text read sees them.
+
+    `content` lines are what the format's reader parses into records (a CSV header
+    excluded); `blank` lines hold only whitespace, which the readers drop, so ingest
+    quarantines them itself (reason ``blank``); `header` and `comment` lines hold no record.
+    """
+
+    content: int
+    blank: int = 0
+    header: int = 0
+    comment: int = 0
+
+    @property
+    def records(self) -> int:
+        return self.content + self.blank
 
 
 def ingest_batch(
@@ -64,54 +98,54 @@ def ingest_batch(
     started = time.monotonic()
     path = cfg.batch_path(batch_id, input_path)
     report = IngestReport(batch_id=batch_id, input=path)
+    _check_options(cfg)
     fingerprint = batch_fingerprint(spark, path)
-    ledger = cfg.table_path("batches")
+    ledger, bronze, quarantine = (cfg.table_path(t) for t in ("batches", "bronze", "quarantine"))
 
     known = lake.ledger_record(spark, ledger, JOB, batch_id)
     if known and known.committed and known.fingerprint == fingerprint:
         done = IngestReport(**{**known.report, "already_ingested": True})
         done.seconds = round(time.monotonic() - started, 2)
         return done
+    lake.refuse_other_content(spark, ledger, JOB, batch_id, fingerprint, [bronze, quarantine])
+    for table in (ledger, bronze, quarantine):
+        lake.require_writable(spark, table)
 
-    bronze, quarantine = cfg.table_path("bronze"), cfg.table_path("quarantine")
-    with _unreadable_files_refused(path):
-        records = validate(read_batch(spark, cfg.source, path, cfg.ingest.schema_evolution), cfg, path)
-        if cfg.ingest.on_bad_record == "fail":
-            _fail_on_first_bad(records)
-        report.rows_read = count_records(spark, cfg.source, path)
+    with lake.staging_area(spark, ledger, f"{JOB}-{batch_id}") as folder, _unreadable_files_refused(path):
+        lines = count_lines(spark, cfg.source, path)
+        report.rows_read = sum(f.records for f in lines.values())
+        report.skipped_lines = {"header": sum(f.header for f in lines.values()),
+                                "comment": sum(f.comment for f in lines.values())}
         if report.rows_read == 0:
             raise IngestError(f"input {path} holds no records; nothing was written")
+        staged = stage(spark, cfg, batch_id, path, lines, folder)
+        _refuse_in_fail_modes(staged, cfg.ingest, cfg.source.key)
+        records = route(staged, cfg.ingest, cfg.source.event_time)
+        _reconcile(records, lines, report)
 
-        for table in (ledger, bronze, quarantine):
-            lake.require_writable(spark, table)
-        lake.claim_batch(spark, ledger, JOB, batch_id, fingerprint)
+        # Every refusal is behind us: from here on the batch lands whole.
+        lake.claim_batch(spark, ledger, JOB, batch_id, fingerprint, [bronze, quarantine])
         meta = {"job": JOB, "batch_id": batch_id, "fingerprint": fingerprint}
-        bronze_version = lake.append_once(
-            _accepted(records, batch_id, cfg.source.event_time), bronze,
-            app_id=f"{JOB}:{batch_id}", partition_by=["event_date"], metadata=meta,
-            properties={"delta.enableChangeDataFeed": "true"},  # features read only new rows
-            merge_schema=cfg.ingest.schema_evolution,
-        )
-        quarantine_version = lake.append_once(
-            _quarantined(records, batch_id), quarantine,
-            app_id=f"{JOB}:{batch_id}", partition_by=["batch_id"], metadata=meta,
-        )
-    report.versions = {"bronze": bronze_version, "quarantine": quarantine_version}
-    report.accepted = (
-        lake.rows_written(spark, bronze, bronze_version)
-        if bronze_version is not None
-        else spark.read.format("delta").load(bronze).where(F.col(BATCH) == batch_id).count()
-    )
-    report.reasons = _quarantine_reasons(spark, quarantine, batch_id)
-    report.quarantined = sum(report.reasons.values())
-    if report.accepted + report.quarantined != report.rows_read:
-        raise IngestError(
-            f"batch {batch_id}: counts do not reconcile: read {report.rows_read} != accepted "
-            f"{report.accepted} + quarantined {report.quarantined}; the batch stays uncommitted"
-        )
+        # A table that gets no rows gets no commit: downstream jobs see no new version.
+        report.versions = {
+            "bronze": _land_accepted(records, bronze, cfg, batch_id, meta, updates=report.updated > 0)
+            if report.accepted else None,
+            "quarantine": lake.append_once(
+                _quarantined(records, batch_id), quarantine,
+                app_id=f"{JOB}:{batch_id}", partition_by=["batch_id"], metadata=meta,
+            ) if report.quarantined else None,
+        }
     report.seconds = round(time.monotonic() - started, 2)
     lake.commit_batch(spark, ledger, JOB, batch_id, fingerprint, asdict(report))
     return report
+
+
+def _check_options(cfg: PipelineConfig) -> None:
+    if str(cfg.source.options.get("multiLine", "false")).lower() == "true":
+        raise ConfigError(
+            f"{cfg.path}: source.options.multiLine: records spanning lines are not supported; ingest "
+            "accounts for every input line, so each record must be one line"
+        )
 
 
 def batch_fingerprint(spark: SparkSession, path: str) -> str:
@@ -215,9 +249,11 @@ def read_batch(spark: SparkSession, source: SourceConfig, path: str, evolve: boo
 def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
     """Typed columns plus `_reasons`: empty for a good record, else why it is quarantined.
 
-    Reasons, first one wins for reporting: malformed, bad_encoding (bytes not valid in
-    the reader's encoding), bad_type:<col>, missing:<col>, check:<name>, duplicate_key (a
-    key seen earlier in the same batch). Columns outside source.schema pass through.
+    Reasons, first one wins for reporting: too_long (over ingest.max_record_chars),
+    malformed, bad_encoding (bytes not valid in the reader's encoding), control_char:<col>,
+    bad_type:<col>, missing:<col>, check:<name>, duplicate_key (a key seen earlier in the
+    same batch; with on_existing_key: update, the batch's latest event of a key is kept).
+    Columns outside source.schema pass through.
     """
     source = cfg.source
     extra = [c for c in raw.columns if c not in source.schema and c not in INTERNAL]
@@ -226,6 +262,8 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
         *extra,
         _flags(
             [(F.col(RAW).contains(REPLACEMENT_CHAR), "bad_encoding")]
+            + [(F.col(c).rlike(CONTROL_CHARS), f"control_char:{c}")
+               for c, t in source.schema.items() if t == "string"]
             + [(F.col(c).isNotNull() & _typed(F.col(c), t, source.timestamp_format).isNull(), f"bad_type:{c}")
                for c, t in source.schema.items()]
         ).alias("_value_errors"),
@@ -238,11 +276,14 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
     ]
     checks = [(~F.coalesce(_check(typed, name, sql, cfg.path), F.lit(True)), f"check:{name}")
               for name, sql in source.checks.items()]
-    reasons = F.when(F.col(CORRUPT).isNotNull(), F.array(F.lit("malformed"))).otherwise(
-        F.concat(F.col("_value_errors"), _flags(missing + checks))
+    reasons = (
+        F.when(F.length(RAW) > cfg.ingest.max_record_chars, F.array(F.lit("too_long")))
+        .when(F.col(CORRUPT).isNotNull(), F.array(F.lit("malformed")))
+        .otherwise(F.concat(F.col("_value_errors"), _flags(missing + checks)))
     )
+    latest_first = [F.col(source.event_time).desc()] if cfg.ingest.on_existing_key == "update" else []
     first_of_key = Window.partitionBy(source.key).orderBy(
-        F.size(REASONS) > 0, F.col(SOURCE_FILE), F.col(RAW)
+        F.size(REASONS) > 0, *latest_first, F.col(SOURCE_FILE), F.col(RAW)
     )
     duplicate = (F.size(REASONS) == 0) & (F.row_number().over(first_of_key) > 1)
     return (
@@ -252,6 +293,127 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
             F.when(duplicate, F.array(F.lit("duplicate_key"))).otherwise(F.col(REASONS)),
         )
         .drop("_value_errors")
+    )
+
+
+def stage(
+    spark: SparkSession, cfg: PipelineConfig, batch_id: str, path: str, lines: dict[str, FileLines], folder: str
+) -> DataFrame:
+    """Parse, type and check the batch once into `folder` (Parquet), and find which of its
+    good records' keys bronze already holds.
+
+    Each staged record carries the batch that holds its key in bronze (`_held_by`, null
+    for a new key) and that row's event time. The lookup reads bronze's key, event time
+    and batch columns only (Parquet column pruning) and keeps only the batch's keys before
+    it aggregates, so its cost is one narrow scan of bronze, not a shuffle of it. It runs as
+    its own step over the staged records: joined into the validation plan, it made Spark's
+    constraint inference exhaust the driver's heap on a wide schema.
+    """
+    source = cfg.source
+    records = validate(read_batch(spark, source, path, cfg.ingest.schema_evolution), cfg, path)
+    if any(f.blank for f in lines.values()):
+        records = records.unionByName(_blank_records(spark, source, path), allowMissingColumns=True)
+    records.select(*[c for c in records.columns if c != CORRUPT]).write.parquet(f"{folder}/records")
+    staged = spark.read.parquet(f"{folder}/records")
+    bronze = cfg.table_path("bronze")
+    if not lake.is_delta(spark, bronze):
+        return staged.select("*", F.lit(None).cast("string").alias(HELD_BY),
+                             F.lit(None).cast("timestamp").alias(HELD_AT))
+    keys = staged.where(F.size(REASONS) == 0).select(source.key)
+    table, _ = lake.read_version(spark, bronze)
+    (
+        table.where(F.col(BATCH) != batch_id)  # a re-run after a crash routes as the first run did
+        .join(keys, source.key, "left_semi")
+        .groupBy(source.key)
+        .agg(F.min(BATCH).alias(HELD_BY), F.max(source.event_time).alias(HELD_AT))
+        .write.parquet(f"{folder}/held")
+    )
+    return staged.join(spark.read.parquet(f"{folder}/held"), source.key, "left")
+
+
+def route(staged: DataFrame, ingest: IngestConfig, event_time: str) -> DataFrame:
+    """The staged records with their final `_reasons`: a record whose key bronze holds is
+    quarantined as duplicate_key_existing:<batch>, or with on_existing_key: update, lands
+    (replacing the held row) unless it is older than that row (older_than_existing:<batch>)."""
+    held = F.col(HELD_BY).isNotNull()
+    if ingest.on_existing_key == "update":
+        existing = F.when(held & (F.col(event_time) < F.col(HELD_AT)),
+                          F.array(F.concat(F.lit("older_than_existing:"), F.col(HELD_BY))))
+    else:
+        existing = F.when(held, F.array(F.concat(F.lit("duplicate_key_existing:"), F.col(HELD_BY))))
+    good = F.size(REASONS) == 0
+    return staged.withColumn(
+        REASONS, F.when(good, F.coalesce(existing, F.array().cast("array<string>"))).otherwise(F.col(REASONS))
+    )
+
+
+def _refuse_in_fail_modes(staged: DataFrame, ingest: IngestConfig, key: str) -> None:
+    """on_bad_record / on_existing_key 'fail': refuse the batch naming its first such record."""
+    if ingest.on_bad_record == "fail":
+        bad = staged.where(F.size(REASONS) > 0).select(SOURCE_FILE, RAW, REASONS).head()
+        if bad is not None:
+            raise IngestError(
+                f"bad record in {bad[SOURCE_FILE]} ({', '.join(bad[REASONS])}): {bad[RAW][:300]!r}; "
+                "on_bad_record is 'fail', so nothing was written"
+            )
+    if ingest.on_existing_key == "fail":
+        held = staged.where((F.size(REASONS) == 0) & F.col(HELD_BY).isNotNull()).select(key, HELD_BY, SOURCE_FILE).head()
+        if held is not None:
+            raise IngestError(
+                f"key {held[key]!r} in {held[SOURCE_FILE]} is already in bronze (batch {held[HELD_BY]}); "
+                "on_existing_key is 'fail', so nothing was written"
+            )
+
+
+def _reconcile(records: DataFrame, lines: dict[str, FileLines], report: IngestReport) -> None:
+    """Fill the report's outcome counts, refusing the batch unless every file's records
+    (accepted + quarantined) equal the records its lines hold."""
+    counts = (
+        records.groupBy(
+            F.col(SOURCE_FILE).alias("file"),
+            F.get(F.col(REASONS), 0).alias("reason"),
+            ((F.size(REASONS) == 0) & F.col(HELD_BY).isNotNull()).alias("update"),
+        )
+        .count()
+        .collect()  # driver-ok: one row per file and outcome
+    )
+    per_file: dict[str, int] = {}
+    for row in counts:
+        per_file[row.file] = per_file.get(row.file, 0) + row["count"]
+        if row.reason is None:
+            report.accepted += row["count"]
+            report.updated += row["count"] if row.update else 0
+        else:
+            report.reasons[row.reason] = report.reasons.get(row.reason, 0) + row["count"]
+    report.quarantined = sum(report.reasons.values())
+    wrong = [f"{name}: {per_file.get(name, 0)} records for {lines[name].records if name in lines else 0} lines"
+             for name in sorted(set(per_file) | set(lines))
+             if per_file.get(name, 0) != (lines[name].records if name in lines else 0)]
+    if wrong or report.accepted + report.quarantined != report.rows_read:
+        raise IngestError(
+            f"batch {report.batch_id}: counts do not reconcile: read {report.rows_read} != accepted "
+            f"{report.accepted} + quarantined {report.quarantined} ({'; '.join(wrong[:3])}); nothing was written"
+        )
+
+
+def _land_accepted(
+    records: DataFrame, bronze: str, cfg: PipelineConfig, batch_id: str, meta: dict, updates: bool
+) -> int | None:
+    """Append the accepted records to bronze, or MERGE them when some replace held rows."""
+    data_columns = [c for c in records.columns if c not in INTERNAL]
+    accepted = records.where(F.size(REASONS) == 0).select(
+        *data_columns,
+        F.to_date(F.col(cfg.source.event_time)).alias("event_date"),
+        F.lit(batch_id).alias(BATCH),
+        F.col(SOURCE_FILE),
+    )
+    if updates:
+        return lake.merge_by_key(accepted, bronze, cfg.source.key, metadata=meta,
+                                 partition_by=["event_date"], app_id=f"{JOB}:{batch_id}")
+    return lake.append_once(
+        accepted, bronze, app_id=f"{JOB}:{batch_id}", partition_by=["event_date"], metadata=meta,
+        properties={"delta.enableChangeDataFeed": "true"},  # features read only what changed
+        merge_schema=cfg.ingest.schema_evolution,
     )
 
 
@@ -281,25 +443,6 @@ def _check(df: DataFrame, name: str, sql: str, file: str) -> Column:
     return F.expr(sql)
 
 
-def _fail_on_first_bad(records: DataFrame) -> None:
-    bad = records.where(F.size(REASONS) > 0).select(SOURCE_FILE, RAW, REASONS).head()
-    if bad is not None:
-        raise IngestError(
-            f"bad record in {bad[SOURCE_FILE]} ({', '.join(bad[REASONS])}): {bad[RAW][:300]!r}; "
-            "on_bad_record is 'fail', so nothing was written"
-        )
-
-
-def _accepted(records: DataFrame, batch_id: str, event_time: str) -> DataFrame:
-    data_columns = [c for c in records.columns if c not in INTERNAL]
-    return records.where(F.size(REASONS) == 0).select(
-        *data_columns,
-        F.to_date(F.col(event_time)).alias("event_date"),
-        F.lit(batch_id).alias(BATCH),
-        F.col(SOURCE_FILE),
-    )
-
-
 def _quarantined(records: DataFrame, batch_id: str) -> DataFrame:
     return records.where(F.size(REASONS) > 0).select(
         F.lit(batch_id).alias("batch_id"),
@@ -311,22 +454,59 @@ def _quarantined(records: DataFrame, batch_id: str) -> DataFrame:
     )
 
 
-def _quarantine_reasons(spark: SparkSession, quarantine: str, batch_id: str) -> dict[str, int]:
-    rows = (
-        spark.read.format("delta").load(quarantine)
-        .where(F.col("batch_id") == batch_id)
-        .groupBy("reason").count()
-        .collect()  # driver-ok: one row per reason
-    )
-    return {r["reason"]: r["count"] for r in rows}
+def count_lines(spark: SparkSession, source: SourceConfig, path: str) -> dict[str, FileLines]:
+    """Each input file's lines, read as plain text, independently of the format's parser.
 
-
-def count_records(spark: SparkSession, source: SourceConfig, path: str) -> int:
-    """Records in the input, counted independently of parsing, to reconcile against."""
+    The rules follow the readers': CSV drops lines of characters up to U+0020 only (Spark
+    trims them away) and lines starting with the `comment` option, and takes the first
+    remaining line of each file as the header when `header` is true; JSON drops lines of
+    spaces and tabs. Empty lines hold nothing and are not counted.
+    """
     reader = spark.read.option("recursiveFileLookup", "true")
     if source.format == "parquet":
-        return reader.parquet(path).count()
-    lines = reader.text(path)
-    # The CSV reader skips empty lines; the JSON reader skips blank ones.
-    keep = F.col("value") != "" if source.format == "csv" else F.trim(F.col("value")) != ""
-    return lines.where(keep).count()
+        rows = (reader.parquet(path).groupBy(F.col("_metadata.file_path").alias("file")).count()
+                .collect())  # driver-ok: one row per file
+        return {r.file: FileLines(content=r["count"]) for r in rows}
+    if "lineSep" in source.options:
+        reader = reader.option("lineSep", source.options["lineSep"])
+    value = F.col("value")
+    blank = _blank_line(source)
+    comment = value.startswith(source.options["comment"]) if source.format == "csv" and source.options.get("comment") else F.lit(False)
+    rows = (
+        reader.text(path)
+        .where(value != "")
+        .groupBy(F.col("_metadata.file_path").alias("file"))
+        .agg(F.count_if(blank).alias("blank"), F.count_if(~blank & comment).alias("comment"),
+             F.count_if(~blank & ~comment).alias("content"))
+        .collect()  # driver-ok: one row per file
+    )
+    header = source.format == "csv" and str(source.options.get("header", "false")).lower() == "true"
+    return {
+        r.file: FileLines(content=r.content - int(header and r.content > 0), blank=r.blank,
+                          header=int(header and r.content > 0), comment=r.comment)
+        for r in rows
+    }
+
+
+def _blank_line(source: SourceConfig) -> Column:
+    if source.format == "csv":
+        return ~F.col("value").rlike("[^\\x00-\\x20]")
+    return F.col("value").rlike("^[ \\t]+$")
+
+
+def _blank_records(spark: SparkSession, source: SourceConfig, path: str) -> DataFrame:
+    """The whitespace-only lines the format's reader drops, as records quarantined as blank."""
+    reader = spark.read.option("recursiveFileLookup", "true")
+    if "lineSep" in source.options:
+        reader = reader.option("lineSep", source.options["lineSep"])
+    return (
+        reader.text(path)
+        .where((F.col("value") != "") & _blank_line(source))
+        .select(
+            *[F.lit(None).cast(t).alias(c) for c, t in source.schema.items()],
+            F.lit(None).cast("string").alias(CORRUPT),
+            F.col("value").alias(RAW),
+            F.col("_metadata.file_path").alias(SOURCE_FILE),
+            F.array(F.lit("blank")).alias(REASONS),
+        )
+    )
