@@ -1,9 +1,11 @@
 """Bronze → feature table: point-in-time entity aggregates and column transforms.
 
 Incremental and idempotent: the feature table's commits record the bronze version they
-cover; a run reads only the rows bronze gained since then (Delta's change data feed),
-plus the earlier events of the same entities that fall inside the longest window, and
-MERGEs by event key. A run with nothing new writes nothing. All native expressions.
+cover; a run reads only what bronze changed since then (Delta's change data feed:
+inserted rows, and both sides of an updated one), recomputes every event of those
+entities from the earliest change on, over the history their windows reach, and MERGEs
+by event key. A run with nothing new writes nothing. A key bronze holds twice stops the
+run (it would count as history twice). All native expressions.
 """
 
 from __future__ import annotations
@@ -83,14 +85,18 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
         return report
 
     if done is None:  # a first run: every bronze row is new, so no rows to select
-        new, features = bronze, engineer(bronze, spec, key, event_time)
+        context = bronze
+        features = engineer(context, spec, key, event_time)
+        report.rows_in = bronze.count()
     else:
-        new = _changes(spark, bronze_path, done + 1, version).select(*bronze.columns)
-        context = _context(bronze, new, spec.entity, event_time, max(spec.window_seconds().values()))
-        features = engineer(context, spec, key, event_time).join(new.select(key), key, "left_semi")
-    report.rows_in = new.count()
+        changed = _changes(spark, bronze_path, done + 1, version)
+        context, targets = _recompute_scope(bronze, changed, key, spec.entity, event_time,
+                                            max(spec.window_seconds().values()))
+        features = engineer(context, spec, key, event_time).join(targets, key, "left_semi")
+        report.rows_in = changed.where(F.col("_change_type") != "update_preimage").count()
     if report.rows_in == 0:
         raise FeaturesError(f"bronze gained no rows between v{done} and v{version}")
+    _refuse_duplicate_keys(context, key)
 
     meta = {"job": JOB, "bronze_version": version, "spec": fingerprint}
     report.feature_version = lake.merge_by_key(features, target, key, metadata=meta,
@@ -218,19 +224,52 @@ def _check_spec(spec: FeaturesConfig, columns: list[str], file: str) -> None:
 
 
 def _changes(spark: SparkSession, path: str, start: int, end: int) -> DataFrame:
-    """Rows appended to bronze in versions [start, end] (bronze is append-only)."""
+    """Bronze rows inserted, and rows before and after an update, in versions [start, end]."""
     return (
         spark.read.format("delta")
         .option("readChangeFeed", "true")
         .option("startingVersion", start)
         .option("endingVersion", end)
         .load(path)
-        .where(F.col("_change_type") == "insert")
+        .where(F.col("_change_type").isin("insert", "update_preimage", "update_postimage"))
     )
 
 
-def _context(bronze: DataFrame, new: DataFrame, entity: str, event_time: str, horizon: int) -> DataFrame:
-    """The new rows' entities' events recent enough to fall in some window of a new row."""
-    earliest = new.agg(F.min(event_time)).head()[0]
-    since = F.lit(earliest) - F.make_interval(secs=F.lit(horizon))
-    return bronze.join(new.select(entity).distinct(), entity, "left_semi").where(F.col(event_time) >= since)
+def _recompute_scope(
+    bronze: DataFrame, changed: DataFrame, key: str, entity: str, event_time: str, horizon: int
+) -> tuple[DataFrame, DataFrame]:
+    """What a change touches: every event of a changed entity from its earliest changed
+    event time on (a late or updated event changes the windows of the events after it),
+    and the history those events' windows reach back to (`horizon` seconds more).
+
+    Returns (the events to compute over, the keys whose rows are rewritten).
+    """
+    since = changed.groupBy(entity).agg(F.min(event_time).alias("_since"))
+    scoped = bronze.join(since, entity)
+    reach = F.col("_since") - F.make_interval(secs=F.lit(horizon))
+    context = scoped.where(F.col(event_time) >= reach).drop("_since")
+    targets = scoped.where(F.col(event_time) >= F.col("_since")).select(key)
+    return context, targets
+
+
+def _refuse_duplicate_keys(events: DataFrame, key: str) -> None:
+    """Fail, naming keys and their batches, rather than count one event twice in history."""
+    batches = (
+        [F.sort_array(F.collect_set(lake.BATCH_COLUMN)).alias("batches")]
+        if lake.BATCH_COLUMN in events.columns else []
+    )
+    repeated = (
+        events.groupBy(key).agg(F.count("*").alias("rows"), *batches)
+        .where(F.col("rows") > 1)
+        .limit(5)
+        .collect()  # driver-ok: at most 5 rows
+    )
+    if repeated:
+        named = "; ".join(
+            f"{r[key]!r} ({r.rows} rows{', batches ' + ', '.join(r.batches) if batches else ''})" for r in repeated
+        )
+        raise FeaturesError(
+            f"bronze holds some {key} values more than once, e.g. {named}; features would count each copy "
+            "as history, so nothing was written. Remove the copies from bronze (ingest's default, "
+            "ingest.on_existing_key: quarantine, keeps keys unique across batches)"
+        )
