@@ -60,6 +60,7 @@ class IngestReport:
     versions: dict[str, int | None] = field(default_factory=dict)
     already_ingested: bool = False
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step: count, stage, lookup, ...
 
     def summary(self) -> str:
         state = " (already ingested: nothing written)" if self.already_ingested else ""
@@ -111,33 +112,55 @@ def ingest_batch(
     for table in (ledger, bronze, quarantine):
         lake.require_writable(spark, table)
 
+    clock = _Clock(report.timings)
     with lake.staging_area(spark, ledger, f"{JOB}-{batch_id}") as folder, _unreadable_files_refused(path):
-        lines = count_lines(spark, cfg.source, path)
+        with clock("count"):
+            lines = count_lines(spark, cfg.source, path)
         report.rows_read = sum(f.records for f in lines.values())
         report.skipped_lines = {"header": sum(f.header for f in lines.values()),
                                 "comment": sum(f.comment for f in lines.values())}
         if report.rows_read == 0:
             raise IngestError(f"input {path} holds no records; nothing was written")
-        staged = stage(spark, cfg, batch_id, path, lines, folder)
-        _refuse_in_fail_modes(staged, cfg.ingest, cfg.source.key)
-        records = route(staged, cfg.ingest, cfg.source.event_time)
-        _reconcile(records, lines, report)
+        with clock("stage"):
+            staged = stage(spark, cfg, path, lines, folder)
+        with clock("lookup"):
+            staged = with_held_keys(spark, cfg, batch_id, staged, folder)
+        with clock("check"):
+            _refuse_in_fail_modes(staged, cfg.ingest, cfg.source.key)
+            records = route(staged, cfg.ingest, cfg.source.event_time)
+            _reconcile(records, lines, report)
 
         # Every refusal is behind us: from here on the batch lands whole.
-        lake.claim_batch(spark, ledger, JOB, batch_id, fingerprint, [bronze, quarantine])
-        meta = {"job": JOB, "batch_id": batch_id, "fingerprint": fingerprint}
-        # A table that gets no rows gets no commit: downstream jobs see no new version.
-        report.versions = {
-            "bronze": _land_accepted(records, bronze, cfg, batch_id, meta, updates=report.updated > 0)
-            if report.accepted else None,
-            "quarantine": lake.append_once(
-                _quarantined(records, batch_id), quarantine,
-                app_id=f"{JOB}:{batch_id}", partition_by=["batch_id"], metadata=meta,
-            ) if report.quarantined else None,
-        }
+        with clock("commit"):
+            lake.claim_batch(spark, ledger, JOB, batch_id, fingerprint, [bronze, quarantine])
+            meta = {"job": JOB, "batch_id": batch_id, "fingerprint": fingerprint}
+            # A table that gets no rows gets no commit: downstream jobs see no new version.
+            report.versions = {
+                "bronze": _land_accepted(records, bronze, cfg, batch_id, meta, updates=report.updated > 0)
+                if report.accepted else None,
+                "quarantine": lake.append_once(
+                    _quarantined(records, batch_id), quarantine,
+                    app_id=f"{JOB}:{batch_id}", partition_by=["batch_id"], metadata=meta,
+                ) if report.quarantined else None,
+            }
     report.seconds = round(time.monotonic() - started, 2)
     lake.commit_batch(spark, ledger, JOB, batch_id, fingerprint, asdict(report))
     return report
+
+
+class _Clock:
+    """`with clock("step"):` adds the step's wall time, in seconds, to `timings`."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[step] = round(self.timings.get(step, 0.0) + time.monotonic() - started, 2)
 
 
 def _check_options(cfg: PipelineConfig) -> None:
@@ -297,38 +320,41 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
 
 
 def stage(
-    spark: SparkSession, cfg: PipelineConfig, batch_id: str, path: str, lines: dict[str, FileLines], folder: str
+    spark: SparkSession, cfg: PipelineConfig, path: str, lines: dict[str, FileLines], folder: str
 ) -> DataFrame:
-    """Parse, type and check the batch once into `folder` (Parquet), and find which of its
-    good records' keys bronze already holds.
-
-    Each staged record carries the batch that holds its key in bronze (`_held_by`, null
-    for a new key) and that row's event time. The lookup reads bronze's key, event time
-    and batch columns only (Parquet column pruning) and keeps only the batch's keys before
-    it aggregates, so its cost is one narrow scan of bronze, not a shuffle of it. It runs as
-    its own step over the staged records: joined into the validation plan, it made Spark's
-    constraint inference exhaust the driver's heap on a wide schema.
-    """
+    """Parse, type and check the batch once into `folder` (Parquet); the staged records."""
     source = cfg.source
     records = validate(read_batch(spark, source, path, cfg.ingest.schema_evolution), cfg, path)
     if any(f.blank for f in lines.values()):
         records = records.unionByName(_blank_records(spark, source, path), allowMissingColumns=True)
     records.select(*[c for c in records.columns if c != CORRUPT]).write.parquet(f"{folder}/records")
-    staged = spark.read.parquet(f"{folder}/records")
-    bronze = cfg.table_path("bronze")
+    return spark.read.parquet(f"{folder}/records")
+
+
+def with_held_keys(spark: SparkSession, cfg: PipelineConfig, batch_id: str, staged: DataFrame, folder: str) -> DataFrame:
+    """The staged records with the batch that already holds each good record's key in
+    bronze (`_held_by`, null for a new key) and that row's event time (`_held_at`).
+
+    The lookup reads bronze's key, event time and batch columns only (Parquet column
+    pruning) and keeps only the batch's keys before it aggregates: one narrow scan of
+    bronze, not a shuffle of it. It is its own step over the staged Parquet: joined into
+    the validation plan, Spark's constraint inference exhausted the driver's heap on a
+    wide schema. Bronze rows of this batch are left out, so that a re-run after a crash
+    between bronze's commit and the ledger's routes every record as the first run did.
+    """
+    key, bronze = cfg.source.key, cfg.table_path("bronze")
     if not lake.is_delta(spark, bronze):
         return staged.select("*", F.lit(None).cast("string").alias(HELD_BY),
                              F.lit(None).cast("timestamp").alias(HELD_AT))
-    keys = staged.where(F.size(REASONS) == 0).select(source.key)
     table, _ = lake.read_version(spark, bronze)
     (
-        table.where(F.col(BATCH) != batch_id)  # a re-run after a crash routes as the first run did
-        .join(keys, source.key, "left_semi")
-        .groupBy(source.key)
-        .agg(F.min(BATCH).alias(HELD_BY), F.max(source.event_time).alias(HELD_AT))
+        table.where(F.col(BATCH) != batch_id)
+        .join(staged.where(F.size(REASONS) == 0).select(key), key, "left_semi")
+        .groupBy(key)
+        .agg(F.min(BATCH).alias(HELD_BY), F.max(cfg.source.event_time).alias(HELD_AT))
         .write.parquet(f"{folder}/held")
     )
-    return staged.join(spark.read.parquet(f"{folder}/held"), source.key, "left")
+    return staged.join(spark.read.parquet(f"{folder}/held"), key, "left")
 
 
 def route(staged: DataFrame, ingest: IngestConfig, event_time: str) -> DataFrame:
