@@ -11,10 +11,10 @@ from collections import Counter
 
 import pytest
 from chispa import assert_df_equality
-from pyspark.sql import functions as F
-
 from clickdata import line, write_batch
 from hostile import hostile_file
+from pyspark.sql import functions as F
+
 from sparkml_ext import lake
 from sparkml_ext.config import load_config
 from sparkml_ext.features import FeaturesError, build_features, feature_columns
@@ -61,7 +61,7 @@ def landed(spark, tmp_path):
     return cfg
 
 
-def _refused_then_retried(spark, cfg, batch: str, write_bad, write_good, error: str, **match) -> None:
+def _refused_then_retried(spark, cfg, batch: str, write_bad, write_good, error: str) -> None:
     """The batch is refused with `error`, every table is as it was, and the corrected
     content then lands under the same batch id."""
     before = _state(spark, cfg)
@@ -96,26 +96,16 @@ def test_a_batch_that_does_not_reconcile_lands_nothing_and_can_be_retried(spark,
     )
 
 
-def test_fail_mode_refusal_lands_nothing_and_can_be_retried(spark, tmp_path, landed):
-    cfg = _cfg(tmp_path, "ingest.on_bad_record=fail")
+@pytest.mark.parametrize(("mode", "bad", "error"), [
+    ("ingest.on_bad_record=fail", line("bad", numeric="n/a"), r"bad record in .*\(bad_type:i1"),
+    ("ingest.on_existing_key=fail", line("e-0"),
+     r"key 'e-0' in .* is already in bronze \(batch b1\); on_existing_key is 'fail'"),
+], ids=["bad-record", "existing-key"])
+def test_a_fail_mode_refusal_lands_nothing_and_can_be_retried(spark, tmp_path, landed, mode, bad, error):
+    cfg = _cfg(tmp_path, mode)
     folder = tmp_path / "landing" / "b2"
-    _refused_then_retried(
-        spark, cfg, "b2",
-        lambda: write_batch(folder, _events("g", 3) + [line("bad", numeric="n/a")]),
-        lambda: write_batch(folder, _events("g", 3)),
-        r"bad record in .*\(bad_type:i1",
-    )
-
-
-def test_existing_key_in_fail_mode_lands_nothing_and_can_be_retried(spark, tmp_path, landed):
-    cfg = _cfg(tmp_path, "ingest.on_existing_key=fail")
-    folder = tmp_path / "landing" / "b2"
-    _refused_then_retried(
-        spark, cfg, "b2",
-        lambda: write_batch(folder, _events("g", 3) + _events("e", 1)),
-        lambda: write_batch(folder, _events("g", 3)),
-        r"key 'e-0' in .* is already in bronze \(batch b1\); on_existing_key is 'fail'",
-    )
+    _refused_then_retried(spark, cfg, "b2", lambda: write_batch(folder, _events("g", 3) + [bad]),
+                          lambda: write_batch(folder, _events("g", 3)), error)
 
 
 def test_an_unreadable_file_lands_nothing_and_can_be_retried(spark, tmp_path, landed):
