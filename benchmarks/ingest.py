@@ -1,0 +1,97 @@
+"""What one ingest costs, step by step, beside a plain Delta write of the same files.
+
+Usage: python benchmarks/ingest.py [--rows 200000] [--work DIR]
+
+Generates the click demo's CSV landing (2 batches) in a fresh work folder under
+data/generated/bench/ingest/ (deleted afterwards), then in one SparkSession:
+
+1. ingests batch-00000 into an empty lakehouse (no key lookup: there is no bronze yet);
+2. writes batch-00001 with a plain ``spark.read.schema(...).csv(...)`` →
+   ``write.format("delta")`` (the reference: no checks, no quarantine, no ledger);
+3. ingests batch-00001 (its keys are looked up in a bronze of batch-00000's rows);
+4. ingests batch-00000's files again under a new batch id (a re-delivery: every key is
+   found, 0 rows land).
+
+Each ingest prints its report's ``timings`` (count: the independent line count; stage:
+parse, type, check and write the staged Parquet; lookup: keys bronze already holds;
+check: fail modes and the per-file reconciliation; commit: ledger claim, bronze and
+quarantine appends) and its total, which also holds the fingerprint and the ledger's
+final commit. Ratios:
+
+* ``RATIO ingest_vs_plain_delta_write``: step 3's total over step 2's;
+* ``RATIO key_lookup_share``: step 3's lookup over its total;
+* ``RATIO redelivery_vs_first_ingest``: step 4's total over step 3's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sparkml_ext.config import load_config
+from sparkml_ext.generate import ClickSpec, generate_clicks
+from sparkml_ext.ingest import IngestReport, ingest_batch
+from sparkml_ext.session import get_spark
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "data" / "generated" / "bench" / "ingest"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000, help="events over both batches")
+    parser.add_argument("--work", type=Path, default=WORK)
+    return parser.parse_args(argv)
+
+
+def timed_ingest(spark, cfg, batch: str) -> IngestReport:
+    report = ingest_batch(spark, cfg, batch)
+    steps = ", ".join(f"{step} {seconds:.1f}" for step, seconds in report.timings.items())
+    print(f"  {report.summary()}")
+    print(f"  .. ingest {batch}: {report.seconds:.1f} s ({steps})", flush=True)
+    return report
+
+
+def plain_write(spark, cfg, batch: str, target: str) -> float:
+    source = cfg.source
+    ddl = ", ".join(f"`{c}` {t}" for c, t in source.schema.items())
+    started = time.perf_counter()
+    (spark.read.schema(ddl).options(**source.options).csv(f"{source.path}/{batch}")
+     .write.format("delta").mode("append").save(target))
+    seconds = time.perf_counter() - started
+    print(f"  .. plain read.csv → Delta of {batch}: {seconds:.1f} s", flush=True)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work))
+    spark = get_spark("bench-ingest", {"spark.ui.enabled": "false"})
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        cfg = load_config(ROOT / "conf" / "pipelines" / "clicks.yaml",
+                          [f"lakehouse={work}/lake", f"source.path={work}/landing"])
+        generate_clicks(spark, ClickSpec(rows=args.rows, batches=2), f"{work}/landing", cfg.table_path("truth"))
+        print(f"ingest benchmark: {args.rows} generated click events in 2 CSV batches", flush=True)
+        timed_ingest(spark, cfg, "batch-00000")
+        plain = plain_write(spark, cfg, "batch-00001", f"{work}/plain")
+        second = timed_ingest(spark, cfg, "batch-00001")
+        shutil.copytree(f"{work}/landing/batch-00000", f"{work}/landing/redelivered")
+        again = timed_ingest(spark, cfg, "redelivered")
+        assert again.accepted == 0, "a re-delivered batch must land nothing"
+        print(f"RATIO ingest_vs_plain_delta_write {second.seconds / plain:.2f}")
+        print(f"RATIO key_lookup_share {second.timings['lookup'] / second.seconds:.3f}")
+        print(f"RATIO redelivery_vs_first_ingest {again.seconds / second.seconds:.2f}")
+    finally:
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
