@@ -412,9 +412,10 @@ def _reconcile(records: DataFrame, lines: dict[str, FileLines], report: IngestRe
         else:
             report.reasons[row.reason] = report.reasons.get(row.reason, 0) + row["count"]
     report.quarantined = sum(report.reasons.values())
-    wrong = [f"{name}: {per_file.get(name, 0)} records for {lines[name].records if name in lines else 0} lines"
-             for name in sorted(set(per_file) | set(lines))
-             if per_file.get(name, 0) != (lines[name].records if name in lines else 0)]
+    expected = {name: f.records for name, f in lines.items()}
+    wrong = [f"{name}: {per_file.get(name, 0)} records for {expected.get(name, 0)} lines"
+             for name in sorted(per_file.keys() | expected.keys())
+             if per_file.get(name, 0) != expected.get(name, 0)]
     if wrong or report.accepted + report.quarantined != report.rows_read:
         raise IngestError(
             f"batch {report.batch_id}: counts do not reconcile: read {report.rows_read} != accepted "
@@ -488,30 +489,36 @@ def count_lines(spark: SparkSession, source: SourceConfig, path: str) -> dict[st
     remaining line of each file as the header when `header` is true; JSON drops lines of
     spaces and tabs. Empty lines hold nothing and are not counted.
     """
-    reader = spark.read.option("recursiveFileLookup", "true")
     if source.format == "parquet":
-        rows = (reader.parquet(path).groupBy(F.col("_metadata.file_path").alias("file")).count()
+        rows = (spark.read.option("recursiveFileLookup", "true").parquet(path)
+                .groupBy(F.col("_metadata.file_path").alias("file")).count()
                 .collect())  # driver-ok: one row per file
         return {r.file: FileLines(content=r["count"]) for r in rows}
-    if "lineSep" in source.options:
-        reader = reader.option("lineSep", source.options["lineSep"])
-    value = F.col("value")
     blank = _blank_line(source)
-    comment = value.startswith(source.options["comment"]) if source.format == "csv" and source.options.get("comment") else F.lit(False)
+    prefix = source.options.get("comment") if source.format == "csv" else None
+    comment = F.col("value").startswith(prefix) if prefix else F.lit(False)
     rows = (
-        reader.text(path)
-        .where(value != "")
+        _text_lines(spark, source, path)
         .groupBy(F.col("_metadata.file_path").alias("file"))
         .agg(F.count_if(blank).alias("blank"), F.count_if(~blank & comment).alias("comment"),
              F.count_if(~blank & ~comment).alias("content"))
         .collect()  # driver-ok: one row per file
     )
     header = source.format == "csv" and str(source.options.get("header", "false")).lower() == "true"
-    return {
-        r.file: FileLines(content=r.content - int(header and r.content > 0), blank=r.blank,
-                          header=int(header and r.content > 0), comment=r.comment)
-        for r in rows
-    }
+    files = {}
+    for r in rows:
+        has_header = int(header and r.content > 0)
+        files[r.file] = FileLines(content=r.content - has_header, blank=r.blank, header=has_header,
+                                  comment=r.comment)
+    return files
+
+
+def _text_lines(spark: SparkSession, source: SourceConfig, path: str) -> DataFrame:
+    """The batch's non-empty lines as Spark's line reader splits them (the readers' own)."""
+    reader = spark.read.option("recursiveFileLookup", "true")
+    if "lineSep" in source.options:
+        reader = reader.option("lineSep", source.options["lineSep"])
+    return reader.text(path).where(F.col("value") != "")
 
 
 def _blank_line(source: SourceConfig) -> Column:
@@ -522,12 +529,9 @@ def _blank_line(source: SourceConfig) -> Column:
 
 def _blank_records(spark: SparkSession, source: SourceConfig, path: str) -> DataFrame:
     """The whitespace-only lines the format's reader drops, as records quarantined as blank."""
-    reader = spark.read.option("recursiveFileLookup", "true")
-    if "lineSep" in source.options:
-        reader = reader.option("lineSep", source.options["lineSep"])
     return (
-        reader.text(path)
-        .where((F.col("value") != "") & _blank_line(source))
+        _text_lines(spark, source, path)
+        .where(_blank_line(source))
         .select(
             *[F.lit(None).cast(t).alias(c) for c, t in source.schema.items()],
             F.lit(None).cast("string").alias(CORRUPT),

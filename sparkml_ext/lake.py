@@ -20,7 +20,7 @@ from typing import TypeVar
 from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
 from py4j.protocol import Py4JJavaError
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def _committed_by(spark: SparkSession, path: str, app_id: str, before: int | Non
         return None
     ours = (
         DeltaTable.forPath(spark, path).history(after - (-1 if before is None else before))
-        .where(F.get_json_object("userMetadata", "$.app_id") == app_id)
+        .where(_tagged(app_id))
         .select(F.max("version"))
         .head()[0]
     )
@@ -300,10 +300,13 @@ def committed(spark: SparkSession, path: str, app_id: str) -> bool:
     if not is_delta(spark, path):
         return False
     return (
-        DeltaTable.forPath(spark, path).history()
-        .where(F.get_json_object("userMetadata", "$.app_id") == app_id)
-        .head() is not None
+        DeltaTable.forPath(spark, path).history().where(_tagged(app_id)).head() is not None
     )
+
+
+def _tagged(app_id: str) -> Column:
+    """History rows of commits whose metadata carries `app_id` (our writes tag every commit)."""
+    return F.get_json_object("userMetadata", "$.app_id") == app_id
 
 
 def last_metadata(spark: SparkSession, path: str, job: str) -> dict | None:
