@@ -288,7 +288,7 @@ def agreement(con, spark, cfg, out: Path, sample_ids: list[str], udf_ids: list[s
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from sparkml_ext.features import feature_columns
+    from sparkml_ext.feature_spec import feature_columns
 
     key, spec = cfg.source.key, cfg.features
     cols = feature_columns(spec)
@@ -344,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
     from sparkml_ext import lake
-    from sparkml_ext.features import build_features, engineer, feature_columns
+    from sparkml_ext.feature_spec import feature_columns
+    from sparkml_ext.features import build_features, engineer
     from sparkml_ext.session import get_spark
 
     args.work = args.work.resolve()

@@ -130,7 +130,8 @@ def run_size(spark, rows: int, work: Path, jvm: JvmMemory) -> dict:
     """Generate, then time ingest → features → bridge and read the driver's memory peaks."""
     from sparkml_ext.bridge import export_table
     from sparkml_ext.config import load_config
-    from sparkml_ext.features import build_features, feature_columns
+    from sparkml_ext.feature_spec import feature_columns
+    from sparkml_ext.features import build_features
     from sparkml_ext.generate import ClickSpec, generate_clicks
     from sparkml_ext.ingest import ingest_batch
 

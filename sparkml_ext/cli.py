@@ -237,9 +237,9 @@ def _generate_overrides(args: argparse.Namespace) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sparkml_ext.features import FeaturesError
+    from sparkml_ext.holdout import TrainError
     from sparkml_ext.ingest import IngestError
     from sparkml_ext.lake import BatchConflict, CatalogConflict, StorageError
-    from sparkml_ext.mllib import TrainError
 
     try:
         cfg = load_config(args.pipeline, [*args.overrides, *_generate_overrides(args)])

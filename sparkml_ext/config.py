@@ -10,6 +10,8 @@ types and bad choices all fail with one message naming the file and the dotted k
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import posixpath
 import re
@@ -27,6 +29,12 @@ SPARK_TYPES = ("string", "int", "bigint", "double", "float", "boolean", "timesta
 
 class ConfigError(ValueError):
     """A pipeline file that cannot be used; the message names the file and the key."""
+
+
+def fingerprint(described: Any, length: int = 16) -> str:
+    """A short, stable digest of JSON-able settings: what names a build by what fixed it
+    (a feature spec, a model's config, a shard export's source)."""
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:length]
 
 
 @dataclass(frozen=True)
@@ -221,13 +229,21 @@ class PipelineConfig:
     spark: dict[str, str] = field(default_factory=dict)
     path: str = ""
 
+    @property
+    def lakehouse_root(self) -> str:
+        """The lakehouse as every job addresses it: a URI as written, a local folder absolute."""
+        return self.lakehouse.rstrip("/") if "://" in self.lakehouse else os.path.abspath(self.lakehouse)
+
+    def lakehouse_path(self, name: str) -> str:
+        """A location under the lakehouse (run records, reports, shards, checkpoints)."""
+        return f"{self.lakehouse_root}/{name}"
+
     def table_path(self, name: str) -> str:
         """Absolute location of one of `tables`: relative entries live under the lakehouse."""
         where = getattr(self.tables, name)
         if "://" in where or os.path.isabs(where):
             return where
-        root = self.lakehouse if "://" in self.lakehouse else os.path.abspath(self.lakehouse)
-        return f"{root.rstrip('/')}/{where}"
+        return self.lakehouse_path(where)
 
     def batch_path(self, batch_id: str, input_path: str | None = None) -> str:
         """The landing folder of one batch, confined to `source.path`.

@@ -10,21 +10,16 @@ run (it would count as history twice). All native expressions.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window, WindowSpec
 from pyspark.sql import functions as F
 
 from sparkml_ext import lake
 from sparkml_ext.config import ConfigError, FeaturesConfig, PipelineConfig
+from sparkml_ext.feature_spec import JOB, feature_columns, processed_version, spec_fingerprint
 
-JOB = "features"
-# Part of the spec fingerprint: bump it when a feature's definition changes in code, so
-# a table built by the old code is never extended by the new one.
-DEFINITIONS_VERSION = 3
 # Window means and click rates are summed as longs in units of 2^-24 (rounding error below
 # 3e-8 per value): exact differences, and room for 2^63 / (clip * 2^24) ≈ 2.7e10 events
 # per entity at the default clip of 20.
@@ -53,22 +48,6 @@ class FeaturesReport:
             f"{self.rows_in} new events, merged {self.rows_merged} rows → feature table "
             f"v{self.feature_version} in {self.seconds}s"
         )
-
-
-def feature_columns(spec: FeaturesConfig) -> dict[str, list[str]]:
-    """The model-facing columns the feature table holds, by kind."""
-    aggregates = []
-    for window in spec.windows:
-        aggregates += [f"u_events_{window}", f"u_click_rate_{window}"]
-        aggregates += [f"u_mean_{c}_{window}" for c in spec.window_means]
-    return {
-        "numeric": [f"log_{c}" for c in spec.numeric]
-        + [f"isnull_{c}" for c in spec.numeric]
-        + aggregates
-        + ["u_log_seconds_since_prev", "u_no_recent_event"],
-        "categorical_ids": [f"{c}_id" for c in spec.categorical],
-        "categorical_raw": list(spec.categorical),
-    }
 
 
 def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
@@ -189,24 +168,6 @@ def _hashed_id(column: str, buckets: int) -> Column:
     return F.when(F.col(column).isNull(), 0).otherwise(hashed).cast("int").alias(f"{column}_id")
 
 
-def spec_fingerprint(spec: FeaturesConfig) -> str:
-    described = {"spec": asdict(spec), "definitions": DEFINITIONS_VERSION}
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def processed_version(spark: SparkSession, target: str, fingerprint: str, file: str) -> int | None:
-    """The bronze version the feature table already covers, from its own commits."""
-    meta = lake.last_metadata(spark, target, JOB)
-    if meta is None:
-        return None
-    if meta["spec"] != fingerprint:
-        raise ConfigError(
-            f"{file}: features: the feature spec changed since {target} was built "
-            f"(spec {meta['spec']} → {fingerprint}); write to a new tables.features path"
-        )
-    return int(meta["bronze_version"])
-
-
 def _read_bronze(spark: SparkSession, path: str) -> tuple[DataFrame, int]:
     try:
         return lake.read_version(spark, path)
@@ -225,14 +186,8 @@ def _check_spec(spec: FeaturesConfig, columns: list[str], file: str) -> None:
 
 def _changes(spark: SparkSession, path: str, start: int, end: int) -> DataFrame:
     """Bronze rows inserted, and rows before and after an update, in versions [start, end]."""
-    return (
-        spark.read.format("delta")
-        .option("readChangeFeed", "true")
-        .option("startingVersion", start)
-        .option("endingVersion", end)
-        .load(path)
-        .where(F.col("_change_type").isin("insert", "update_preimage", "update_postimage"))
-    )
+    return lake.read_changes(spark, path, start, end).where(
+        F.col("_change_type").isin("insert", "update_preimage", "update_postimage"))
 
 
 def _recompute_scope(

@@ -79,6 +79,18 @@ def read_version(spark: SparkSession, path: str, version: int | None = None) -> 
     return spark.read.format("delta").option("versionAsOf", pinned).load(path), pinned
 
 
+def read_changes(spark: SparkSession, path: str, start: int, end: int) -> DataFrame:
+    """The table's change data feed over versions [start, end]: each changed row with its
+    `_change_type` (insert, delete, update_preimage, update_postimage)."""
+    return (
+        spark.read.format("delta")
+        .option("readChangeFeed", "true")
+        .option("startingVersion", start)
+        .option("endingVersion", end)
+        .load(path)
+    )
+
+
 def require_writable(spark: SparkSession, path: str) -> None:
     """Fail before any commit when `path` cannot take files, naming the path and why.
 
@@ -256,6 +268,20 @@ def merge_by_key(
         return current_version(spark, path)
 
     return _retrying(f"merge into {key}", path, attempts, upsert)
+
+
+def replace_where(df: DataFrame, path: str, condition: str, partition_by: list[str]) -> int:
+    """Replace exactly the rows matching `condition` with `df` (Delta's `replaceWhere`),
+    creating the table on first use; returns the version written. A re-run replaces the
+    same slice again, so it never duplicates rows and never touches other slices."""
+    (
+        df.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", condition)
+        .partitionBy(*partition_by)
+        .save(path)
+    )
+    return current_version(df.sparkSession, path)
 
 
 def _upsert(

@@ -1,14 +1,11 @@
 """train-mllib: an MLlib Pipeline from config, tuned, judged on a holdout, stored as a version.
 
-The feature table is read at one pinned Delta version, and rows are split by a hash of
-their key (not `randomSplit`, whose result moves with partitioning), so a run can be
-repeated exactly. The model store keeps every run; nothing is overwritten.
+The feature table is read at one pinned Delta version and split by `holdout`, so a run
+can be repeated exactly. The model store keeps every run; nothing is overwritten.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -23,16 +20,25 @@ from pyspark.ml.evaluation import (
     RegressionEvaluator,
 )
 from pyspark.ml.feature import OneHotEncoder, StandardScaler, VectorAssembler
-from pyspark.ml.functions import vector_to_array
 from pyspark.ml.regression import GBTRegressor, LinearRegression
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
 from sparkml_ext import lake, modelstore, tracking
-from sparkml_ext.config import ConfigError, PipelineConfig
-from sparkml_ext.features import feature_columns, processed_version, spec_fingerprint
+from sparkml_ext.config import ConfigError, PipelineConfig, fingerprint
+from sparkml_ext.feature_spec import feature_columns, processed_version, spec_fingerprint
+from sparkml_ext.holdout import (
+    CLASSIFICATION,
+    CLUSTERING,
+    REGRESSION,
+    TrainError,
+    bayes_optimal_auc,
+    evaluate,
+    mllib_score,
+    split_of,
+)
 from sparkml_ext.stages import FrequencyEncoder
 
 ESTIMATORS = {
@@ -43,29 +49,15 @@ ESTIMATORS = {
     "gbt_regression": GBTRegressor,
     "kmeans": KMeans,
 }
-CLASSIFIERS = {"logistic_regression", "gbt", "random_forest"}
-REGRESSORS = {"linear_regression", "gbt_regression"}
+TASKS = {  # what each model does, recorded on its card: it decides the metrics and the score
+    "logistic_regression": CLASSIFICATION,
+    "gbt": CLASSIFICATION,
+    "random_forest": CLASSIFICATION,
+    "linear_regression": REGRESSION,
+    "gbt_regression": REGRESSION,
+    "kmeans": CLUSTERING,
+}
 LINEAR = {"logistic_regression", "linear_regression"}
-SPLIT_TRAIN, SPLIT_VALIDATION = 0.8, 0.9  # cumulative: 80% train, 10% validation, 10% test
-
-
-class TrainError(RuntimeError):
-    """Training cannot start on this data: no table, no rows, a label of the wrong type."""
-
-
-def split_sql(key: str) -> str:
-    """A row's split as SQL, 'train' / 'validation' / 'test', from a hash of its key.
-
-    Stable across runs, partitionings and clusters; SQL so that a shard export's filter
-    and a DataFrame's column are the same expression.
-    """
-    u = f"pmod(xxhash64(`{key}`, 'split'), 10000)"
-    return (f"CASE WHEN {u} < {round(SPLIT_TRAIN * 10_000)} THEN 'train' "
-            f"WHEN {u} < {round(SPLIT_VALIDATION * 10_000)} THEN 'validation' ELSE 'test' END")
-
-
-def split_of(key: str) -> Column:
-    return F.expr(split_sql(key))
 
 
 def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
@@ -100,13 +92,15 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
         fit_data.unpersist()
     fit_seconds = round(time.monotonic() - fitted_at, 1)
     test = data.where(F.col("_split") == "test")
-    metrics = evaluate(model, test, tm.model, label)
-    optimum = bayes_optimal_auc(spark, cfg, test, label) if tm.model in CLASSIFIERS else None
+    task = TASKS[tm.model]
+    metrics = evaluate_model(model, test, task, label)
+    optimum = bayes_optimal_auc(spark, cfg, test, label) if task == CLASSIFICATION else None
     if optimum is not None:
         metrics["bayes_optimal_auc"] = optimum
 
     card = {
         "model": tm.model,
+        "task": task,
         "feature_table": table,
         "feature_version": version,
         "label": label,
@@ -118,19 +112,9 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
         "timings": {"fit_seconds": fit_seconds, "total_seconds": round(time.monotonic() - started, 1)},
         "created_unix": time.time(),
     }
-    with tracker.run(card, asdict(tm)) as run:
-        run.log_spark_model(model, test)
-        card["mlflow"] = run.card_entry()
-        root = cfg.table_path("models")
-        staged = modelstore.staging(root, tm.model)
-        model.write().save(f"{staged}/model")
-        modelstore.write_json(f"{staged}/metrics.json", metrics)
-        modelstore.write_json(f"{staged}/card.json", card)
-        stored = modelstore.publish(root, tm.model, staged)
-        card["model_version"] = stored.name
-        card["model_uri"] = stored.uri
-        run.published(card)
-    return card
+    staged = modelstore.staging(cfg.table_path("models"), tm.model)
+    model.write().save(f"{staged}/model")
+    return tracker.store(card, asdict(tm), staged, lambda run: run.log_spark_model(model, test))
 
 
 def build_pipeline(cfg: PipelineConfig, label: str) -> tuple[Pipeline, Evaluator]:
@@ -167,7 +151,7 @@ def build_pipeline(cfg: PipelineConfig, label: str) -> tuple[Pipeline, Evaluator
         estimator.setMaxBins(max(estimator.getMaxBins(), tm.max_categories + 1))
     estimator.set(estimator.labelCol, label)
     _set_params(estimator, tm.params, cfg.path, "params")
-    if tm.model in CLASSIFIERS:
+    if TASKS[tm.model] == CLASSIFICATION:
         evaluator = BinaryClassificationEvaluator(labelCol=label, metricName="areaUnderROC")
     else:
         evaluator = RegressionEvaluator(labelCol=label, metricName="rmse")
@@ -224,50 +208,17 @@ def _grid_text(grid: list[dict]) -> list[dict]:
     return [{p.name: v for p, v in point.items()} for point in grid]
 
 
-def evaluate(model: PipelineModel, test: DataFrame, model_type: str, label: str) -> dict:
-    """Holdout metrics for the model's kind."""
-    scored = model.transform(test).cache()
-    try:
-        if model_type == "kmeans":
-            return {"silhouette": ClusteringEvaluator().evaluate(scored), "k": len(model.stages[-1].clusterCenters())}
-        if model_type in REGRESSORS:
-            return {m: RegressionEvaluator(labelCol=label, metricName=m).evaluate(scored)
-                    for m in ("rmse", "mae", "r2")}
-        return binary_metrics(scored.withColumn("p_click", vector_to_array("probability")[1]), label, "p_click")
-    finally:
-        scored.unpersist()
-
-
-def binary_metrics(scored: DataFrame, label: str, probability: str) -> dict:
-    """AUC-ROC, AUC-PR, log loss and accuracy of a click-probability column (cache `scored` first)."""
-    auc = {m: BinaryClassificationEvaluator(labelCol=label, rawPredictionCol=probability,
-                                            metricName=m).evaluate(scored)
-           for m in ("areaUnderROC", "areaUnderPR")}
-    p = F.least(F.greatest(F.col(probability), F.lit(1e-15)), F.lit(1 - 1e-15))
-    y = F.col(label).cast("double")
-    row = scored.agg(
-        F.avg(-(y * F.log(p) + (1 - y) * F.log(1 - p))).alias("log_loss"),
-        F.avg((F.col("prediction") == y).cast("double")).alias("accuracy"),
-        F.count(F.lit(1)).alias("rows"),
-    ).head()
-    return {"auc_roc": auc["areaUnderROC"], "auc_pr": auc["areaUnderPR"],
-            "log_loss": row.log_loss, "accuracy": row.accuracy, "test_rows": row.rows}
-
-
-def bayes_optimal_auc(spark: SparkSession, cfg: PipelineConfig, test: DataFrame, label: str) -> float | None:
-    """AUC of the generator's planted probability on the same test rows (None without truth)."""
-    truth_path = cfg.table_path("truth")
-    if not lake.is_delta(spark, truth_path):
-        return None
-    truth = spark.read.format("delta").load(truth_path).select(cfg.source.key, "p_click").where("p_click IS NOT NULL")
-    joined = test.select(cfg.source.key, label).join(truth, cfg.source.key)
-    return float(BinaryClassificationEvaluator(labelCol=label, rawPredictionCol="p_click").evaluate(
-        joined.withColumn("p_click", F.col("p_click").cast("double"))))
+def evaluate_model(model: PipelineModel, test: DataFrame, task: str, label: str) -> dict:
+    """`holdout.evaluate` of the model on the test rows; a clustering also reports its k."""
+    metrics = evaluate(model.transform(test).withColumn("score", mllib_score(task)), task, label)
+    if task == CLUSTERING:
+        metrics["k"] = len(model.stages[-1].clusterCenters())
+    return metrics
 
 
 def config_hash(cfg: PipelineConfig) -> str:
-    sections = {"features": asdict(cfg.features), "train_mllib": asdict(cfg.train_mllib)}
-    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
+    """What fixes the trained model: the feature spec and train_mllib."""
+    return fingerprint({"features": asdict(cfg.features), "train_mllib": asdict(cfg.train_mllib)})
 
 
 def _check_label(data: DataFrame, label: str, model_type: str) -> None:

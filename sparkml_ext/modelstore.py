@@ -8,12 +8,13 @@ any filesystem pyarrow reaches (local, file://, s3://, hdfs://). No Spark, no to
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
+
+from sparkml_ext.storage import filesystem
 
 _VERSION = re.compile(r"v(\d+)$")
 
@@ -29,12 +30,8 @@ class ModelVersion:
         return f"{self.kind}/v{self.version}"
 
 
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
-
-
 def versions(root: str, kind: str) -> list[ModelVersion]:
-    fs, base = _fs(f"{root.rstrip('/')}/{kind}")
+    fs, base = filesystem(f"{root.rstrip('/')}/{kind}")
     infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     found = [(int(m.group(1)), i) for i in infos if i.type == pafs.FileType.Directory
              and (m := _VERSION.match(i.base_name))]
@@ -62,7 +59,7 @@ def resolve(root: str, reference: str) -> ModelVersion:
 
 
 def _subfolders(root: str) -> list[str]:
-    fs, base = _fs(root)
+    fs, base = filesystem(root)
     infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
@@ -70,19 +67,19 @@ def _subfolders(root: str) -> list[str]:
 def staging(root: str, kind: str) -> str:
     """A fresh hidden folder to assemble the next version in."""
     uri = f"{root.rstrip('/')}/{kind}/_staging-{uuid.uuid4().hex[:12]}"
-    fs, path = _fs(uri)
+    fs, path = filesystem(uri)
     fs.create_dir(path)
     return uri
 
 
 def publish(root: str, kind: str, staged: str) -> ModelVersion:
     """Rename the staging folder to the next free version; never replace an existing one."""
-    fs, source = _fs(staged)
+    fs, source = filesystem(staged)
     for _ in range(5):
         taken = versions(root, kind)
         number = taken[-1].version + 1 if taken else 1
         target = ModelVersion(kind, number, f"{root.rstrip('/')}/{kind}/v{number}")
-        _, destination = _fs(target.uri)
+        _, destination = filesystem(target.uri)
         if fs.get_file_info(destination).type != pafs.FileType.NotFound:
             continue  # a concurrent run took this number
         fs.move(source, destination)
@@ -91,12 +88,12 @@ def publish(root: str, kind: str, staged: str) -> ModelVersion:
 
 
 def write_json(uri: str, payload: dict) -> None:
-    fs, path = _fs(uri)
+    fs, path = filesystem(uri)
     with fs.open_output_stream(path) as out:
         out.write(json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
 
 
 def read_json(version: ModelVersion, name: str) -> dict:
-    fs, path = _fs(f"{version.uri}/{name}")
+    fs, path = filesystem(f"{version.uri}/{name}")
     with fs.open_input_stream(path) as src:
         return json.loads(src.read())

@@ -11,7 +11,6 @@ calibration curves are cumulative sums. `report_page` draws the page.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from functools import reduce
@@ -22,28 +21,18 @@ from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import PipelineConfig
-from sparkml_ext.mllib import split_of
+from sparkml_ext.holdout import BAYES, planted, split_of
+from sparkml_ext.storage import filesystem
 
 RUNS = "_meta/runs"
 BINS = 500  # score bins for the ROC curve (AUC within ~1e-3 of the exact one)
 CALIBRATION_BINS = 20  # equal-width groups of those bins for the calibration curve
-BAYES = "bayes-optimal"
-
-
-def lakehouse_path(cfg: PipelineConfig, name: str) -> str:
-    root = cfg.lakehouse if "://" in cfg.lakehouse else os.path.abspath(cfg.lakehouse)
-    return f"{root.rstrip('/')}/{name}"
-
-
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow file system of a local path or of any URI pyarrow opens (s3://, hdfs://)."""
-    return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
 
 
 def record_run(cfg: PipelineConfig, stages: dict[str, dict]) -> str:
     """Store a finished pipeline's stage reports as a new run record; returns its id."""
     run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
-    fs, folder = filesystem(lakehouse_path(cfg, RUNS))
+    fs, folder = filesystem(cfg.lakehouse_path(RUNS))
     fs.create_dir(folder)
     record = {"run_id": run_id, "pipeline": cfg.path, "name": cfg.name,
               "created_unix": time.time(), "stages": stages}
@@ -54,7 +43,7 @@ def record_run(cfg: PipelineConfig, stages: dict[str, dict]) -> str:
 
 def read_run(cfg: PipelineConfig, run_id: str | None = None) -> dict:
     """A run record by id, or the latest (ids sort by their UTC start time)."""
-    where = lakehouse_path(cfg, RUNS)
+    where = cfg.lakehouse_path(RUNS)
     fs, folder = filesystem(where)
     infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     ids = sorted(i.base_name.removesuffix(".json") for i in infos if i.base_name.endswith(".json"))
@@ -73,7 +62,7 @@ def build_report(spark: SparkSession, cfg: PipelineConfig, run: dict, out: str |
     """Draw the page of a run record into `out` (default `<lakehouse>/reports/<run id>`)."""
     from sparkml_ext.report_page import write_page
 
-    out = out or lakehouse_path(cfg, f"reports/{run['run_id']}")
+    out = out or cfg.lakehouse_path(f"reports/{run['run_id']}")
     return write_page(gather(spark, cfg, run), out)
 
 
@@ -134,7 +123,7 @@ def quarantine_reasons(spark: SparkSession, cfg: PipelineConfig, batches: list[s
     table = cfg.table_path("quarantine")
     if not batches or not lake.is_delta(spark, table):
         return {}
-    rows = (spark.read.format("delta").load(table).where(F.col("batch_id").isin(batches))
+    rows = (lake.read_version(spark, table)[0].where(F.col("batch_id").isin(batches))
             .groupBy("reason", "batch_id").count()
             .collect())  # driver-ok: reasons x batches
     counts: dict[str, dict[str, int]] = {}
@@ -151,20 +140,17 @@ def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict]
     Bayes-optimal curve scores the same test rows with the generator's planted probability.
     """
     key, label = cfg.source.key, cfg.features.label
-    predictions = (spark.read.format("delta")
-                   .option("versionAsOf", max(r["predictions_version"] for r in scores))
-                   .load(cfg.table_path("predictions")))
+    predictions, _ = lake.read_version(spark, cfg.table_path("predictions"),
+                                       max(r["predictions_version"] for r in scores))
     frames = []
     for r in scores:
         scored = predictions.where((F.col("model") == r["model"])
                                    & (F.col("feature_version") == r["feature_version"]))
         frames.append(_test_rows(spark, cfg, r["feature_version"]).join(scored, key)
                       .select(F.lit(r["model"]).alias("curve"), "score", label))
-    truth = cfg.table_path("truth")
-    if lake.is_delta(spark, truth):
-        planted = (spark.read.format("delta").load(truth)
-                   .select(key, F.col("p_click").alias("score")).where(F.col("score").isNotNull()))
-        frames.append(_test_rows(spark, cfg, scores[-1]["feature_version"]).join(planted, key)
+    truth = planted(spark, cfg)
+    if truth is not None:
+        frames.append(_test_rows(spark, cfg, scores[-1]["feature_version"]).join(truth, key)
                       .select(F.lit(BAYES).alias("curve"), "score", label))
     score = F.col("score").cast("double")
     bin_ = F.least(F.greatest(F.floor(score * BINS), F.lit(0)), F.lit(BINS - 1)).cast("int")

@@ -13,7 +13,8 @@ import json
 import time
 from collections.abc import Callable
 
-from sparkml_ext.report import BAYES, filesystem
+from sparkml_ext.holdout import BAYES
+from sparkml_ext.storage import filesystem
 
 try:
     import matplotlib

@@ -21,35 +21,35 @@ rows of their own, and the vocabularies travel with the model's config.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from dataclasses import asdict
 
 import pyarrow.fs as pafs
 import torch
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 
 from sparkml_ext import lake, modelstore, tracking
 from sparkml_ext.bridge import export_table, launch, pick_backend
-from sparkml_ext.config import ConfigError, PipelineConfig
+from sparkml_ext.bridge.predict import torch_predictions
+from sparkml_ext.config import ConfigError, PipelineConfig, fingerprint
 from sparkml_ext.deep.manifest import Manifest
 from sparkml_ext.deep.train import train_worker
-from sparkml_ext.features import feature_columns
-from sparkml_ext.mllib import TrainError, bayes_optimal_auc, binary_metrics, split_of, split_sql
-from sparkml_ext.scoring import torch_predictions
+from sparkml_ext.feature_spec import feature_columns
+from sparkml_ext.holdout import (
+    CLASSIFICATION,
+    TrainError,
+    bayes_optimal_auc,
+    evaluate,
+    split_filter,
+    split_of,
+)
 
 KIND = "torch"
 
 
 class TorchTrainError(TrainError):
     """train-torch cannot start on this data: no feature table, an empty split, bad columns."""
-
-
-def split_filter(key: str, split: str) -> str:
-    """SQL selecting the rows `mllib.split_of(key)` puts in `split` (the shard export's filter)."""
-    return f"{split_sql(key)} = '{split}'"
 
 
 def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
@@ -75,11 +75,11 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     trained = result.value
     launched = time.monotonic()
 
-    root = cfg.table_path("models")
-    staged = modelstore.staging(root, KIND)
+    staged = modelstore.staging(cfg.table_path("models"), KIND)
     pafs.copy_files(trained["model_path"], f"{staged}/model.pt")
     test = data.where(split_of(key) == "test")
-    metrics = evaluate(torch_predictions(test, f"{staged}/model.pt", key, keep=[label]), label)
+    scored = torch_predictions(test, f"{staged}/model.pt", key, keep=[label])
+    metrics = evaluate(scored, CLASSIFICATION, label)
     metrics["val_auc"] = trained["val_auc"][-1]
     optimum = bayes_optimal_auc(spark, cfg, test, label)
     if optimum is not None:
@@ -88,6 +88,7 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
 
     card = {
         "model": KIND,
+        "task": CLASSIFICATION,
         "feature_table": table,
         "feature_version": version,
         "label": label,
@@ -109,16 +110,8 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
                        "evaluate": round(metrics["test_rows"] / max(evaluated - launched, 1e-9))},
         "created_unix": time.time(),
     }
-    with tracker.run(card, config) as run:
-        run.log_torch_model(trained["model_path"], test)
-        card["mlflow"] = run.card_entry()
-        modelstore.write_json(f"{staged}/metrics.json", metrics)
-        modelstore.write_json(f"{staged}/card.json", card)
-        stored = modelstore.publish(root, KIND, staged)
-        card["model_version"] = stored.name
-        card["model_uri"] = stored.uri
-        run.published(card)
-    return card
+    return tracker.store(card, config, staged,
+                         lambda run: run.log_torch_model(trained["model_path"], test))
 
 
 def worker_config(cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str) -> dict:
@@ -144,18 +137,8 @@ def worker_config(cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str) -> di
 
 def config_hash(cfg: PipelineConfig, version: int) -> str:
     """What fixes the trained model: the feature spec, train_torch and the pinned version."""
-    sections = {"features": asdict(cfg.features), "train_torch": {**asdict(cfg.train_torch),
-                                                                 "feature_version": version}}
-    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def evaluate(scored: DataFrame, label: str) -> dict:
-    """`mllib.evaluate`'s holdout metrics from a click-probability column `score`."""
-    scored = scored.cache()
-    try:
-        return binary_metrics(scored, label, "score")
-    finally:
-        scored.unpersist()
+    return fingerprint({"features": asdict(cfg.features),
+                        "train_torch": {**asdict(cfg.train_torch), "feature_version": version}})
 
 
 def _export(spark: SparkSession, cfg: PipelineConfig, table: str, version: int, split: str
@@ -165,19 +148,15 @@ def _export(spark: SparkSession, cfg: PipelineConfig, table: str, version: int, 
         return export_table(
             spark, table, version=version, numeric=columns["numeric"],
             categorical=columns["categorical_ids"], label=cfg.features.label,
-            filter=split_filter(cfg.source.key, split), cache_root=f"{_lakehouse(cfg)}/shards",
+            filter=split_filter(cfg.source.key, split), cache_root=cfg.lakehouse_path("shards"),
         )
     except ValueError as err:  # missing columns, wrong types, a split without rows
         raise TorchTrainError(f"cannot export the {split} rows of {table} v{version}: {err}"
                               ) from None
 
 
-def _lakehouse(cfg: PipelineConfig) -> str:
-    return cfg.lakehouse.rstrip("/") if "://" in cfg.lakehouse else os.path.abspath(cfg.lakehouse)
-
-
 def _checkpoint_dir(cfg: PipelineConfig, version: int, digest: str) -> str:
-    root = cfg.train_torch.checkpoint_root or f"{_lakehouse(cfg)}/checkpoints"
+    root = cfg.train_torch.checkpoint_root or cfg.lakehouse_path("checkpoints")
     if "://" in root:
         raise ConfigError(
             f"{cfg.path}: train_torch.checkpoint_root: ranks write checkpoints with plain file I/O "

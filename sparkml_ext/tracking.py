@@ -22,7 +22,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version as installed_version
 from importlib.resources import files
@@ -30,6 +30,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from sparkml_ext import modelstore
 from sparkml_ext.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,25 @@ class Tracker:
             run = TrainingRun(mlflow, self.cfg, active.info.run_id, experiment)
             run.log_card(card, params)
             yield run
+
+    def store(self, card: dict, params: dict, staged: str,
+              log_model: Callable[[TrainingRun | Untracked], None]) -> dict:
+        """How both training jobs keep a trained model; returns the completed card.
+
+        `staged` (a `modelstore.staging` folder) already holds the model. In one tracked
+        run: log the model (`log_model(run)`), add metrics and card beside it, publish the
+        next store version, then tag the run with it and register the model.
+        """
+        with self.run(card, params) as run:
+            log_model(run)
+            card["mlflow"] = run.card_entry()
+            modelstore.write_json(f"{staged}/metrics.json", card["metrics"])
+            modelstore.write_json(f"{staged}/card.json", card)
+            stored = modelstore.publish(self.cfg.table_path("models"), card["model"], staged)
+            card["model_version"] = stored.name
+            card["model_uri"] = stored.uri
+            run.published(card)
+        return card
 
 
 class TrainingRun:
@@ -101,7 +121,7 @@ class TrainingRun:
         with _package_folder() as package:
             info = self.mlflow.spark.log_model(
                 model, MODEL_PATH, signature=signature, input_example=example.toPandas(),  # driver-ok: 5 rows
-                dfs_tmpdir=f"{_lakehouse(self.cfg)}/_tmp/mlflow",
+                dfs_tmpdir=self.cfg.lakehouse_path("_tmp/mlflow"),
                 code_paths=[package], pip_requirements=_pins("pyspark"))
         self.model_uri = info.model_uri
 
@@ -177,30 +197,20 @@ def pipeline_inputs(model: Any) -> list[str]:
 
 
 class TorchClickModel:
-    """pyfunc predictor of a `deep.model` file: named feature columns in, click probability out."""
+    """pyfunc predictor of a `deep.model` file: `deep.inference` over a pandas frame."""
 
     def __init__(self, model_file: str):
-        from sparkml_ext.deep.model import load_model
+        from sparkml_ext.deep.inference import Predictor
 
-        self.model, config = load_model(model_file)
-        self.model.eval()
-        self.numeric = list(config["columns"]["numeric"])
-        self.categorical = list(config["columns"]["categorical"])
-        self.columns = self.numeric + self.categorical
+        self.predictor = Predictor.load(model_file)
+        self.columns = self.predictor.columns
 
     def predict(self, model_input: Any, params: dict | None = None) -> Any:
         """A pandas frame with the model's columns (nulls = 0, as in training) → float64 array."""
-        import numpy as np
-        import torch
+        import pyarrow as pa
 
-        missing = sorted(set(self.columns) - set(model_input.columns))
-        if missing:
-            raise ValueError(f"the torch model needs columns the input lacks: {missing}")
-        frame = model_input[self.columns].fillna(0)
-        dense = torch.from_numpy(frame[self.numeric].to_numpy(dtype=np.float32))
-        ids = torch.from_numpy(frame[self.categorical].to_numpy(dtype=np.int64))
-        with torch.inference_mode():
-            return torch.sigmoid(self.model(dense, ids)).double().numpy()
+        used = model_input[model_input.columns.intersection(self.columns)]
+        return self.predictor.predict(pa.RecordBatch.from_pandas(used, preserve_index=False))
 
 
 def _load_pyfunc(data_path: str) -> TorchClickModel:
@@ -232,8 +242,8 @@ def _experiment(mlflow: Any, cfg: PipelineConfig) -> str:
         raise ConfigError(f"{cfg.path}: tracking.uri: the lakehouse {cfg.lakehouse!r} is not a local "
                           f"folder for the default SQLite store; set tracking.uri")
     if local:
-        os.makedirs(_lakehouse(cfg), exist_ok=True)
-    uri = tr.uri or f"sqlite:///{_lakehouse(cfg)}/mlflow.db"
+        os.makedirs(cfg.lakehouse_root, exist_ok=True)
+    uri = tr.uri or f"sqlite:///{cfg.lakehouse_path('mlflow.db')}"
     mlflow.set_tracking_uri(uri)  # process-wide, as MLflow's fluent API (log_model) needs
     mlflow.set_registry_uri(tr.registry_uri or uri)
     name = tr.experiment or cfg.name
@@ -241,7 +251,7 @@ def _experiment(mlflow: Any, cfg: PipelineConfig) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = tr.artifact_location or (Path(_lakehouse(cfg), "mlartifacts").as_uri() if local else None)
+    location = tr.artifact_location or (Path(cfg.lakehouse_path("mlartifacts")).as_uri() if local else None)
     try:
         return client.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # another job created it meanwhile
@@ -249,10 +259,6 @@ def _experiment(mlflow: Any, cfg: PipelineConfig) -> str:
         if found is None:
             raise
         return found.experiment_id
-
-
-def _lakehouse(cfg: PipelineConfig) -> str:
-    return cfg.lakehouse.rstrip("/") if "://" in cfg.lakehouse else os.path.abspath(cfg.lakehouse)
 
 
 def _flatten(params: dict, prefix: str = "") -> dict[str, str]:

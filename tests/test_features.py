@@ -12,7 +12,8 @@ from pyspark.sql import functions as F
 
 from sparkml_ext import lake
 from sparkml_ext.config import ConfigError, load_config
-from sparkml_ext.features import FeaturesError, build_features, entity_aggregates, feature_columns
+from sparkml_ext.feature_spec import feature_columns
+from sparkml_ext.features import FeaturesError, build_features, entity_aggregates
 from sparkml_ext.ingest import ingest_batch
 
 DAY1 = [

@@ -17,7 +17,8 @@ from pyspark.sql import functions as F
 
 from sparkml_ext import lake
 from sparkml_ext.config import load_config
-from sparkml_ext.features import FeaturesError, build_features, feature_columns
+from sparkml_ext.feature_spec import feature_columns
+from sparkml_ext.features import FeaturesError, build_features
 from sparkml_ext.ingest import IngestError, ingest_batch
 
 TABLES = ("bronze", "quarantine", "batches", "features")

@@ -10,7 +10,8 @@ from pyspark.ml import PipelineModel
 
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import ConfigError, load_config
-from sparkml_ext.mllib import TrainError, evaluate, split_of, train_mllib
+from sparkml_ext.holdout import CLASSIFICATION, TrainError, split_of
+from sparkml_ext.mllib import evaluate_model, train_mllib
 from sparkml_ext.scoring import score
 
 pytestmark = pytest.mark.slow
@@ -41,7 +42,7 @@ def test_gbt_is_stored_reloads_and_scores_idempotently(spark, lakehouse):
     # The reloaded model, on the same pinned version and hash split, gives the stored metrics.
     pinned = spark.read.format("delta").option("versionAsOf", card["feature_version"]).load(cfg.table_path("features"))
     reloaded = PipelineModel.load(f"{card['model_uri']}/model")
-    again = evaluate(reloaded, pinned.where(split_of("event_id") == "test"), "gbt", "label")
+    again = evaluate_model(reloaded, pinned.where(split_of("event_id") == "test"), CLASSIFICATION, "label")
     assert again["log_loss"] == pytest.approx(metrics["log_loss"], abs=1e-12)
     assert again["auc_roc"] == pytest.approx(metrics["auc_roc"], abs=1e-12)
 

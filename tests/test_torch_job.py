@@ -9,17 +9,12 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
+from sparkml_ext.bridge.predict import predictor, torch_predictions
 from sparkml_ext.config import ConfigError, load_config
 from sparkml_ext.deep.model import load_model
-from sparkml_ext.mllib import split_of
-from sparkml_ext.scoring import _torch_model, score, torch_predictions
-from sparkml_ext.torch_job import (
-    TorchTrainError,
-    evaluate,
-    split_filter,
-    train_torch,
-    worker_config,
-)
+from sparkml_ext.holdout import CLASSIFICATION, evaluate, split_filter, split_of
+from sparkml_ext.scoring import score
+from sparkml_ext.torch_job import TorchTrainError, train_torch, worker_config
 
 pytestmark = pytest.mark.slow
 SMALL = ["train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embedding_rows=1024",
@@ -82,10 +77,11 @@ def test_train_torch_stores_a_model_that_reloads_with_weights_only(spark, traine
 
     # The stored model, scored again on the executors, gives the card's test metrics.
     test = spark.read.format("delta").load(cfg.table_path("features")).where(split_of("event_id") == "test")
-    again = evaluate(torch_predictions(test, str(stored / "model.pt"), "event_id", keep=["label"]), "label")
+    scored = torch_predictions(test, str(stored / "model.pt"), "event_id", keep=["label"])
+    again = evaluate(scored, CLASSIFICATION, "label")
     assert again["auc_roc"] == pytest.approx(metrics["auc_roc"], abs=1e-9)
     assert again["log_loss"] == pytest.approx(metrics["log_loss"], abs=1e-6)
-    assert _torch_model(str(stored / "model.pt")) is _torch_model(str(stored / "model.pt"))
+    assert predictor(str(stored / "model.pt")) is predictor(str(stored / "model.pt"))
 
 
 def test_a_second_run_reuses_the_shards_and_resumes_the_finished_checkpoint(spark, trained):

@@ -77,11 +77,11 @@ class PipelineJob(SparkSubmitOperator):
 @task.branch_external_python(python=PYTHON, expect_airflow=False)
 def check_landing(landing: str, batches: int) -> str:
     """Generate unless the interval has fully landed: landed data, like an upstream's, stays as it is."""
-    import os
-
     import pyarrow.fs as pafs
 
-    fs, root = pafs.FileSystem.from_uri(landing if "://" in landing else os.path.abspath(landing))
+    from sparkml_ext.storage import filesystem
+
+    fs, root = filesystem(landing)
 
     def has_files(path: str) -> bool:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
@@ -101,17 +101,17 @@ def check_models(
     `overrides` and `retrain` come as JSON (templates render to text).
     """
     import json
-    import os
     import re
 
     import pyarrow.fs as pafs
 
     from sparkml_ext import modelstore
     from sparkml_ext.config import load_config
+    from sparkml_ext.storage import filesystem
 
     cfg = load_config(pipeline, [*location, *json.loads(overrides)])
     table = cfg.table_path("features")
-    fs, path = pafs.FileSystem.from_uri(table if "://" in table else os.path.abspath(table))
+    fs, path = filesystem(table)
     log = fs.get_file_info(pafs.FileSelector(f"{path}/_delta_log"))
     # Delta commits are _delta_log/<20-digit version>.json; the newest one is never cleaned up.
     current = max(int(i.base_name[:20]) for i in log if re.fullmatch(r"\d{20}\.json", i.base_name))

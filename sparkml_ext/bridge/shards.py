@@ -14,9 +14,7 @@ Files of earlier exports to the same root are left alone: a trainer may still re
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import uuid
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -24,13 +22,15 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-from delta.tables import DeltaTable
 from pyspark import TaskContext
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from sparkml_ext import lake
+from sparkml_ext.config import fingerprint
 from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest, ShardFile
+from sparkml_ext.storage import filesystem
 
 _REPORT = pa.schema(
     [("path", pa.string()), ("rows", pa.int64()), ("bytes", pa.int64()), ("schema", pa.string())]
@@ -109,7 +109,9 @@ def export_table(
     valid manifest, it is returned without reading the table: no further Spark job.
     """
     if version is None:
-        version = DeltaTable.forPath(spark, table_path).history(1).first()["version"]
+        version = lake.current_version(spark, table_path)
+        if version is None:
+            raise FileNotFoundError(f"no Delta table at {table_path}")
     source = {
         "table": table_path,
         "version": version,
@@ -118,12 +120,12 @@ def export_table(
         "label": label,
         "filter": filter,
     }
-    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:20]
+    key = fingerprint(source, 20)
     root = f"{cache_root.rstrip('/')}/{key}"
     cached = _read_valid_manifest(root, source)
     if cached is not None:
         return cached
-    df = spark.read.format("delta").option("versionAsOf", version).load(table_path)
+    df, _ = lake.read_version(spark, table_path, version)
     if filter:
         df = df.where(filter)
     return export_shards(
@@ -185,7 +187,7 @@ def _write_partition(
     """Executor side: write one partition to files of at most `max_rows` rows each."""
     task = TaskContext.get()
     stem = f"part-{task.partitionId():05d}-{run_id}-{task.attemptNumber()}"
-    fs, base = pafs.FileSystem.from_uri(root)
+    fs, base = filesystem(root)
     widths: dict[str, int] = {}
     shard, count = None, 0
     for batch in batches:
@@ -257,9 +259,7 @@ def _resolve(root: str) -> tuple[str, pafs.FileSystem, str]:
     """
     if root.startswith("dbfs:/"):
         root = "/dbfs/" + root[len("dbfs:/") :].lstrip("/")
-    if "://" not in root:
-        root = os.path.abspath(root)
-    fs, base = pafs.FileSystem.from_uri(root)
+    fs, base = filesystem(root)
     base = base.rstrip("/")
     return (base if isinstance(fs, pafs.LocalFileSystem) else root.rstrip("/")), fs, base
 

@@ -20,11 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest, ShardFile
-
-
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it; bare paths are local."""
-    return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+from sparkml_ext.storage import filesystem
 
 
 def _vanished(what: str, path: str) -> FileNotFoundError:
@@ -36,7 +32,7 @@ def _vanished(what: str, path: str) -> FileNotFoundError:
 
 def read_manifest(location: str) -> Manifest:
     """Load `_manifest.json` from its path or from the folder/URI that holds it."""
-    fs, path = _filesystem(location)
+    fs, path = filesystem(location)
     if os.path.basename(path) != MANIFEST_NAME:
         path = f"{path.rstrip('/')}/{MANIFEST_NAME}"
     try:
@@ -91,7 +87,7 @@ class ShardReader:
     """
 
     def __init__(self, root: str, max_open: int = 64):
-        self._fs, self._root = _filesystem(root)
+        self._fs, self._root = filesystem(root)
         self._local = isinstance(self._fs, pafs.LocalFileSystem)
         self._max_open = max_open
         self._tables: OrderedDict[str, pa.Table] = OrderedDict()

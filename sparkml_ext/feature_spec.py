@@ -1,0 +1,57 @@
+"""The feature table's contract: which columns it holds, and which spec and bronze version built it.
+
+The features job writes the table; the training jobs read it. Both need the same column
+names, and training must refuse a table that another spec (or another version of the
+feature code) built, so the contract lives here, below all three jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from pyspark.sql import SparkSession
+
+from sparkml_ext import lake
+from sparkml_ext.config import ConfigError, FeaturesConfig, fingerprint
+
+JOB = "features"  # the job name in the feature table's commit metadata
+# Part of the spec fingerprint: bump it when a feature's definition changes in code, so
+# a table built by the old code is never extended by the new one.
+DEFINITIONS_VERSION = 3
+
+
+def feature_columns(spec: FeaturesConfig) -> dict[str, list[str]]:
+    """The model-facing columns the feature table holds, by kind."""
+    aggregates = []
+    for window in spec.windows:
+        aggregates += [f"u_events_{window}", f"u_click_rate_{window}"]
+        aggregates += [f"u_mean_{c}_{window}" for c in spec.window_means]
+    return {
+        "numeric": [f"log_{c}" for c in spec.numeric]
+        + [f"isnull_{c}" for c in spec.numeric]
+        + aggregates
+        + ["u_log_seconds_since_prev", "u_no_recent_event"],
+        "categorical_ids": [f"{c}_id" for c in spec.categorical],
+        "categorical_raw": list(spec.categorical),
+    }
+
+
+def spec_fingerprint(spec: FeaturesConfig) -> str:
+    """What built a feature table: the spec and the definitions' code version."""
+    return fingerprint({"spec": asdict(spec), "definitions": DEFINITIONS_VERSION})
+
+
+def processed_version(spark: SparkSession, target: str, spec_digest: str, file: str) -> int | None:
+    """The bronze version the feature table already covers, from its own commits.
+
+    Refuses (ConfigError) a table another spec built.
+    """
+    meta = lake.last_metadata(spark, target, JOB)
+    if meta is None:
+        return None
+    if meta["spec"] != spec_digest:
+        raise ConfigError(
+            f"{file}: features: the feature spec changed since {target} was built "
+            f"(spec {meta['spec']} → {spec_digest}); write to a new tables.features path"
+        )
+    return int(meta["bronze_version"])
