@@ -17,7 +17,6 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 
 from sparkml_ext.config import ConfigError, PipelineConfig, load_config
 
@@ -49,6 +48,12 @@ def name_tables(cfg: PipelineConfig, names: Sequence[str], log_level: str) -> li
     return named
 
 
+def _done(result: dict) -> dict:
+    """A job's result names its job and renders its own line; the CLI only prints it."""
+    print(result["summary"])
+    return result
+
+
 def run_generate(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.generate import ClickSpec, generate_clicks
 
@@ -59,64 +64,44 @@ def run_generate(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
         malformed_rate=gen.malformed_rate,
     )
     spark = _session(cfg, args.log_level)
-    report = generate_clicks(spark, spec, gen.landing, cfg.table_path("truth"))
-    print(f"generate: {report['rows']} events in {report['batches']} {gen.format} batch(es) under "
-          f"{gen.landing} ({report['malformed']} malformed) in {report['seconds']}s")
-    return report
+    return _done(generate_clicks(spark, spec, gen.landing, cfg.table_path("truth")))
 
 
 def run_ingest(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.ingest import ingest_batch
 
-    spark = _session(cfg, args.log_level)
-    report = ingest_batch(spark, cfg, args.batch_id, args.input)
-    print(report.summary())
-    return asdict(report)
+    return _done(ingest_batch(_session(cfg, args.log_level), cfg, args.batch_id, args.input).to_dict())
 
 
 def run_features(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.features import build_features
 
-    report = build_features(_session(cfg, args.log_level), cfg)
-    print(report.summary())
-    return asdict(report)
+    return _done(build_features(_session(cfg, args.log_level), cfg).to_dict())
 
 
 def run_train_mllib(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.mllib import train_mllib
 
-    card = train_mllib(_session(cfg, args.log_level), cfg)
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in card["metrics"].items() if isinstance(v, float))
-    print(f"train-mllib: {card['model_version']} on {card['feature_table']} v{card['feature_version']}: {metrics}")
-    return card
+    return _done(train_mllib(_session(cfg, args.log_level), cfg))
 
 
 def run_train_torch(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.torch_job import train_torch
 
-    card = train_torch(_session(cfg, args.log_level), cfg)
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in card["metrics"].items() if isinstance(v, float))
-    print(f"train-torch: {card['model_version']} on {card['feature_table']} v{card['feature_version']}: "
-          f"{metrics}; {len(card['attempts'])} attempt(s), {card['rows_per_s']['train_loop']} rows/s")
-    return card
+    return _done(train_torch(_session(cfg, args.log_level), cfg))
 
 
 def run_score(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.scoring import score
 
-    report = score(_session(cfg, args.log_level), cfg, args.model)
-    print(f"score: {report['model']} on feature v{report['feature_version']}: {report['rows']} predictions "
-          f"→ {report['predictions_table']} v{report['predictions_version']}")
-    return report
+    return _done(score(_session(cfg, args.log_level), cfg, args.model))
 
 
 def run_report(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.report import build_report, read_run
 
     run = read_run(cfg, args.run_id)  # before the session: a missing run fails fast
-    result = build_report(_session(cfg, args.log_level), cfg, run, args.out)
-    print(f"report: run {result['run_id']}: {result['html']}")
-    return result
+    return _done(build_report(_session(cfg, args.log_level), cfg, run, args.out))
 
 
 def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
@@ -155,19 +140,8 @@ def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
 
 def _summary_table(results: dict[str, dict]) -> str:
     lines = [f"{'stage':<22}{'seconds':>9}  result"]
-    for name, report in results.items():
-        if "accepted" in report:
-            detail = f"accepted {report['accepted']}, quarantined {report['quarantined']}"
-        elif "rows_merged" in report:
-            detail = f"merged {report['rows_merged']} rows (bronze v{report['bronze_version']})"
-        elif "metrics" in report:
-            shown = {k: v for k, v in report["metrics"].items() if k in ("auc_roc", "bayes_optimal_auc")}
-            detail = f"{report['model_version']} " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
-        elif "html" in report:
-            detail = f"run {report['run_id']}"
-        else:
-            detail = f"rows {report.get('rows', '')}"
-        lines.append(f"{name:<22}{report['stage_seconds']:>9}  {detail}")
+    for name, result in results.items():
+        lines.append(f"{name:<22}{result['stage_seconds']:>9}  {result['summary']}")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ run (it would count as history twice). All native expressions.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window, WindowSpec
 from pyspark.sql import functions as F
@@ -48,6 +48,11 @@ class FeaturesReport:
             f"{self.rows_in} new events, merged {self.rows_merged} rows → feature table "
             f"v{self.feature_version} in {self.seconds}s"
         )
+
+    def to_dict(self) -> dict:
+        """The job's result as the CLI prints it and a run record keeps it: named, rendered."""
+        return {"job": JOB, **asdict(self), "summary": self.summary(),
+                "counts": {"new events": self.rows_in, "merged": self.rows_merged}}
 
 
 def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:

@@ -129,7 +129,12 @@ def generate_clicks(
     finally:
         events.unpersist()
     malformed = sum(r["malformed"] for r in per_batch.values())
+    seconds = round(time.perf_counter() - started, 3)
     return {
+        "job": "generate",
+        "summary": f"generate: {spec.rows} events in {spec.batches} {spec.fmt} batch(es) under "
+                   f"{landing_dir} ({malformed} malformed) in {seconds}s",
+        "counts": {"rows": spec.rows},
         "rows": spec.rows,
         "batches": spec.batches,
         "batch_rows": [per_batch[k]["rows"] if k in per_batch else 0 for k in range(spec.batches)],
@@ -139,7 +144,7 @@ def generate_clicks(
         "mean_p_click": sum(r["p_sum"] or 0.0 for r in per_batch.values())
         / max(spec.rows - malformed, 1),
         "truth_path": truth_path,
-        "seconds": round(time.perf_counter() - started, 3),
+        "seconds": seconds,
     }
 
 

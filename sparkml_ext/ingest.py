@@ -72,6 +72,11 @@ class IngestReport:
             f"quarantined {self.quarantined} ({reasons}){skipped}; versions {self.versions}"
         )
 
+    def to_dict(self) -> dict:
+        """The job's result as the CLI prints it and a run record keeps it: named, rendered."""
+        return {"job": JOB, **asdict(self), "summary": self.summary(),
+                "counts": {"read": self.rows_read, "accepted": self.accepted, "quarantined": self.quarantined}}
+
 
 @dataclass(frozen=True)
 class FileLines:

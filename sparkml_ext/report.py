@@ -63,14 +63,15 @@ def build_report(spark: SparkSession, cfg: PipelineConfig, run: dict, out: str |
     from sparkml_ext.report_page import write_page
 
     out = out or cfg.lakehouse_path(f"reports/{run['run_id']}")
-    return write_page(gather(spark, cfg, run), out)
+    page = write_page(gather(spark, cfg, run), out)
+    return {"job": "report", "summary": f"report: run {page['run_id']}: {page['html']}", "counts": {}, **page}
 
 
 def gather(spark: SparkSession, cfg: PipelineConfig, run: dict) -> dict:
     """The page's data: stage rows, quarantine reasons, curves, training and bridge figures."""
     stages = run["stages"]
-    batches = [r["batch_id"] for r in stages.values() if "rows_read" in r]
-    scores = [r for r in stages.values() if "predictions_table" in r]
+    batches = [r["batch_id"] for r in stages.values() if r["job"] == "ingest"]
+    scores = [r for r in stages.values() if r["job"] == "score"]
     models = cfg.table_path("models")
     cards = {r["model"]: modelstore.read_json(modelstore.resolve(models, r["model"]), "card.json")
              for r in scores}
@@ -78,7 +79,7 @@ def gather(spark: SparkSession, cfg: PipelineConfig, run: dict) -> dict:
     bins = score_bins(spark, cfg, binary) if binary else {}
     return {
         "run": {k: run[k] for k in ("run_id", "pipeline", "name", "created_unix")},
-        "stages": [{"stage": name, "seconds": r.get("stage_seconds"), **_stage_rows(r)}
+        "stages": [{"stage": name, "seconds": r.get("stage_seconds"), **r["counts"]}
                    for name, r in stages.items()],
         "quarantine": quarantine_reasons(spark, cfg, batches),
         "curves": {name: curves(rows) for name, rows in bins.items()},
@@ -100,21 +101,6 @@ def _model_summary(card: dict) -> dict:
         "timings": card.get("timings"),
         "world_size": card.get("training", {}).get("world_size"),
     }
-
-
-def _stage_rows(report: dict) -> dict[str, int]:
-    """The row counts a stage report holds, whatever the stage."""
-    if "rows_read" in report:
-        return {"read": report["rows_read"], "accepted": report["accepted"],
-                "quarantined": report["quarantined"]}
-    if "rows_merged" in report:
-        return {"new events": report["rows_in"], "merged": report["rows_merged"]}
-    if "metrics" in report:
-        splits = report.get("rows", {})
-        return {f"{s} rows": splits[s] for s in ("train", "validation", "test") if s in splits}
-    if "predictions_table" in report:
-        return {"predictions": report["rows"]}
-    return {"rows": report["rows"]} if isinstance(report.get("rows"), int) else {}
 
 
 def quarantine_reasons(spark: SparkSession, cfg: PipelineConfig, batches: list[str]

@@ -35,12 +35,16 @@ def score(spark: SparkSession, cfg: PipelineConfig, model_ref: str | None = None
     written = lake.replace_where(
         predictions.withColumn("model", F.lit(stored.name)).withColumn("feature_version", F.lit(version)),
         target, slice_, partition_by=["model"])
+    rows = lake.rows_written(spark, target, written)
     return {
+        "job": "score",
+        "summary": f"score: {stored.name} on feature v{version}: {rows} predictions → {target} v{written}",
+        "counts": {"predictions": rows},
         "model": stored.name,
         "feature_version": version,
         "predictions_table": target,
         "predictions_version": written,
-        "rows": lake.rows_written(spark, target, written),
+        "rows": rows,
         "seconds": round(time.monotonic() - started, 1),
     }
 

@@ -110,8 +110,10 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
                        "evaluate": round(metrics["test_rows"] / max(evaluated - launched, 1e-9))},
         "created_unix": time.time(),
     }
-    return tracker.store(card, config, staged,
-                         lambda run: run.log_torch_model(trained["model_path"], test))
+    stored = tracker.store(card, config, staged,
+                           lambda run: run.log_torch_model(trained["model_path"], test))
+    stored["summary"] += f"; {len(result.attempts)} attempt(s), {card['rows_per_s']['train_loop']} rows/s"
+    return stored
 
 
 def worker_config(cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str) -> dict:

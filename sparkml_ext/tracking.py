@@ -68,11 +68,12 @@ class Tracker:
 
     def store(self, card: dict, params: dict, staged: str,
               log_model: Callable[[TrainingRun | Untracked], None]) -> dict:
-        """How both training jobs keep a trained model; returns the completed card.
+        """How both training jobs keep a trained model; returns the job's result.
 
         `staged` (a `modelstore.staging` folder) already holds the model. In one tracked
         run: log the model (`log_model(run)`), add metrics and card beside it, publish the
-        next store version, then tag the run with it and register the model.
+        next store version, then tag the run with it and register the model. The result is
+        the completed card, named after the job and rendered (its console line, rows per split).
         """
         with self.run(card, params) as run:
             log_model(run)
@@ -83,7 +84,11 @@ class Tracker:
             card["model_version"] = stored.name
             card["model_uri"] = stored.uri
             run.published(card)
-        return card
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in card["metrics"].items() if isinstance(v, float))
+        summary = (f"{self.job}: {card['model_version']} on {card['feature_table']} "
+                   f"v{card['feature_version']}: {metrics}")
+        counts = {f"{s} rows": card["rows"][s] for s in ("train", "validation", "test") if s in card["rows"]}
+        return {**card, "job": self.job, "summary": summary, "counts": counts}
 
 
 class TrainingRun:

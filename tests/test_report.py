@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from sparkml_ext.cli import EXIT_INPUT, EXIT_OK, main
-from sparkml_ext.report import BAYES, BINS, curves
+from sparkml_ext.holdout import BAYES
+from sparkml_ext.report import BINS, curves
 
 PLOTS = {"roc.png", "calibration.png", "training.png", "rows.png", "quarantine.png",
          "throughput.png"}
