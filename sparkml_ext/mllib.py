@@ -39,7 +39,7 @@ from sparkml_ext.holdout import (
     mllib_score,
     split_of,
 )
-from sparkml_ext.stages import FrequencyEncoder
+from sparkml_ext.encoders import FrequencyEncoder
 
 ESTIMATORS = {
     "logistic_regression": LogisticRegression,

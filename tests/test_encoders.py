@@ -13,7 +13,7 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
-from sparkml_ext.stages import (
+from sparkml_ext.encoders import (
     CategoricalCrosser,
     FrequencyEncoder,
     RobustScaler,
@@ -196,7 +196,7 @@ def test_unfitted_pipeline_round_trip(spark, tmp_path):
     assert_same_stages(loaded.getStages(), pipeline.getStages())
 
 
-def test_stages_train_with_logistic_regression_and_round_trip(spark, mixed, tmp_path):
+def test_encoders_train_with_logistic_regression_and_round_trip(spark, mixed, tmp_path):
     """Every stage inside one fitted Pipeline: it trains, saves, loads and scores as before.
 
     One pipeline rather than one per stage keeps the file fast; every stage's output

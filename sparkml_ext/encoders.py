@@ -1,4 +1,4 @@
-"""Custom Spark ML stages for tabular features, on plain columns (not vectors).
+"""MLlib encoders (pipeline stages) for tabular features, on plain columns (not vectors).
 
 Frequency and target encoding of string categoricals, robust scaling of numerics and
 hashed crosses of categoricals. They run as native Spark expressions (no Python UDFs),
