@@ -5,7 +5,7 @@ a config dict, and reads the shards itself.
 """
 
 from sparkml_ext.bridge.launch import Attempt, LaunchFailed, LaunchResult, launch, pick_backend
-from sparkml_ext.bridge.shards import export_shards, export_table
+from sparkml_ext.bridge.export import export_shards, export_table
 
 __all__ = [
     "Attempt",
