@@ -3,7 +3,7 @@
     python benchmarks/gpu.py [--rows 2000000] [--steps 300] [--workers 4]
 
 Torch, pyarrow and numpy only (a GPU machine may have no JVM): the shards are written
-by `sparkml_ext.deep.shards.write_shards` from a synthetic table with the bridge
+by `sparkml_ext.deep.shard_reader.write_shards` from a synthetic table with the bridge
 benchmark's layout (13 float + 26 int ids + label) and a label that depends on the
 features. Measured side by side in one run:
 
@@ -52,7 +52,7 @@ from torchkit import (
 )
 
 from sparkml_ext.deep.metrics import roc_auc
-from sparkml_ext.deep.shards import read_manifest, write_shards
+from sparkml_ext.deep.shard_reader import read_manifest, write_shards
 
 READ_AHEAD = 4  # batches, as the trainer reads on a GPU
 LIMIT = "limit: mmap IPC -> tensors, no shuffle"

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sparkml_ext.deep.manifest import Manifest, RowSlice, assign_rows
 from sparkml_ext.deep.model import squash
-from sparkml_ext.deep.shards import ShardReader, check_column, list_width
+from sparkml_ext.deep.shard_reader import ShardReader, check_column, list_width
 
 Batch = dict[str, torch.Tensor]
 

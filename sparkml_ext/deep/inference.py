@@ -15,7 +15,7 @@ import pyarrow as pa
 import torch
 
 from sparkml_ext.deep.model import DLRM, load_model
-from sparkml_ext.deep.shards import column_parts
+from sparkml_ext.deep.shard_reader import column_parts
 from sparkml_ext.storage import filesystem
 
 

@@ -34,7 +34,7 @@ from sparkml_ext.deep.dataset import Batch, ShardDataset, frequent_ids, numeric_
 from sparkml_ext.deep.manifest import Manifest, assign_rows
 from sparkml_ext.deep.metrics import roc_auc
 from sparkml_ext.deep.model import DLRM, DLRMConfig, save_model
-from sparkml_ext.deep.shards import read_manifest
+from sparkml_ext.deep.shard_reader import read_manifest
 
 log = logging.getLogger(__name__)
 

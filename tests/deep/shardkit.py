@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sparkml_ext.deep.shards import write_shards as _write_shards
+from sparkml_ext.deep.shard_reader import write_shards as _write_shards
 
 
 def write_shards(

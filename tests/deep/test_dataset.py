@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from sparkml_ext.deep.dataset import ShardDataset, frequent_ids
 from sparkml_ext.deep.manifest import assign_rows
-from sparkml_ext.deep.shards import read_manifest
+from sparkml_ext.deep.shard_reader import read_manifest
 
 SMALL = dict(batch_size=64, shuffle_buffer=200, chunk_rows=50)  # windows of 256 rows, 16 batches
 

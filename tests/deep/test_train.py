@@ -9,7 +9,7 @@ from shardkit import CLICK_COLUMNS, click_table, write_shards
 from sparkml_ext.deep.checkpoint import list_checkpoints
 from sparkml_ext.deep.dataset import frequent_ids
 from sparkml_ext.deep.model import load_model
-from sparkml_ext.deep.shards import read_manifest
+from sparkml_ext.deep.shard_reader import read_manifest
 from sparkml_ext.deep.train import train_worker
 
 BASE = dict(
