@@ -28,6 +28,7 @@ from pyspark.sql.types import NumericType
 
 from sparkml_ext import lake, modelstore, tracking
 from sparkml_ext.config import ConfigError, PipelineConfig, fingerprint
+from sparkml_ext.encoders import FrequencyEncoder
 from sparkml_ext.feature_spec import feature_columns, processed_version, spec_fingerprint
 from sparkml_ext.holdout import (
     CLASSIFICATION,
@@ -39,7 +40,6 @@ from sparkml_ext.holdout import (
     mllib_score,
     split_of,
 )
-from sparkml_ext.encoders import FrequencyEncoder
 
 ESTIMATORS = {
     "logistic_regression": LogisticRegression,

@@ -4,8 +4,8 @@ The torch side (`sparkml_ext.deep`) never sees a DataFrame: it gets a manifest p
 a config dict, and reads the shards itself.
 """
 
-from sparkml_ext.bridge.launch import Attempt, LaunchFailed, LaunchResult, launch, pick_backend
 from sparkml_ext.bridge.export import export_shards, export_table
+from sparkml_ext.bridge.launch import Attempt, LaunchFailed, LaunchResult, launch, pick_backend
 
 __all__ = [
     "Attempt",
