@@ -80,7 +80,7 @@ def run_features(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
 
 
 def run_train_mllib(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
-    from sparkml_ext.mllib import train_mllib
+    from sparkml_ext.train_mllib import train_mllib
 
     return _done(train_mllib(_session(cfg, args.log_level), cfg))
 

@@ -11,7 +11,7 @@ from pyspark.ml import PipelineModel
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import ConfigError, load_config
 from sparkml_ext.holdout import CLASSIFICATION, TrainError, split_of
-from sparkml_ext.mllib import evaluate_model, train_mllib
+from sparkml_ext.train_mllib import evaluate_model, train_mllib
 from sparkml_ext.scoring import score
 
 pytestmark = pytest.mark.slow
