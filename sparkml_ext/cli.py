@@ -92,7 +92,7 @@ def run_train_torch(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
 
 
 def run_score(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
-    from sparkml_ext.scoring import score
+    from sparkml_ext.score import score
 
     return _done(score(_session(cfg, args.log_level), cfg, args.model))
 

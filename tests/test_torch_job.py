@@ -13,7 +13,7 @@ from sparkml_ext.bridge.predict import predictor, torch_predictions
 from sparkml_ext.config import ConfigError, load_config
 from sparkml_ext.deep.model import load_model
 from sparkml_ext.holdout import CLASSIFICATION, evaluate, split_filter, split_of
-from sparkml_ext.scoring import score
+from sparkml_ext.score import score
 from sparkml_ext.torch_job import TorchTrainError, train_torch, worker_config
 
 pytestmark = pytest.mark.slow
