@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from sparkml_ext.ingest import ingest_batch
     from sparkml_ext.train_mllib import train_mllib
     from sparkml_ext.session import get_spark
-    from sparkml_ext.torch_job import train_torch
+    from sparkml_ext.train_torch import train_torch
 
     base = [f"lakehouse={args.work / 'lakehouse'}", f"source.path={args.work / 'landing'}",
             "source.format=parquet", "source.options={}"]

@@ -86,7 +86,7 @@ def run_train_mllib(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
 
 
 def run_train_torch(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
-    from sparkml_ext.torch_job import train_torch
+    from sparkml_ext.train_torch import train_torch
 
     return _done(train_torch(_session(cfg, args.log_level), cfg))
 

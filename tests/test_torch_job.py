@@ -14,7 +14,7 @@ from sparkml_ext.config import ConfigError, load_config
 from sparkml_ext.deep.model import load_model
 from sparkml_ext.holdout import CLASSIFICATION, evaluate, split_filter, split_of
 from sparkml_ext.score import score
-from sparkml_ext.torch_job import TorchTrainError, train_torch, worker_config
+from sparkml_ext.train_torch import TorchTrainError, train_torch, worker_config
 
 pytestmark = pytest.mark.slow
 SMALL = ["train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embedding_rows=1024",
