@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     from sparkml_ext.features import build_features
     from sparkml_ext.generate import ClickSpec, generate_clicks
     from sparkml_ext.ingest import ingest_batch
-    from sparkml_ext.train_mllib import train_mllib
     from sparkml_ext.session import get_spark
+    from sparkml_ext.train_mllib import train_mllib
     from sparkml_ext.train_torch import train_torch
 
     base = [f"lakehouse={args.work / 'lakehouse'}", f"source.path={args.work / 'landing'}",

@@ -11,8 +11,8 @@ from pyspark.ml import PipelineModel
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import ConfigError, load_config
 from sparkml_ext.holdout import CLASSIFICATION, TrainError, split_of
-from sparkml_ext.train_mllib import evaluate_model, train_mllib
 from sparkml_ext.score import score
+from sparkml_ext.train_mllib import evaluate_model, train_mllib
 
 pytestmark = pytest.mark.slow
 FAST = ["train_mllib.params={maxIter: 5, seed: 7}", "train_mllib.grid={maxDepth: [2, 3]}"]

@@ -23,9 +23,9 @@ from sparkml_ext.bridge.predict import torch_predictions
 from sparkml_ext.config import ConfigError, load_config
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.holdout import split_of
+from sparkml_ext.tracking import Tracker, pipeline_inputs
 from sparkml_ext.train_mllib import train_mllib
 from sparkml_ext.train_torch import train_torch
-from sparkml_ext.tracking import Tracker, pipeline_inputs
 
 pytestmark = pytest.mark.slow
 CLICKS = "conf/pipelines/clicks.yaml"
