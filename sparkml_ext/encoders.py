@@ -68,8 +68,8 @@ def _per_value(
 ) -> DataFrame:
     """``aggs`` per (column, value) of all ``columns`` in one pass; null values are left out.
 
-    Melts to (column index, value as string, *carry) and groups once. Grouping on the
-    index rather than the name was 1.5x faster (26 columns x 100k values, local[2]).
+    Melts to (column index, value as string, *carry) and groups once, on the small int
+    index rather than the name, which is faster (benchmarks/README.md).
     """
     cells = [
         F.struct(F.lit(i).alias("column"), F.col(c).cast("string").alias("value"),
@@ -152,12 +152,10 @@ class _LearnedStatePersistence(MLReadable, MLWritable):
 class _LookupModel(Model, _ColumnsParams, _LearnedStatePersistence):
     """Maps each input value through a learned ``table`` of (column, value, count, <stat>).
 
-    Lookup is a broadcast hash join per column. Against a map literal (``map_from_arrays``
-    of two array literals + ``try_element_at``), 26 columns x 100k-value vocabularies on
-    200k rows, local[2]: join 12.8 s first run / 10.2 s second, literal 33.3 s / 50.1 s
-    plus 5.9 s to build the plan (8 columns: 10.5 / 8.2 s vs 25.8 / 16.6 s). The literal
-    also needs the vocabulary on the driver and ships it in every plan and task; the
-    join keeps it on the executors.
+    Lookup is a broadcast hash join per column, not a map literal (``map_from_arrays`` of
+    two array literals + ``try_element_at``): the join was several times faster in every
+    size measured (benchmarks/README.md), and the literal needs the vocabulary on the
+    driver and ships it in every plan and task, while the join keeps it on the executors.
     """
 
     _stat: str  # the table column that becomes the output

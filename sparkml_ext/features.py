@@ -140,8 +140,8 @@ def _sum_before(value: Column, by_entity: WindowSpec, width: int) -> Column:
 
     The difference of two running sums (up to t - 1, up to t - width - 1), not a sliding
     RANGE frame: Spark re-aggregates a sliding frame from scratch for every row, which is
-    quadratic in a heavy entity's events per window (the features stage grew 1.9x per row
-    from 1M to 8M events), while a running sum adds each row once. Summing longs keeps the
+    quadratic in a heavy entity's events per window (benchmarks/README.md has the growth),
+    while a running sum adds each row once. Summing longs keeps the
     difference exact whatever history the running sums start from, so an incremental run
     still equals a full one.
     """
