@@ -126,9 +126,10 @@ def run_trainer(train: str, val: str, out: Path, device: str) -> dict:
 
 
 def worker(train: str, val: str, config: str, out: str) -> None:
+    from sparkml_ext.deep.config import TrainConfig
     from sparkml_ext.deep.train import train_worker
 
-    metrics = train_worker(train, json.loads(config), val)
+    metrics = train_worker(train, TrainConfig(**json.loads(config)), val)
     if os.environ.get("RANK", "0") == "0":
         Path(out).write_text(json.dumps(metrics))
 

@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import yaml
 
+from sparkml_ext.deep.config import TrainConfig, require_at_least
+
 FORMATS = ("csv", "json", "parquet")
 SPARK_TYPES = ("string", "int", "bigint", "double", "float", "boolean", "timestamp", "date")
 
@@ -126,8 +128,11 @@ class TrainMllibConfig:
 
 
 @dataclass(frozen=True)
-class TrainTorchConfig:
+class TrainTorchConfig(TrainConfig):
     """A DLRM trained with PyTorch DDP on Arrow shards of the feature table (train-torch).
+
+    The ranks' knobs (epochs, batch_size, lr, vocabulary, ...) are `deep.config.TrainConfig`'s;
+    this section adds the driver's own, and `for_ranks` hands the ranks theirs.
 
     Categorical ids are hashed into `features.hash_buckets`; each embedding table has
     `embedding_rows` rows (row 0 = null) and larger ids fold into it by modulo inside the
@@ -140,23 +145,23 @@ class TrainTorchConfig:
     num_processes: int = 2
     local_mode: bool = True
     use_gpu: bool | None = None  # null = torch.cuda.is_available() on the driver
-    backend: Literal["gloo", "nccl"] | None = None  # null = nccl on GPUs, else gloo
     max_restarts: int = 1
-    epochs: int = 2
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    embedding_dim: int = 16
     embedding_rows: int | None = 4096
-    vocabulary: int | None = None
-    bottom_mlp: list[int] = field(default_factory=lambda: [64])
-    top_mlp: list[int] = field(default_factory=lambda: [64, 32])
-    patience: int = 0
-    checkpoint_every: int = 1000
     checkpoint_root: str | None = None  # null = <lakehouse>/checkpoints; a path all ranks see
-    deterministic: bool = False
-    seed: int = 0
-    num_threads: int | None = None  # torch threads per rank; null = cores / num_processes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least(self, {"num_processes": 1, "max_restarts": 0, "embedding_rows": 2})
+        if self.backend == "nccl" and self.use_gpu is False:
+            raise ValueError("backend: nccl needs GPUs; use gloo or use_gpu: null")
+        if self.checkpoint_root and "://" in self.checkpoint_root:
+            raise ValueError("checkpoint_root: must be a path every rank can open (local, NFS or "
+                             f"a mount such as /dbfs), not the URI {self.checkpoint_root!r}")
+
+    def for_ranks(self, **per_run: Any) -> TrainConfig:
+        """The ranks' knobs: this section without the driver's own, with `per_run` set."""
+        knobs = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{**knobs, **per_run})
 
 
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
@@ -296,7 +301,6 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     _check_source(config.source, file)
     _check_tables(config.tables, file)
     _check_features(config.features, file)
-    _check_train_torch(config.train_torch, file)
     _check_tracking(config.tracking, file)
     _check_catalog(config.catalog, file)
     return config
@@ -346,7 +350,8 @@ def _build(cls: type, raw: Any, file: str, key: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: {key or 'top level'}: expected a mapping, got {_kind(raw)}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    # a field marked per_run (deep.config.PER_RUN) is set by a job for each run, not by the file
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("per_run")}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         where = _join(key, unknown[0])
@@ -361,7 +366,10 @@ def _build(cls: type, raw: Any, file: str, key: str) -> Any:
                 raise ConfigError(f"{file}: {sub}: must not be empty")
         elif required:
             raise ConfigError(f"{file}: {sub}: required key is missing")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as err:  # a section's own checks, worded "<its key>: <problem>"
+        raise ConfigError(f"{file}: {_join(key, str(err))}") from None
 
 
 def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
@@ -382,10 +390,10 @@ def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{file}: {key}: expected a mapping, got {_kind(value)}")
         return {str(k): _coerce(args[1], v, file, _join(key, str(k))) for k, v in value.items()}
-    if origin is list:
+    if origin in (list, tuple):  # tuple[X, ...]: a list in the file, a tuple in the config
         if not isinstance(value, list):
             raise ConfigError(f"{file}: {key}: expected a list, got {_kind(value)}")
-        return [_coerce(args[0], v, file, f"{key}[{i}]") for i, v in enumerate(value)]
+        return origin(_coerce(args[0], v, file, f"{key}[{i}]") for i, v in enumerate(value))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is str and isinstance(value, (int, float, bool)):
@@ -434,21 +442,6 @@ def _check_features(spec: FeaturesConfig, file: str) -> None:
             raise ConfigError(f"{file}: features.windows[{i}]: {err}") from None
     if spec.hash_buckets < 2:
         raise ConfigError(f"{file}: features.hash_buckets: must be at least 2")
-
-
-def _check_train_torch(tt: TrainTorchConfig, file: str) -> None:
-    minimums = {"num_processes": 1, "max_restarts": 0, "epochs": 1, "batch_size": 1,
-                "embedding_dim": 1, "embedding_rows": 2, "vocabulary": 1, "checkpoint_every": 1,
-                "num_threads": 1}
-    for key, least in minimums.items():
-        value = getattr(tt, key)
-        if value is not None and value < least:
-            raise ConfigError(f"{file}: train_torch.{key}: must be at least {least}, got {value}")
-    if tt.backend == "nccl" and tt.use_gpu is False:
-        raise ConfigError(f"{file}: train_torch.backend: nccl needs GPUs; use gloo or use_gpu: null")
-    if tt.checkpoint_root and "://" in tt.checkpoint_root:
-        raise ConfigError(f"{file}: train_torch.checkpoint_root: must be a path every rank can open "
-                          f"(local, NFS or a mount such as /dbfs), not the URI {tt.checkpoint_root!r}")
 
 
 def _check_catalog(catalog: CatalogConfig, file: str) -> None:

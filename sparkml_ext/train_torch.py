@@ -12,11 +12,12 @@ a million); 26 tables of that many rows would hold 26M x dim floats (1.7 GB at d
 three times that with AdamW's state), all-reduced densely at every step. Each table
 therefore has `train_torch.embedding_rows` rows and the model folds larger ids in by
 modulo, which is hashing into fewer buckets; the shards keep the full ids, so one export
-serves any table size. The default 4096 had the best validation AUC of 1k-64k rows on
-60k generated events, at 2.4x the speed of 16k (dense AdamW touches every row per step).
-Folding lets frequent values share rows; `train_torch.vocabulary` K instead gives each
-column's K most frequent ids (counted by the ranks on a sample of the training shards)
-rows of their own, and the vocabularies travel with the model's config.
+serves any table size. The default 4096 rows validated best of the sizes tried and trains
+faster than larger tables, as dense AdamW touches every row at every step (the measurements
+are in benchmarks/README.md). Folding lets frequent values share rows;
+`train_torch.vocabulary` K instead gives each column's K most frequent ids (counted by the
+ranks on a sample of the training shards) rows of their own, and the vocabularies travel
+with the model's config.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sparkml_ext import lake, modelstore, tracking
 from sparkml_ext.bridge import export_table, launch, pick_backend
 from sparkml_ext.bridge.predict import torch_predictions
 from sparkml_ext.config import ConfigError, PipelineConfig, fingerprint
+from sparkml_ext.deep.config import TrainConfig
 from sparkml_ext.deep.manifest import Manifest
 from sparkml_ext.deep.train import train_worker
 from sparkml_ext.feature_spec import feature_columns
@@ -95,7 +97,7 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
         "rows": {"train": shards["train"].rows, "validation": shards["validation"].rows,
                  "test": metrics["test_rows"]},
         "config_hash": digest,
-        "params": config,
+        "params": asdict(config),
         "shards": {split: manifest.root for split, manifest in shards.items()},
         "metrics": metrics,
         "epochs": {k: trained[k] for k in ("train_loss", "val_loss", "val_auc")},
@@ -110,31 +112,26 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
                        "evaluate": round(metrics["test_rows"] / max(evaluated - launched, 1e-9))},
         "created_unix": time.time(),
     }
-    stored = tracker.store(card, config, staged,
+    stored = tracker.store(card, asdict(config), staged,
                            lambda run: run.log_torch_model(trained["model_path"], test))
     stored["summary"] += f"; {len(result.attempts)} attempt(s), {card['rows_per_s']['train_loop']} rows/s"
     return stored
 
 
-def worker_config(cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str) -> dict:
-    """The `train_worker` config from `train_torch`: plain JSON values, the same on every rank."""
+def worker_config(cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str) -> TrainConfig:
+    """The ranks' knobs from `train_torch`, with this run's device, tables and folders."""
     tt, buckets = cfg.train_torch, cfg.features.hash_buckets + 1  # ids 0 (null) .. hash_buckets
     share = max(1, (os.cpu_count() or 1) // tt.num_processes)  # of the driver's cores, in local mode
-    threads = tt.num_threads or (share if tt.local_mode and not use_gpu else None)
-    passed = ("epochs", "batch_size", "lr", "weight_decay", "seed", "embedding_dim", "patience",
-              "checkpoint_every", "deterministic")
-    return {
-        **{k: getattr(tt, k) for k in passed},
-        "bottom_mlp": list(tt.bottom_mlp),
-        "top_mlp": list(tt.top_mlp),
-        **({"vocabulary": tt.vocabulary} if tt.vocabulary else
-           {"embedding_sizes": min(tt.embedding_rows or buckets, buckets), "fold_ids": True}),
-        "backend": pick_backend(use_gpu, tt.backend),
-        "device": "cuda" if use_gpu else "cpu",
-        "num_threads": threads,
-        "checkpoint_dir": checkpoint_dir,
-        "output_dir": checkpoint_dir,
-    }
+    tables = {} if tt.vocabulary else {
+        "embedding_sizes": min(tt.embedding_rows or buckets, buckets), "fold_ids": True}
+    return tt.for_ranks(
+        **tables,
+        backend=pick_backend(use_gpu, tt.backend),
+        device="cuda" if use_gpu else "cpu",
+        num_threads=tt.num_threads or (share if tt.local_mode and not use_gpu else None),
+        checkpoint_dir=checkpoint_dir,
+        output_dir=checkpoint_dir,
+    )
 
 
 def config_hash(cfg: PipelineConfig, version: int) -> str:

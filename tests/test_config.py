@@ -1,11 +1,13 @@
 """Pipeline config: typed values, env interpolation, overrides, and errors naming file + key."""
 
+import pickle
 from pathlib import Path
 
 import pytest
 
 from sparkml_ext.cli import EXIT_CONFIG, main
 from sparkml_ext.config import ConfigError, load_config
+from sparkml_ext.deep.config import TrainConfig
 
 CLICKS = "conf/pipelines/clicks.yaml"
 
@@ -50,6 +52,10 @@ def _write(tmp_path, text):
         ("source.schema.i1=decimalish", "source.schema.i1", "unknown type"),
         ("source.key=nope", "source.key", "not in source.schema"),
         ("source.event_time=label", "source.event_time", "must be a timestamp"),
+        ("train_torch.epochs=0", "train_torch.epochs", "must be at least 1, got 0"),
+        ("train_torch.precision=fp8", "train_torch.precision", "not one of"),
+        ("train_torch.bottom_mlp=[0]", "train_torch.bottom_mlp", "at least 1"),
+        ("train_torch.checkpoint_dir=/tmp", "train_torch.checkpoint_dir", "unknown key"),
     ],
 )
 def test_bad_values_name_the_file_and_key(override, key, words):
@@ -57,6 +63,14 @@ def test_bad_values_name_the_file_and_key(override, key, words):
         load_config(CLICKS, [override])
     assert str(err.value).startswith(f"{CLICKS}: {key}:")
     assert words in str(err.value)
+
+
+def test_train_torch_is_the_ranks_knobs_plus_the_drivers():
+    cfg = load_config(CLICKS, ["train_torch.bottom_mlp=[32, 16]", "train_torch.shuffle_buffer=4096"])
+    ranks = cfg.train_torch.for_ranks(device="cpu", checkpoint_dir="ckpt")
+    assert type(ranks) is TrainConfig and pickle.loads(pickle.dumps(ranks)) == ranks
+    assert (ranks.bottom_mlp, ranks.shuffle_buffer, ranks.epochs) == ((32, 16), 4096, 3)
+    assert (ranks.device, ranks.checkpoint_dir) == ("cpu", "ckpt")
 
 
 def test_missing_environment_variable_is_named(tmp_path):

@@ -8,6 +8,7 @@ interval and end with the same weights as an uninterrupted one (deterministic CP
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,28 +17,29 @@ from pyspark import cloudpickle
 from shardkit import CLICK_COLUMNS, click_table, write_shards
 
 from sparkml_ext.bridge import launch
+from sparkml_ext.deep.config import TrainConfig
 from sparkml_ext.deep.train import train_worker
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ranks cannot import tests/
 
-CONFIG = {
-    "device": "cpu",
-    "backend": "gloo",
-    "epochs": 3,
-    "batch_size": 64,
-    "embedding_sizes": 64,
-    "lr": 3e-3,
-    "shuffle_buffer": 256,
-    "chunk_rows": 128,
-    "checkpoint_every": 10,
-    "deterministic": True,
-    "seed": 5,
-}
+CONFIG = TrainConfig(
+    device="cpu",
+    backend="gloo",
+    epochs=3,
+    batch_size=64,
+    embedding_sizes=64,
+    lr=3e-3,
+    shuffle_buffer=256,
+    chunk_rows=128,
+    checkpoint_every=10,
+    deterministic=True,
+    seed=5,
+)
 STEPS = 3 * 10  # 1280 rows: 640 per rank, 10 batches of 64 per epoch
 KILL_AFTER = 25  # rank 0 checkpointed at steps 10 and 20
 
 
-def train_killing_rank_one_once(train: str, config: dict, marker: str) -> dict:
+def train_killing_rank_one_once(train: str, config: TrainConfig, marker: str) -> dict:
     """train_worker, except that rank 1 SIGKILLs itself after step KILL_AFTER, once."""
     import os
     import signal
@@ -65,7 +67,7 @@ def shards(tmp_path_factory):
 
 
 def run(root: Path, name: str, train: str, local_mode: bool, kill: bool):
-    config = {**CONFIG, "checkpoint_dir": str(root / name), "output_dir": str(root / name)}
+    config = replace(CONFIG, checkpoint_dir=str(root / name), output_dir=str(root / name))
     marker = str(root / f"{name}.killed") if kill else str(root)  # an existing path: no kill
     return launch(
         train_killing_rank_one_once, train, config, marker,

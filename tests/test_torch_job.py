@@ -124,6 +124,6 @@ def test_refusals_name_what_to_do(spark, tmp_path):
 
 def test_a_vocabulary_replaces_the_folded_tables(tmp_path):
     counted = worker_config(_cfg(tmp_path), use_gpu=False, checkpoint_dir="ckpt")
-    assert counted["vocabulary"] == 200 and not {"embedding_sizes", "fold_ids"} & set(counted)
+    assert counted.vocabulary == 200 and counted.embedding_sizes is None and not counted.fold_ids
     folded = worker_config(_cfg(tmp_path, "train_torch.vocabulary=null"), False, "ckpt")
-    assert folded["embedding_sizes"] == 1024 and folded["fold_ids"] and "vocabulary" not in folded
+    assert folded.embedding_sizes == 1024 and folded.fold_ids and folded.vocabulary is None

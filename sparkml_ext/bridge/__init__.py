@@ -1,7 +1,7 @@
 """Spark side of the deep path: DataFrame -> Arrow shards + manifest, and DDP launching.
 
 The torch side (`sparkml_ext.deep`) never sees a DataFrame: it gets a manifest path and
-a config dict, and reads the shards itself.
+its knobs (`deep.config.TrainConfig`), and reads the shards itself.
 """
 
 from sparkml_ext.bridge.export import export_shards, export_table

@@ -3,8 +3,8 @@
 TorchDistributor never retries: local mode runs torchrun with no restarts, and a failed
 barrier stage is aborted, not resubmitted. So this launcher owns fault tolerance: it
 reruns a failed attempt up to `max_restarts` times, and the train function resumes from
-its own latest checkpoint. The train function gets plain arguments (a manifest path, a
-config dict), never a DataFrame.
+its own latest checkpoint. The train function gets picklable arguments (a manifest path,
+its knobs), never a DataFrame.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sparkml_ext.deep.manifest import Manifest, RowSlice, assign_rows
-from sparkml_ext.deep.model import squash
 from sparkml_ext.deep.shard_reader import ShardReader, check_column, list_width
 
 Batch = dict[str, torch.Tensor]
@@ -285,40 +284,3 @@ class ShardDataset(IterableDataset):
                 rows = order[b * size - lo : min((b + 1) * size, hi) - lo]
                 yield {key: values.index_select(0, rows) for key, values in window.items()}
 
-
-def numeric_stats(
-    manifest: Manifest, sample_rows: int = 65536, seed: int = 0
-) -> tuple[list[float], list[float]]:
-    """Mean and std of each squashed numeric feature over a seeded sample of all the rows.
-
-    A constant feature gets std 1.
-    """
-    sample = squash(_sample(manifest, sample_rows, seed)["numeric"].double())
-    std = sample.std(0, unbiased=False)
-    std = torch.where(std > 1e-6, std, torch.ones_like(std))
-    return sample.mean(0).tolist(), std.tolist()
-
-
-def frequent_ids(
-    manifest: Manifest, top: int, sample_rows: int = 262144, seed: int = 0
-) -> list[list[int]]:
-    """Per categorical column, its `top` most frequent non-null ids (0 = null) in a seeded
-    sample of the rows, in ascending order: the vocabularies of `DLRMConfig`.
-
-    Ties go to the smaller id, so every rank, reading the same sample, gets the same lists.
-    """
-    vocabularies = []
-    for column in _sample(manifest, sample_rows, seed)["categorical"].T:
-        ids, counts = torch.unique(column[column != 0], return_counts=True)  # ids ascending
-        most = torch.sort(counts, descending=True, stable=True).indices[:top]
-        vocabularies.append(sorted(ids[most].tolist()))
-    return vocabularies
-
-
-def _sample(manifest: Manifest, rows: int, seed: int) -> Batch:
-    """Up to `rows` rows as whole 1024-row chunks drawn from every shard, seeded: the same
-    on every rank, as each reads it itself (nothing to broadcast)."""
-    ds = ShardDataset.from_manifest(
-        manifest, batch_size=rows, seed=seed, chunk_rows=1024, shuffle_buffer=rows
-    )
-    return next(iter(ds))

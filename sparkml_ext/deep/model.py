@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sparkml_ext.deep.checkpoint import atomic_save
+from sparkml_ext.deep.inputs import squash
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class DLRMConfig:
     and ids below the size keep their row. Not folded, ids outside a table are the unknown id 0.
 
     `vocabularies`: per categorical column, the sorted ids that get rows of their own (the
-    column's most frequent, see `dataset.frequent_ids`): the i-th uses row i + 1, any other
+    column's most frequent, see `inputs.frequent_ids`): the i-th uses row i + 1, any other
     id (rare, unseen or null) row 0. Each table then has len(vocabulary) + 1 rows. Unlike
     folding, frequent values never share a row, which is what their effects need.
     """
@@ -96,11 +97,6 @@ def _tuples(value: Any) -> Any:
 
 def _lists(value: Any) -> Any:
     return [_lists(v) for v in value] if isinstance(value, list | tuple) else value
-
-
-def squash(numeric: torch.Tensor) -> torch.Tensor:
-    """sign(x) * log1p(|x|): heavy tails tamed, order and sign kept."""
-    return torch.sign(numeric) * torch.log1p(numeric.abs())
 
 
 def _mlp(sizes: list[int], last_activation: bool) -> nn.Sequential:

@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,92 +30,15 @@ from sparkml_ext.deep.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from sparkml_ext.deep.dataset import Batch, ShardDataset, frequent_ids, numeric_stats
+from sparkml_ext.deep.config import TrainConfig
+from sparkml_ext.deep.dataset import Batch, ShardDataset
+from sparkml_ext.deep.inputs import frequent_ids, numeric_stats
 from sparkml_ext.deep.manifest import Manifest, assign_rows
 from sparkml_ext.deep.metrics import roc_auc
 from sparkml_ext.deep.model import DLRM, DLRMConfig, save_model
 from sparkml_ext.deep.shard_reader import read_manifest
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every knob of `train_worker`; the plain dict passed in may set any of them."""
-
-    epochs: int = 1
-    batch_size: int = 1024
-    eval_batch_size: int = 8192
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    seed: int = 0
-    shuffle_buffer: int = 65536  # rows permuted together (rounded up to whole batches)
-    chunk_rows: int = 8192  # unit of the per-epoch shuffled order of the shards
-    num_workers: int = 0  # DataLoader worker processes per rank
-    embedding_sizes: int | dict[str, int] | None = None  # table size per categorical column
-    fold_ids: bool = False  # larger hashed ids fold into a table by modulo (see DLRMConfig)
-    # > 0: each categorical column's `vocabulary` most frequent ids get rows of their own and
-    # the rest share row 0 (DLRMConfig.vocabularies); embedding_sizes and fold_ids are unused
-    vocabulary: int | None = None
-    normalize_numeric: bool = True  # squash + standardise numerics with training-row statistics
-    embedding_dim: int = 16
-    bottom_mlp: tuple[int, ...] = (64,)
-    top_mlp: tuple[int, ...] = (64, 32)
-    patience: int = 0  # epochs without val-loss improvement before stopping; 0 = never stop
-    min_delta: float = 0.0  # smallest val-loss drop that counts as an improvement
-    checkpoint_dir: str | None = None  # shared by all ranks; None = no checkpoints, no resume
-    checkpoint_every: int = 1000  # steps
-    keep_checkpoints: int = 3
-    output_dir: str | None = None  # model.pt goes here; None = not saved
-    backend: str | None = None  # None = nccl with CUDA, else gloo
-    device: str = "auto"  # auto (this rank's GPU when CUDA is available) | cpu | cuda
-    precision: str = "auto"  # auto (bf16, else fp16, on GPU; fp32 on CPU) | fp32 | bf16 | fp16
-    deterministic: bool = False  # seeded, deterministic kernels, one CPU thread
-    num_threads: int | None = None  # torch intra-op threads per process; None = torch's default
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown train config keys {unknown}; known keys: {sorted(known)}")
-        config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-        if config.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(
-                f"config key 'precision' must be auto, fp32, bf16 or fp16, not {config.precision!r}"
-            )
-        counts = ("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
-                  "vocabulary")
-        for key in counts:
-            if getattr(config, key) is not None and getattr(config, key) < 1:
-                raise ValueError(f"config key {key!r} must be >= 1, not {getattr(config, key)}")
-        return config
-
-    def vocabularies(self, train: Manifest) -> list[list[int]]:
-        """The categorical columns' vocabularies from the training rows, if configured."""
-        if not (self.vocabulary and train.categorical):
-            return []
-        return frequent_ids(train, self.vocabulary, seed=self.seed)
-
-    def table_sizes(
-        self, categorical: tuple[str, ...], vocabularies: list[list[int]]
-    ) -> tuple[int, ...]:
-        if vocabularies:
-            return tuple(len(v) + 1 for v in vocabularies)
-        if not categorical:
-            return ()
-        sizes = self.embedding_sizes
-        if sizes is None:
-            raise ValueError(
-                "config key 'embedding_sizes' is required for categorical columns "
-                f"{list(categorical)}: an int for all, or {{column: largest id + 1}}"
-            )
-        if isinstance(sizes, int):
-            return (sizes,) * len(categorical)
-        missing = [c for c in categorical if c not in sizes]
-        if missing:
-            raise ValueError(f"config key 'embedding_sizes' has no size for columns {missing}")
-        return tuple(sizes[c] for c in categorical)
 
 
 @dataclass
@@ -134,7 +57,7 @@ class Progress:
 
 
 def train_worker(
-    train_manifest: str, config: dict[str, Any], val_manifest: str | None = None
+    train_manifest: str, cfg: TrainConfig, val_manifest: str | None = None
 ) -> dict[str, Any]:
     """Train a DLRM on the rows of `train_manifest` (its `_manifest.json` or folder) in this rank.
 
@@ -142,7 +65,6 @@ def train_worker(
     val_auc, best_val_loss, stopped_early, rows_per_s, resumed_from_step, world_size,
     device (rank 0's), backend, precision (of the forward pass), model_path.
     """
-    cfg = TrainConfig.from_dict(config)
     _configure_torch(cfg)
     ctx = distributed.init(cfg.backend, cfg.device)
     try:
@@ -191,6 +113,29 @@ def _to(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def model_config(cfg: TrainConfig, train: Manifest, numeric_width: int) -> DLRMConfig:
+    """The model's shapes from the knobs, and its input statistics from the training rows."""
+    mean, std = (
+        numeric_stats(train, seed=cfg.seed) if cfg.normalize_numeric and numeric_width else ([], [])
+    )
+    vocabularies = (
+        frequent_ids(train, cfg.vocabulary, seed=cfg.seed)
+        if cfg.vocabulary and train.categorical
+        else []
+    )
+    return DLRMConfig(
+        num_numeric=numeric_width,
+        numeric_mean=tuple(mean),
+        numeric_std=tuple(std),
+        embedding_sizes=cfg.table_sizes(train.categorical, vocabularies),
+        embedding_dim=cfg.embedding_dim,
+        bottom_mlp=cfg.bottom_mlp,
+        top_mlp=cfg.top_mlp,
+        fold_ids=cfg.fold_ids and not vocabularies,
+        vocabularies=tuple(tuple(v) for v in vocabularies),
+    )
+
+
 class Trainer:
     """One rank's run: the model, optimizer, data and progress, and the loop over them."""
 
@@ -213,23 +158,7 @@ class Trainer:
                 shuffle=False,
                 **options,
             )
-        mean, std = (
-            numeric_stats(train, seed=cfg.seed)
-            if cfg.normalize_numeric and self.data.numeric_width
-            else ([], [])
-        )
-        vocabularies = cfg.vocabularies(train)
-        self.model_config = DLRMConfig(
-            num_numeric=self.data.numeric_width,
-            numeric_mean=tuple(mean),
-            numeric_std=tuple(std),
-            embedding_sizes=cfg.table_sizes(train.categorical, vocabularies),
-            embedding_dim=cfg.embedding_dim,
-            bottom_mlp=cfg.bottom_mlp,
-            top_mlp=cfg.top_mlp,
-            fold_ids=cfg.fold_ids and not vocabularies,
-            vocabularies=tuple(tuple(v) for v in vocabularies),
-        )
+        self.model_config = model_config(cfg, train, self.data.numeric_width)
         self.model = DLRM(self.model_config).to(ctx.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),

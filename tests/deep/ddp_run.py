@@ -1,6 +1,6 @@
 """torchrun entry point for the DDP tests: train_worker on given shards, metrics to JSON.
 
-usage: ddp_run.py TRAIN_MANIFEST VAL_MANIFEST|- CONFIG_JSON METRICS_OUT
+usage: ddp_run.py TRAIN_MANIFEST VAL_MANIFEST|- CONFIG_JSON METRICS_OUT  (CONFIG_JSON: TrainConfig's fields)
 
 Each rank first says "PID <pid>": torchrun starts every rank in a session of its own, so
 killing torchrun's process group alone would leave the ranks running (and, for the same
@@ -53,12 +53,13 @@ def stall_at(step: int) -> None:
 if __name__ == "__main__":
     exit_with_parent()
     say(f"PID {os.getpid()}")
+    from sparkml_ext.deep.config import TrainConfig
     from sparkml_ext.deep.train import train_worker
 
     train, val, config, out = sys.argv[1:]
     if os.environ.get("STALL_AT_STEP") and os.environ["RANK"] == "0":
         stall_at(int(os.environ["STALL_AT_STEP"]))
-    metrics = train_worker(train, json.loads(config), None if val == "-" else val)
+    metrics = train_worker(train, TrainConfig(**json.loads(config)), None if val == "-" else val)
     if os.environ.get("RANK", "0") == "0":
         with open(out, "w") as f:
             json.dump(metrics, f)

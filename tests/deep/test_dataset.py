@@ -12,7 +12,8 @@ import torch
 from shardkit import write_shards
 from torch.utils.data import DataLoader
 
-from sparkml_ext.deep.dataset import ShardDataset, frequent_ids
+from sparkml_ext.deep.dataset import ShardDataset
+from sparkml_ext.deep.inputs import frequent_ids
 from sparkml_ext.deep.manifest import assign_rows
 from sparkml_ext.deep.shard_reader import read_manifest
 

@@ -37,3 +37,9 @@ def test_the_manifest_contract_needs_no_torch():
     """The Spark side imports it on machines that may have no torch."""
     done = imports_without("torch", ["sparkml_ext.deep.manifest"])
     assert done.returncode == 0, done.stderr
+
+
+def test_the_pipeline_config_and_the_ranks_knobs_need_no_torch():
+    """The pipeline config extends the ranks' knobs; loading a pipeline file needs no torch."""
+    done = imports_without("torch", ["sparkml_ext.deep.config", "sparkml_ext.config"])
+    assert done.returncode == 0, done.stderr

@@ -1,5 +1,7 @@
 """train_worker in this process (no process group): config errors, early stopping, resume."""
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -7,13 +9,15 @@ import torch
 from shardkit import CLICK_COLUMNS, click_table, write_shards
 
 from sparkml_ext.deep.checkpoint import list_checkpoints
-from sparkml_ext.deep.dataset import frequent_ids
+from sparkml_ext.deep.config import TrainConfig
+from sparkml_ext.deep.inputs import frequent_ids
 from sparkml_ext.deep.model import load_model
 from sparkml_ext.deep.shard_reader import read_manifest
 from sparkml_ext.deep.train import train_worker
 
-BASE = dict(
+BASE = TrainConfig(
     device="cpu",  # exact-loss comparisons need deterministic CPU kernels; see test_gpu.py
+    epochs=1,
     batch_size=64,
     embedding_sizes=64,
     shuffle_buffer=256,
@@ -24,19 +28,21 @@ BASE = dict(
 
 def test_config_errors_name_the_key(clicks):
     path = str(clicks(rows=200))
-    with pytest.raises(ValueError, match=r"unknown train config keys \['learning_rate'\]"):
-        train_worker(path, {**BASE, "learning_rate": 0.1})
-    with pytest.raises(ValueError, match="'embedding_sizes' is required for categorical columns"):
-        train_worker(path, {k: v for k, v in BASE.items() if k != "embedding_sizes"})
-    with pytest.raises(ValueError, match=r"'embedding_sizes' has no size for columns \['c1'\]"):
-        train_worker(path, {**BASE, "embedding_sizes": {"c0": 10}})
-    with pytest.raises(ValueError, match="config key 'vocabulary' must be >= 1, not 0"):
-        train_worker(path, {**BASE, "vocabulary": 0})
+    with pytest.raises(TypeError, match="'learning_rate'"):
+        TrainConfig(learning_rate=0.1)
+    with pytest.raises(ValueError, match="embedding_sizes: required for categorical columns"):
+        train_worker(path, replace(BASE, embedding_sizes=None))
+    with pytest.raises(ValueError, match=r"embedding_sizes: no size for columns \['c1'\]"):
+        train_worker(path, replace(BASE, embedding_sizes={"c0": 10}))
+    with pytest.raises(ValueError, match="vocabulary: must be at least 1, got 0"):
+        replace(BASE, vocabulary=0)
+    with pytest.raises(ValueError, match="precision: 'fp8' is not one of auto, fp32, bf16, fp16"):
+        replace(BASE, precision="fp8")
 
 
 def test_vocabulary_gives_the_most_frequent_ids_their_own_rows(clicks, tmp_path):
     path = str(clicks(rows=600))
-    config = {**BASE, "vocabulary": 5, "epochs": 3, "lr": 0.01, "output_dir": str(tmp_path)}
+    config = replace(BASE, vocabulary=5, epochs=3, lr=0.01, output_dir=str(tmp_path))
     metrics = train_worker(path, config)
     model, _ = load_model(metrics["model_path"])
     expected = frequent_ids(read_manifest(path), top=5)
@@ -48,20 +54,20 @@ def test_vocabulary_gives_the_most_frequent_ids_their_own_rows(clicks, tmp_path)
 
 def test_early_stopping_when_validation_loss_stops_improving(clicks):
     train, val = str(clicks(rows=300)), str(clicks(rows=200, seed=1, name="val"))
-    metrics = train_worker(train, {**BASE, "lr": 0.0, "epochs": 10, "patience": 2}, val)
+    metrics = train_worker(train, replace(BASE, lr=0.0, epochs=10, patience=2), val)
     assert metrics["stopped_early"] and metrics["epochs"] == 3  # best at epoch 0, then 2 bad
     assert metrics["val_loss"][0] == metrics["val_loss"][2] == metrics["best_val_loss"]
 
 
 def test_a_rerun_resumes_from_the_last_checkpoint(clicks, tmp_path):
     train = str(clicks(rows=300))  # 5 steps per epoch
-    config = {
-        **BASE,
-        "epochs": 2,
-        "checkpoint_dir": str(tmp_path / "ckpt"),
-        "checkpoint_every": 4,
-        "output_dir": str(tmp_path / "out"),
-    }
+    config = replace(
+        BASE,
+        epochs=2,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        checkpoint_every=4,
+        output_dir=str(tmp_path / "out"),
+    )
     first = train_worker(train, config)
     assert (first["steps"], first["resumed_from_step"]) == (10, 0)
     checkpoints = list_checkpoints(tmp_path / "ckpt")
@@ -71,11 +77,11 @@ def test_a_rerun_resumes_from_the_last_checkpoint(clicks, tmp_path):
         "step-000000010.pt",
     ]
     checkpoints[-1].unlink()  # as if killed after step 8: steps 9-10 are redone
-    again = train_worker(train, {**config, "epochs": 3})
+    again = train_worker(train, replace(config, epochs=3))
     assert again["resumed_from_step"] == 8
     assert again["steps"] == 15 and again["epochs"] == 3
     assert again["train_loss"][:2] == pytest.approx(first["train_loss"], rel=1e-9)
-    finished = train_worker(train, {**config, "epochs": 3})  # nothing left to do
+    finished = train_worker(train, replace(config, epochs=3))  # nothing left to do
     assert finished["resumed_from_step"] == 15 and finished["train_loss"] == again["train_loss"]
     saved = torch.load(again["model_path"], weights_only=True)
     assert set(saved) == {"state_dict", "config"}
@@ -83,10 +89,10 @@ def test_a_rerun_resumes_from_the_last_checkpoint(clicks, tmp_path):
 
 def test_a_changed_data_plan_restarts_the_interrupted_epoch(clicks, tmp_path, caplog):
     train = str(clicks(rows=300))
-    config = {**BASE, "checkpoint_dir": str(tmp_path / "ckpt"), "checkpoint_every": 3}
+    config = replace(BASE, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=3)
     train_worker(train, config)  # checkpoints at steps 3 and 5 (the end)
     (tmp_path / "ckpt" / "step-000000005.pt").unlink()
-    again = train_worker(train, {**config, "batch_size": 32})  # 10 batches per epoch now
+    again = train_worker(train, replace(config, batch_size=32))  # 10 batches per epoch now
     assert "the data plan changed" in caplog.text
     assert again["resumed_from_step"] == 3 and again["steps"] == 3 + 10
 
@@ -99,9 +105,9 @@ def test_numerics_of_any_scale_are_standardised_with_training_row_statistics(tmp
         return str(write_shards(tmp_path / name, table, **CLICK_COLUMNS))
 
     train, val = shards(3000, 0, "train"), shards(1000, 1, "val")
-    config = {**BASE, "epochs": 3, "lr": 3e-3, "output_dir": str(tmp_path / "out")}
+    config = replace(BASE, epochs=3, lr=3e-3, output_dir=str(tmp_path / "out"))
     standardised = train_worker(train, config, val)
-    raw = train_worker(train, {**config, "normalize_numeric": False, "output_dir": None}, val)
+    raw = train_worker(train, replace(config, normalize_numeric=False, output_dir=None), val)
     assert standardised["val_auc"][-1] > 0.8 > raw["val_auc"][-1] + 0.05
     saved = torch.load(standardised["model_path"], weights_only=True)["config"]["model"]
     x0 = np.log1p(np.abs(click_table(3000, 0)["x0"].to_numpy() * 1e4 + 5e4))
@@ -112,9 +118,9 @@ def test_numerics_of_any_scale_are_standardised_with_training_row_statistics(tmp
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
 def test_trains_on_the_gpu_with_pinned_batches_and_mixed_precision(clicks, tmp_path):
     train, val = str(clicks(rows=4000)), str(clicks(rows=1000, seed=1, name="val"))
-    config = {**BASE, "device": "cuda", "epochs": 3, "lr": 3e-3, "output_dir": str(tmp_path)}
+    config = replace(BASE, device="cuda", epochs=3, lr=3e-3, output_dir=str(tmp_path))
     gpu = train_worker(train, config, val)
-    cpu = train_worker(train, {**config, "device": "cpu", "output_dir": None}, val)
+    cpu = train_worker(train, replace(config, device="cpu", output_dir=None), val)
     assert (gpu["device"], gpu["backend"]) == ("cuda:0", None)
     assert gpu["precision"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
     assert gpu["val_auc"][-1] == pytest.approx(cpu["val_auc"][-1], abs=0.02)
