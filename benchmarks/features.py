@@ -154,7 +154,8 @@ def configs(work: Path, features_table: Path):
 
 def prepare_bronze(spark, cfg, args, clock: Clock) -> None:
     from sparkml_ext import lake
-    from sparkml_ext.generate import ClickSpec, generate_clicks
+    from sparkml_ext.config import GenerateConfig
+    from sparkml_ext.generate import generate_clicks
     from sparkml_ext.ingest import ingest_batch
 
     marker = args.work / "bronze.json"
@@ -178,7 +179,7 @@ def prepare_bronze(spark, cfg, args, clock: Clock) -> None:
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
-    spec = ClickSpec(rows=args.rows, seed=args.seed, fmt="parquet")
+    spec = GenerateConfig(rows=args.rows, seed=args.seed, format="parquet")
     gen = clock.run("generate (parquet landing)", args.rows,
                     lambda: generate_clicks(spark, spec, str(args.work / "landing"), cfg.table_path("truth")))
     report = clock.run("ingest_batch → bronze", args.rows, lambda: ingest_batch(spark, cfg, BATCH))

@@ -32,8 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sparkml_ext.config import load_config
-from sparkml_ext.generate import ClickSpec, generate_clicks
+from sparkml_ext.config import GenerateConfig, load_config
+from sparkml_ext.generate import generate_clicks
 from sparkml_ext.ingest import IngestReport, ingest_batch
 from sparkml_ext.session import get_spark
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(ROOT / "conf" / "pipelines" / "clicks.yaml",
                           [f"lakehouse={work}/lake", f"source.path={work}/landing"])
-        generate_clicks(spark, ClickSpec(rows=args.rows, batches=2), f"{work}/landing", cfg.table_path("truth"))
+        generate_clicks(spark, GenerateConfig(rows=args.rows, batches=2), f"{work}/landing", cfg.table_path("truth"))
         print(f"ingest benchmark: {args.rows} generated click events in 2 CSV batches", flush=True)
         timed_ingest(spark, cfg, "batch-00000")
         plain = plain_write(spark, cfg, "batch-00001", f"{work}/plain")

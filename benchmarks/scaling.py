@@ -7,7 +7,7 @@ afterwards, runs the library's own stages in this one process (as benchmarks/qua
 does): generate (Parquet landing, 2 batches; timed but not counted as a stage) → ingest
 both batches → features → bridge export of the feature table's training columns (all
 rows, the numeric and categorical-id columns of ``feature_columns`` plus the label) as
-Arrow shards. One SparkSession serves every size; users grow with rows (``ClickSpec``:
+Arrow shards. One SparkSession serves every size; users grow with rows (``GenerateConfig``:
 50 events per user), so the work per row should stay the same. An unreported warm-up
 round (--warmup rows) comes first: in a fresh JVM the first round pays for class loading
 and JIT compilation (a 5,000-row generate took 277 s first and 69 s as the second round
@@ -129,10 +129,10 @@ def disk_bytes(folder: Path) -> int:
 def run_size(spark, rows: int, work: Path, jvm: JvmMemory) -> dict:
     """Generate, then time ingest → features → bridge and read the driver's memory peaks."""
     from sparkml_ext.bridge import export_table
-    from sparkml_ext.config import load_config
+    from sparkml_ext.config import GenerateConfig, load_config
     from sparkml_ext.feature_spec import feature_columns
     from sparkml_ext.features import build_features
-    from sparkml_ext.generate import ClickSpec, generate_clicks
+    from sparkml_ext.generate import generate_clicks
     from sparkml_ext.ingest import ingest_batch
 
     shutil.rmtree(work, ignore_errors=True)
@@ -140,7 +140,7 @@ def run_size(spark, rows: int, work: Path, jvm: JvmMemory) -> dict:
     cfg = load_config(PIPELINE, [f"lakehouse={work / 'lakehouse'}", f"source.path={work / 'landing'}",
                                  "source.format=parquet", "source.options={}"])
     clock = Clock(spark)
-    spec = ClickSpec(rows=rows, seed=7, batches=len(BATCHES), fmt="parquet")
+    spec = GenerateConfig(rows=rows, seed=7, batches=len(BATCHES), format="parquet")
     clock.run("generate", rows,
               lambda: generate_clicks(spark, spec, str(work / "landing"), cfg.table_path("truth")))
 

@@ -55,16 +55,11 @@ def _done(result: dict) -> dict:
 
 
 def run_generate(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
-    from sparkml_ext.generate import ClickSpec, generate_clicks
+    from sparkml_ext.generate import generate_clicks
 
     gen = cfg.generate
-    spec = ClickSpec(
-        rows=gen.rows, seed=gen.seed, batches=gen.batches, fmt=gen.format,
-        start_date=gen.start_date, days=gen.days, null_rate=gen.null_rate,
-        malformed_rate=gen.malformed_rate,
-    )
     spark = _session(cfg, args.log_level)
-    return _done(generate_clicks(spark, spec, gen.landing, cfg.table_path("truth")))
+    return _done(generate_clicks(spark, gen, gen.landing, cfg.table_path("truth")))
 
 
 def run_ingest(args: argparse.Namespace, cfg: PipelineConfig) -> dict:

@@ -18,6 +18,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -206,15 +207,47 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class GenerateConfig:
+    """Synthetic click events (`sparkml_ext.generate`): the same values always yield the same
+    events, lines and truth. `landing` is where `sparkml-ext generate` lands them."""
+
     rows: int = 100_000
     seed: int = 7
     batches: int = 1
     format: Literal["csv", "json", "parquet"] = "csv"
     start_date: str = "2026-01-01"
     days: int = 7
+    users: int | None = None  # null = max(100, rows // 50)
     null_rate: float = 0.05
     malformed_rate: float = 0.0
+    partitions: int | None = None  # null = Spark's default parallelism
     landing: str = "data/generated/landing"
+
+    def __post_init__(self) -> None:
+        def require(ok: bool, key: str, wanted: str) -> None:
+            if not ok:
+                raise ValueError(f"{key}: must be {wanted}, got {getattr(self, key)!r}")
+
+        def is_int(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        require(is_int(self.rows) and self.rows >= 1, "rows", "a positive int")
+        require(is_int(self.seed), "seed", "an int")
+        require(is_int(self.batches) and 1 <= self.batches <= self.rows, "batches",
+                "an int between 1 and rows")
+        require(self.format in FORMATS, "format", f"one of {', '.join(FORMATS)}")
+        try:
+            date.fromisoformat(self.start_date)
+        except (TypeError, ValueError):
+            require(False, "start_date", "an ISO date like '2026-01-01'")
+        require(is_int(self.days) and self.days >= 1, "days", "a positive int")
+        if self.users is None:
+            object.__setattr__(self, "users", max(100, self.rows // 50))
+        require(is_int(self.users) and self.users >= 1, "users", "a positive int")
+        for key in ("null_rate", "malformed_rate"):
+            value = getattr(self, key)
+            require(isinstance(value, (int, float)) and 0 <= value < 1, key, "in [0, 1)")
+        require(self.partitions is None or (is_int(self.partitions) and self.partitions >= 1),
+                "partitions", "null or a positive int")
 
 
 @dataclass(frozen=True)

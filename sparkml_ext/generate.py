@@ -7,9 +7,10 @@ so the data is the same for a seed whatever the partitioning or the cluster.
 
 The committed sample ``data/sample/clicks/batch-00000/part-00000.tsv`` comes from::
 
-    python -c "from sparkml_ext.session import get_spark; from sparkml_ext.generate import \
-ClickSpec, generate_clicks; generate_clicks(get_spark(), ClickSpec(rows=3000, \
-malformed_rate=0.01), 'data/sample/clicks', 'data/generated/sample-truth')"
+    python -c "from sparkml_ext.session import get_spark; from sparkml_ext.config import \
+GenerateConfig; from sparkml_ext.generate import generate_clicks; generate_clicks(get_spark(), \
+GenerateConfig(rows=3000, malformed_rate=0.01), 'data/sample/clicks', \
+'data/generated/sample-truth')"
 
 Malformed records replace the event they were drawn for; the truth table keeps them with
 ``p_click`` and ``label`` null and ``defect`` naming the kind, so every landed line has
@@ -22,13 +23,13 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-FORMATS = ("csv", "json", "parquet")
+from sparkml_ext.config import GenerateConfig
+
 EXTENSIONS = {"csv": "tsv", "json": "json", "parquet": "parquet"}
 DEFECTS = {
     "csv": ("too_few_fields", "non_numeric", "empty_event_id", "bad_label", "garbage"),
@@ -58,52 +59,8 @@ ROWS_PER_FILE = 1_000_000
 SECONDS_PER_DAY = 86_400
 
 
-@dataclass(frozen=True)
-class ClickSpec:
-    """What to generate; the same spec always yields the same events, lines and truth."""
-
-    rows: int
-    seed: int = 7
-    batches: int = 1
-    fmt: str = "csv"
-    start_date: str = "2026-01-01"
-    days: int = 7
-    users: int | None = None  # None: max(100, rows // 50)
-    null_rate: float = 0.05
-    malformed_rate: float = 0.0
-    partitions: int | None = None  # None: Spark's default parallelism
-
-    def __post_init__(self) -> None:
-        def require(ok: bool, field: str, wanted: str) -> None:
-            if not ok:
-                got = getattr(self, field)
-                raise ValueError(f"ClickSpec.{field} must be {wanted}, got {got!r}")
-
-        def is_int(value: object) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        require(is_int(self.rows) and self.rows >= 1, "rows", "a positive int")
-        require(is_int(self.seed), "seed", "an int")
-        require(is_int(self.batches) and 1 <= self.batches <= self.rows, "batches",
-                "an int between 1 and rows")
-        require(self.fmt in FORMATS, "fmt", f"one of {FORMATS}")
-        try:
-            date.fromisoformat(self.start_date)
-        except (TypeError, ValueError):
-            require(False, "start_date", "an ISO date like '2026-01-01'")
-        require(is_int(self.days) and self.days >= 1, "days", "a positive int")
-        if self.users is None:
-            object.__setattr__(self, "users", max(100, self.rows // 50))
-        require(is_int(self.users) and self.users >= 1, "users", "a positive int")
-        for field in ("null_rate", "malformed_rate"):
-            value = getattr(self, field)
-            require(isinstance(value, (int, float)) and 0 <= value < 1, field, "in [0, 1)")
-        require(self.partitions is None or (is_int(self.partitions) and self.partitions >= 1),
-                "partitions", "None or a positive int")
-
-
 def generate_clicks(
-    spark: SparkSession, spec: ClickSpec, landing_dir: str, truth_path: str
+    spark: SparkSession, spec: GenerateConfig, landing_dir: str, truth_path: str
 ) -> dict:
     """Land ``spec.batches`` time-sliced folders of raw events and overwrite the truth table.
 
@@ -132,14 +89,14 @@ def generate_clicks(
     seconds = round(time.perf_counter() - started, 3)
     return {
         "job": "generate",
-        "summary": f"generate: {spec.rows} events in {spec.batches} {spec.fmt} batch(es) under "
+        "summary": f"generate: {spec.rows} events in {spec.batches} {spec.format} batch(es) under "
                    f"{landing_dir} ({malformed} malformed) in {seconds}s",
         "counts": {"rows": spec.rows},
         "rows": spec.rows,
         "batches": spec.batches,
         "batch_rows": [per_batch[k]["rows"] if k in per_batch else 0 for k in range(spec.batches)],
         "batch_dirs": batch_dirs,
-        "fmt": spec.fmt,
+        "format": spec.format,
         "malformed": malformed,
         "mean_p_click": sum(r["p_sum"] or 0.0 for r in per_batch.values())
         / max(spec.rows - malformed, 1),
@@ -205,7 +162,7 @@ def _log_count(name: str) -> Column:
     return F.log1p(F.coalesce(F.col(name), F.lit(0.0)))
 
 
-def _events(spark: SparkSession, spec: ClickSpec) -> DataFrame:
+def _events(spark: SparkSession, spec: GenerateConfig) -> DataFrame:
     """Clean events with their planted click probability, label and time-slice batch."""
     seed, span = spec.seed, spec.days * SECONDS_PER_DAY
 
@@ -259,9 +216,9 @@ def _events(spark: SparkSession, spec: ClickSpec) -> DataFrame:
     )
 
 
-def _with_defects(events: DataFrame, spec: ClickSpec) -> DataFrame:
+def _with_defects(events: DataFrame, spec: GenerateConfig) -> DataFrame:
     """Mark ``malformed_rate`` of the rows with a defect kind; they leave the accepted truth."""
-    kinds = DEFECTS[spec.fmt]
+    kinds = DEFECTS[spec.format]
     pick = F.floor(_row_uniform(spec.seed, "defect-kind") * len(kinds)).cast("int")
     kind = F.array(*[F.lit(k) for k in kinds])[pick]
     defect = F.when(_row_uniform(spec.seed, "defect") < spec.malformed_rate, kind)
@@ -313,7 +270,7 @@ def _columns() -> list[str]:
     return ["event_id", "user_id", "event_time", "label", *NUMERICS, *VOCAB_SIZES]
 
 
-def _land(spark: SparkSession, events: DataFrame, spec: ClickSpec, landing_dir: str) -> list[str]:
+def _land(spark: SparkSession, events: DataFrame, spec: GenerateConfig, landing_dir: str) -> list[str]:
     """Write batch k to ``landing_dir/batch-0000k/part-0000i.<ext>``, replacing earlier files.
 
     Spark writes to a staging folder with its own (random) file names; we then move the
@@ -322,15 +279,15 @@ def _land(spark: SparkSession, events: DataFrame, spec: ClickSpec, landing_dir: 
     slots = max(1, math.ceil(spec.rows / spec.batches / ROWS_PER_FILE))
     slot = F.floor(_uniform(spec.seed, F.col("id"), "file") * slots)
     staging = f"{landing_dir.rstrip('/')}/_staging"
-    frame = (_landing_frame(events, spec.fmt).withColumn("slot", slot)
+    frame = (_landing_frame(events, spec.format).withColumn("slot", slot)
              .repartition(spec.batches * slots, "batch", "slot")
              .sortWithinPartitions("batch", "event_time", "id")
              .drop("slot", "id"))
-    if spec.fmt == "parquet":
+    if spec.format == "parquet":
         frame.write.mode("overwrite").partitionBy("batch").parquet(staging)
     else:
         frame.drop("event_time").write.mode("overwrite").partitionBy("batch").text(staging)
-    return _publish(spark, staging, landing_dir, spec.batches, EXTENSIONS[spec.fmt])
+    return _publish(spark, staging, landing_dir, spec.batches, EXTENSIONS[spec.format])
 
 
 def _publish(

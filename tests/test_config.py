@@ -47,6 +47,8 @@ def _write(tmp_path, text):
     [
         ("ingest.on_bad_record=maybe", "ingest.on_bad_record", "not one of"),
         ("generate.rows=many", "generate.rows", "expected int"),
+        ("generate.null_rate=1.5", "generate.null_rate", "must be in [0, 1)"),
+        ("generate.batches=0", "generate.batches", "an int between 1 and rows"),
         ("source.bogus=1", "source.bogus", "unknown key"),
         ("tables.bronze=", "tables.bronze", "must not be empty"),
         ("source.schema.i1=decimalish", "source.schema.i1", "unknown type"),

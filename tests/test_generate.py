@@ -9,7 +9,8 @@ from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from sparkml_ext.generate import DEFECTS, NUMERICS, VOCAB_SIZES, ClickSpec, generate_clicks
+from sparkml_ext.config import GenerateConfig
+from sparkml_ext.generate import DEFECTS, NUMERICS, VOCAB_SIZES, generate_clicks
 
 pytestmark = pytest.mark.spark
 FIELDS = 4 + len(NUMERICS) + len(VOCAB_SIZES)
@@ -17,7 +18,7 @@ FIELDS = 4 + len(NUMERICS) + len(VOCAB_SIZES)
 
 def _generate(spark, root, name: str, **spec):
     landing, truth = str(root / name / "landing"), str(root / name / "truth")
-    report = generate_clicks(spark, ClickSpec(**spec), landing, truth)
+    report = generate_clicks(spark, GenerateConfig(**spec), landing, truth)
     return report, landing, truth
 
 
@@ -41,7 +42,7 @@ def csv_run(spark, root):
 @pytest.fixture(scope="module")
 def parquet_run(spark, root):
     """Generated twice into the same place, with different partitioning, over a stale folder."""
-    spec = dict(rows=2000, batches=2, fmt="parquet", malformed_rate=0.02, seed=11)
+    spec = dict(rows=2000, batches=2, format="parquet", malformed_rate=0.02, seed=11)
     first, landing, truth = _generate(spark, root, "parquet", partitions=1, **spec)
     before = (_fingerprint(spark.read.parquet(f"{landing}/batch-*")),
               _fingerprint(spark.read.format("delta").load(truth)))
@@ -54,12 +55,12 @@ def parquet_run(spark, root):
 
 @pytest.fixture(scope="module")
 def json_run(spark, root):
-    return _generate(spark, root, "json", rows=1500, fmt="json", malformed_rate=0.05)
+    return _generate(spark, root, "json", rows=1500, format="json", malformed_rate=0.05)
 
 
 @pytest.fixture(scope="module")
 def clean_json_run(spark, root):
-    return _generate(spark, root, "clean-json", rows=1000, batches=2, fmt="json")
+    return _generate(spark, root, "clean-json", rows=1000, batches=2, format="json")
 
 
 def test_same_seed_gives_identical_data_whatever_the_partitioning(spark, parquet_run):
@@ -178,9 +179,9 @@ def test_truth_holds_every_event_and_a_calibrated_probability(spark, csv_run):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("rows", 0), ("batches", 0), ("fmt", "xml"), ("start_date", "tomorrow"), ("days", 0),
+    [("rows", 0), ("batches", 0), ("format", "xml"), ("start_date", "tomorrow"), ("days", 0),
      ("users", 0), ("null_rate", 1.0), ("malformed_rate", -0.1), ("partitions", 0)],
 )
 def test_invalid_spec_names_the_field(field, value):
-    with pytest.raises(ValueError, match=f"ClickSpec.{field} "):
-        ClickSpec(**{"rows": 100, field: value})
+    with pytest.raises(ValueError, match=f"^{field}: must be "):
+        GenerateConfig(**{"rows": 100, field: value})
