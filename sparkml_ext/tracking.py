@@ -274,7 +274,7 @@ def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict) and value:
             flat.update(_flatten(value, f"{name}."))
         else:
-            flat[name] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
     return flat
 
 
