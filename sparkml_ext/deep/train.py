@@ -61,6 +61,7 @@ def train_worker(
 ) -> dict[str, Any]:
     """Train a DLRM on the rows of `train_manifest` (its `_manifest.json` or folder) in this rank.
 
+    `cfg` is every knob (`deep.config.TrainConfig`, picklable), the same on every rank.
     Returns the metrics (the same on every rank): epochs, steps, train_loss, val_loss,
     val_auc, best_val_loss, stopped_early, rows_per_s, resumed_from_step, world_size,
     device (rank 0's), backend, precision (of the forward pass), model_path.
