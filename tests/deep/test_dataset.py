@@ -13,7 +13,6 @@ from shardkit import write_shards
 from torch.utils.data import DataLoader
 
 from sparkml_ext.deep.dataset import ShardDataset
-from sparkml_ext.deep.inputs import frequent_ids
 from sparkml_ext.deep.manifest import assign_rows
 from sparkml_ext.deep.shard_reader import read_manifest
 
@@ -231,17 +230,3 @@ def test_pinned_batches_copy_to_the_gpu_unchanged(clicks, workers):
         on_gpu = {k: v.to("cuda", non_blocking=True) for k, v in got.items()}
         for key in want:
             assert torch.equal(on_gpu[key].cpu(), want[key])
-
-
-def test_frequent_ids_are_each_columns_most_common_non_null_ids(tmp_path):
-    # column a: 9 x4, 5 x3, 2 x2, 7 x1, null (0) x6; column b: 1 x8, 3 x8 (a tie)
-    a = [9] * 4 + [5] * 3 + [2] * 2 + [7] + [0] * 6
-    b = [1] * 8 + [3] * 8
-    table = pa.table({"x": pa.array([0.5] * 16), "a": pa.array(a), "b": pa.array(b),
-                      "y": pa.array([0, 1] * 8, pa.int8())})
-    path = write_shards(tmp_path / "s", table, files=2, numeric=("x",), categorical=("a", "b"),
-                        label="y", batch_rows=4)
-    manifest = read_manifest(str(path))
-    assert frequent_ids(manifest, top=3) == [[2, 5, 9], [1, 3]]
-    assert frequent_ids(manifest, top=1) == [[9], [1]]  # a tie goes to the smaller id
-    assert frequent_ids(manifest, top=3, sample_rows=16, seed=5) == [[2, 5, 9], [1, 3]]
