@@ -13,11 +13,6 @@ import os
 import pyarrow.fs as pafs
 
 
-def absolute(uri: str) -> str:
-    """`uri` as pyarrow opens it: a URI unchanged, a bare path made absolute."""
-    return uri if "://" in uri else os.path.abspath(uri)
-
-
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow file system of a local path or of any URI pyarrow opens, and the path in it."""
-    return pafs.FileSystem.from_uri(absolute(uri))
+    return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
