@@ -1,4 +1,4 @@
-"""Spark side of the deep path: DataFrame -> Arrow shards + manifest, and DDP launching.
+"""Spark side of the deep path: Arrow shard export, DDP launching, torch models on executors.
 
 The torch side (`sparkml_ext.deep`) never sees a DataFrame: it gets a manifest path and
 its knobs (`deep.config.TrainConfig`), and reads the shards itself.
