@@ -1,11 +1,20 @@
-"""Small, explicit click-log lines for tests, in the landing format of clicks.yaml."""
+"""The click demo for tests: its pipeline file under a test's own folder, and small, explicit
+click-log lines in its landing format."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from sparkml_ext.config import PipelineConfig, load_config
+
+CLICKS = "conf/pipelines/clicks.yaml"
 NUMERICS = 13
 CATEGORICALS = 26
+
+
+def clicks_config(root: Path | str, *overrides: str) -> PipelineConfig:
+    """clicks.yaml with its lakehouse at `<root>/lake` and its landing at `<root>/landing`."""
+    return load_config(CLICKS, [f"lakehouse={root}/lake", f"source.path={root}/landing", *overrides])
 
 
 def line(

@@ -19,21 +19,24 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from clickdata import CLICKS, clicks_config, line, write_batch
+from faultkit import (
+    click_lines,
+    commits,
+    data_files,
+    finish,
+    kill_group,
+    launch,
+    mounted,
+    submit_command,
+    wait_for,
+)
 
-from clickdata import line, write_batch
-from faultkit import (click_lines, commits, data_files, finish, kill_group, launch, mounted,
-                      submit_command, wait_for)
 from sparkml_ext import lake
 from sparkml_ext.config import ConfigError, load_config
 from sparkml_ext.features import build_features
 from sparkml_ext.ingest import IngestError, ingest_batch
 from sparkml_ext.session import EMBEDDED_CONF
-
-CLICKS = "conf/pipelines/clicks.yaml"
-
-
-def _cfg(root: Path, *overrides: str):
-    return load_config(CLICKS, [f"lakehouse={root}/lake", f"source.path={root}/landing", *overrides])
 
 
 def _where(root: Path) -> list[str]:
@@ -59,7 +62,7 @@ def _ids(lines: list[str]) -> set[str]:
 
 @pytest.mark.slow
 def test_sigkill_during_ingest_write_keeps_last_version_and_rerun_lands_once(spark, tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = clicks_config(tmp_path)
     first, second = click_lines("b1", 50), click_lines("b2", 30_000)
     write_batch(tmp_path / "landing" / "b1", first)
     write_batch(tmp_path / "landing" / "b2", second)
@@ -85,7 +88,7 @@ def test_sigkill_during_ingest_write_keeps_last_version_and_rerun_lands_once(spa
 
 @pytest.mark.slow
 def test_sigkill_during_features_merge_keeps_last_version_and_rerun_completes(spark, tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = clicks_config(tmp_path)
     first, second = click_lines("b1", 200), click_lines("b2", 20_000)
     write_batch(tmp_path / "landing" / "b1", first)
     write_batch(tmp_path / "landing" / "b2", second)
@@ -123,7 +126,7 @@ def test_two_concurrent_ingest_jobs_each_land_exactly_once(spark, tmp_path):
         assert code == 0, output[-3000:]
         assert f"ingest batch {name}: read 2000, accepted 2000, quarantined 0" in output
 
-    cfg = _cfg(tmp_path)
+    cfg = clicks_config(tmp_path)
     _exactly(spark, cfg.table_path("bronze"), _ids(batches["b1"]) | _ids(batches["b2"]))
     for name in batches:
         assert lake.ledger_record(spark, cfg.table_path("batches"), "ingest", name).committed
@@ -190,7 +193,7 @@ def test_speculation_is_never_turned_on():
 
 def test_bad_record_corpus_is_quarantined_by_reason_and_counts_reconcile(spark, tmp_path):
     """One batch, many files, every kind of bad record; test_ingest covers the basic kinds."""
-    cfg = _cfg(tmp_path)
+    cfg = clicks_config(tmp_path)
     folder = tmp_path / "landing" / "b1"
     good = click_lines("ok", 20)
     write_batch(folder, good, "part-0-good.tsv")
@@ -270,7 +273,7 @@ def _new_column(folder: Path) -> None:
     (_new_column, r"columns that are not in source\.schema: \['campaign'\]; set ingest\.schema_evolution"),
 ], ids=["truncated", "not-parquet", "zero-rows", "new-column"])
 def test_unreadable_or_drifted_parquet_batch_is_refused_naming_it(spark, tmp_path, spoil, message):
-    cfg = _cfg(tmp_path, "source.format=parquet")
+    cfg = clicks_config(tmp_path, "source.format=parquet")
     folder = tmp_path / "landing" / "b1"
     _parquet_batch(folder, _event_columns(["p1", None]))
     spoil(folder)
@@ -283,7 +286,7 @@ def test_unreadable_or_drifted_parquet_batch_is_refused_naming_it(spark, tmp_pat
 # --- 6. Schema drift -----------------------------------------------------------------------
 
 def test_schema_evolution_adds_a_new_column_when_switched_on(spark, tmp_path):
-    cfg = _cfg(tmp_path, "source.format=parquet", "ingest.schema_evolution=true")
+    cfg = clicks_config(tmp_path, "source.format=parquet", "ingest.schema_evolution=true")
     _parquet_batch(tmp_path / "landing" / "b1", _event_columns(["a1", "a2"]))
     ingest_batch(spark, cfg, "b1")
     _parquet_batch(tmp_path / "landing" / "b2", _event_columns(["n1", "n2", None], campaign=["spring", None, "x"]))
@@ -311,12 +314,12 @@ def test_table_under_a_file_exits_1_naming_the_path_and_writes_nothing(spark, tm
 
     assert code == 1, output[-3000:]
     assert re.search(rf"ingest failed: cannot write to {blocker}/bronze: .*; nothing was written", output)
-    assert lake.current_version(spark, _cfg(tmp_path).table_path("batches")) is None  # not even claimed
+    assert lake.current_version(spark, clicks_config(tmp_path).table_path("batches")) is None  # not even claimed
     assert not (tmp_path / "lake" / "quarantine").exists()
 
 
 def test_read_only_table_is_refused_before_anything_is_written(spark, tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = clicks_config(tmp_path)
     write_batch(tmp_path / "landing" / "b1", click_lines("b1", 10))
     write_batch(tmp_path / "landing" / "b2", click_lines("b2", 10))
     ingest_batch(spark, cfg, "b1")
@@ -331,7 +334,7 @@ def test_read_only_table_is_refused_before_anything_is_written(spark, tmp_path):
 
 
 def test_disk_full_during_the_write_commits_nothing_and_rerun_lands_once(spark, tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = clicks_config(tmp_path)
     lines = click_lines("b1", 5_000)
     write_batch(tmp_path / "landing" / "b1", lines)
     bronze = Path(cfg.table_path("bronze"))
@@ -364,7 +367,7 @@ def test_table_paths_cannot_climb_out_of_the_lakehouse(override, key):
     ("b1", "/etc", "--input"),
 ])
 def test_batch_and_input_paths_stay_under_the_landing_root(spark, tmp_path, batch_id, input_path, key):
-    cfg = _cfg(tmp_path)
+    cfg = clicks_config(tmp_path)
     (tmp_path / "secrets").mkdir()
     given = input_path.format(root=tmp_path) if input_path else None
     with pytest.raises(ConfigError, match=rf"{CLICKS}: {key}: "):

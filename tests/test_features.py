@@ -7,11 +7,11 @@ import random
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
-from clickdata import line, write_batch
+from clickdata import clicks_config, line, write_batch
 from pyspark.sql import functions as F
 
 from sparkml_ext import lake
-from sparkml_ext.config import ConfigError, load_config
+from sparkml_ext.config import ConfigError
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.features import FeaturesError, build_features, entity_aggregates
 from sparkml_ext.ingest import ingest_batch
@@ -29,13 +29,6 @@ DAY1_LATER = [
 ]
 
 
-def _cfg(root, *overrides):
-    return load_config(
-        "conf/pipelines/clicks.yaml",
-        [f"lakehouse={root}/lake", f"source.path={root}/landing", *overrides],
-    )
-
-
 def _ingest(spark, cfg, root, batch, lines):
     write_batch(root / "landing" / batch, lines)
     ingest_batch(spark, cfg, batch)
@@ -46,7 +39,7 @@ def _table(spark, cfg):
 
 
 def test_aggregates_see_only_strictly_earlier_events(spark, tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = clicks_config(tmp_path)
     _ingest(spark, cfg, tmp_path, "b1", DAY1 + DAY1_LATER)
     report = build_features(spark, cfg)
     assert (report.rows_in, report.rows_merged) == (7, 7)
@@ -81,7 +74,7 @@ def test_aggregates_see_only_strictly_earlier_events(spark, tmp_path):
 
 def test_window_aggregates_equal_a_brute_force_count_over_a_heavy_user(spark, tmp_path):
     """Running-sum differences give what a per-row scan of [t - width, t - 1] gives."""
-    spec = _cfg(tmp_path).features
+    spec = clicks_config(tmp_path).features
     rng = random.Random(7)
     rows = []
     for user, events, span in (("heavy", 1500, 10 * 86400), ("light", 40, 3 * 86400), ("once", 1, 1)):
@@ -113,7 +106,7 @@ def test_window_aggregates_equal_a_brute_force_count_over_a_heavy_user(spark, tm
 
 
 def test_incremental_runs_equal_one_full_run_and_rerun_writes_nothing(spark, tmp_path):
-    inc = _cfg(tmp_path / "inc")
+    inc = clicks_config(tmp_path / "inc")
     _ingest(spark, inc, tmp_path / "inc", "b1", DAY1)
     build_features(spark, inc)
     _ingest(spark, inc, tmp_path / "inc", "b2", DAY1_LATER)
@@ -125,7 +118,7 @@ def test_incremental_runs_equal_one_full_run_and_rerun_writes_nothing(spark, tmp
     assert again.feature_version is None
     assert lake.current_version(spark, inc.table_path("features")) == version
 
-    full = _cfg(tmp_path / "full")
+    full = clicks_config(tmp_path / "full")
     _ingest(spark, full, tmp_path / "full", "b1", DAY1 + DAY1_LATER)
     build_features(spark, full)
     columns = ["event_id", *feature_columns(full.features)["numeric"], *feature_columns(full.features)["categorical_ids"]]
@@ -136,7 +129,7 @@ def test_incremental_runs_equal_one_full_run_and_rerun_writes_nothing(spark, tmp
 
 
 def test_spec_naming_a_missing_column_is_refused(spark, tmp_path):
-    cfg = _cfg(tmp_path, "features.window_means=[i1, nope]")
+    cfg = clicks_config(tmp_path, "features.window_means=[i1, nope]")
     _ingest(spark, cfg, tmp_path, "b1", DAY1)
     with pytest.raises(ConfigError, match="features.window_means: column 'nope' is not in the bronze table"):
         build_features(spark, cfg)
@@ -144,10 +137,10 @@ def test_spec_naming_a_missing_column_is_refused(spark, tmp_path):
 
 
 def test_changed_spec_is_refused_and_missing_bronze_is_clear(spark, tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = clicks_config(tmp_path)
     with pytest.raises(FeaturesError, match="no bronze table .* run `sparkml-ext ingest` first"):
         build_features(spark, cfg)
     _ingest(spark, cfg, tmp_path, "b1", DAY1)
     build_features(spark, cfg)
     with pytest.raises(ConfigError, match="the feature spec changed"):
-        build_features(spark, _cfg(tmp_path, "features.clip=5"))
+        build_features(spark, clicks_config(tmp_path, "features.clip=5"))

@@ -6,21 +6,18 @@ import json
 
 import pytest
 from chispa import assert_df_equality
+from clickdata import clicks_config, line, write_batch
 from pyspark.sql import functions as F
 
-from clickdata import line, write_batch
 from sparkml_ext import lake
-from sparkml_ext.config import ConfigError, load_config
+from sparkml_ext.config import ConfigError
 from sparkml_ext.ingest import IngestError, ingest_batch
 
 
 @pytest.fixture
 def cfg_for(tmp_path):
     def make(*overrides: str):
-        return load_config(
-            "conf/pipelines/clicks.yaml",
-            [f"lakehouse={tmp_path}/lake", f"source.path={tmp_path}/landing", *overrides],
-        )
+        return clicks_config(tmp_path, *overrides)
 
     return make
 

@@ -11,22 +11,16 @@ from collections import Counter
 
 import pytest
 from chispa import assert_df_equality
-from clickdata import line, write_batch
+from clickdata import clicks_config, line, write_batch
 from hostile import hostile_file
 from pyspark.sql import functions as F
 
 from sparkml_ext import lake
-from sparkml_ext.config import load_config
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.features import FeaturesError, build_features
 from sparkml_ext.ingest import IngestError, ingest_batch
 
 TABLES = ("bronze", "quarantine", "batches", "features")
-
-
-def _cfg(root, *overrides: str):
-    return load_config("conf/pipelines/clicks.yaml",
-                       [f"lakehouse={root}/lake", f"source.path={root}/landing", *overrides])
 
 
 def _delta(spark, path):
@@ -55,7 +49,7 @@ def _events(prefix: str, count: int, user: str = "1", day: int = 1) -> list[str]
 @pytest.fixture
 def landed(spark, tmp_path):
     """A lakehouse with one committed batch (b1) and its feature table."""
-    cfg = _cfg(tmp_path)
+    cfg = clicks_config(tmp_path)
     write_batch(tmp_path / "landing" / "b1", _events("e", 8) + _events("f", 4, user="2"))
     ingest_batch(spark, cfg, "b1")
     build_features(spark, cfg)
@@ -81,7 +75,7 @@ def _refused_then_retried(spark, cfg, batch: str, write_bad, write_good, error: 
 
 def test_a_batch_that_does_not_reconcile_lands_nothing_and_can_be_retried(spark, tmp_path):
     """A JSON line holding an array is two records (or none) for one line: refused."""
-    cfg = _cfg(tmp_path, "source.format=json", "source.options={}")
+    cfg = clicks_config(tmp_path, "source.format=json", "source.options={}")
     good = {"event_id": "j1", "user_id": 1, "event_time": "2026-01-01 10:00:00", "label": 1}
     write_batch(tmp_path / "landing" / "b1", [json.dumps(good)], name="part-0.json")
     ingest_batch(spark, cfg, "b1")
@@ -103,7 +97,7 @@ def test_a_batch_that_does_not_reconcile_lands_nothing_and_can_be_retried(spark,
      r"key 'e-0' in .* is already in bronze \(batch b1\); on_existing_key is 'fail'"),
 ], ids=["bad-record", "existing-key"])
 def test_a_fail_mode_refusal_lands_nothing_and_can_be_retried(spark, tmp_path, landed, mode, bad, error):
-    cfg = _cfg(tmp_path, mode)
+    cfg = clicks_config(tmp_path, mode)
     folder = tmp_path / "landing" / "b2"
     _refused_then_retried(spark, cfg, "b2", lambda: write_batch(folder, _events("g", 3) + [bad]),
                           lambda: write_batch(folder, _events("g", 3)), error)
@@ -124,7 +118,7 @@ def test_an_unreadable_file_lands_nothing_and_can_be_retried(spark, tmp_path, la
 
 
 def test_every_hostile_line_is_landed_quarantined_or_holds_no_record(spark, tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = clicks_config(tmp_path)
     folder = tmp_path / "landing" / "b1"
     folder.mkdir(parents=True)
     good = _events("ok", 5)
@@ -151,7 +145,7 @@ def test_every_hostile_line_is_landed_quarantined_or_holds_no_record(spark, tmp_
 
 
 def test_a_header_line_per_file_is_skipped_and_counted(spark, tmp_path):
-    cfg = _cfg(tmp_path, "source.options.header=true")
+    cfg = clicks_config(tmp_path, "source.options.header=true")
     header = "\t".join(cfg.source.schema)
     folder = tmp_path / "landing" / "b1"
     write_batch(folder, ["", header, *_events("a", 3)], name="part-0.tsv")
@@ -165,7 +159,7 @@ def test_fuzzed_hostile_batches_account_for_every_line(spark, tmp_path):
     """200 seeded hostile files (5 to 40 lines each, random breakage, re-delivered lines of
     earlier batches), landed as 5 batches of 40: each batch reconciles, each file's records
     are exactly its non-empty lines (counted here from the bytes), and bronze keys stay unique."""
-    cfg = _cfg(tmp_path)
+    cfg = clicks_config(tmp_path)
     rng = random.Random(20261129)
     delivered: list[str] = []
     for number in range(5):
@@ -210,7 +204,7 @@ def test_update_mode_replaces_older_rows_and_features_equal_a_full_rebuild(spark
     """A CDC-style batch: later versions of held keys replace them (one moves to another
     user), an older version is quarantined, a late event lands among earlier ones; the
     incremental feature table then equals one built from scratch over the same bronze."""
-    cfg = _cfg(tmp_path, "ingest.on_existing_key=update")
+    cfg = clicks_config(tmp_path, "ingest.on_existing_key=update")
     write_batch(tmp_path / "landing" / "b2", [
         line("e-1", user_id="1", event_time="2026-01-01 10:30:00", label="1"),   # later: replaces
         line("e-2", user_id="2", event_time="2026-01-01 10:45:00", label="0"),   # later, other user
@@ -226,7 +220,7 @@ def test_update_mode_replaces_older_rows_and_features_equal_a_full_rebuild(spark
     assert (moved.user_id, moved._batch_id) == (2, "b2")
 
     build_features(spark, cfg)
-    full = _cfg(tmp_path / "full", f"tables.bronze={cfg.table_path('bronze')}")
+    full = clicks_config(tmp_path / "full", f"tables.bronze={cfg.table_path('bronze')}")
     build_features(spark, full)
     columns = ["event_id", "user_id", *feature_columns(cfg.features)["numeric"]]
     incremental = _delta(spark, cfg.table_path("features")).select(columns)

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from clickdata import clicks_config
 from pyspark.ml import PipelineModel
 
 from sparkml_ext import lake, modelstore
-from sparkml_ext.config import ConfigError, load_config
+from sparkml_ext.config import ConfigError
 from sparkml_ext.holdout import CLASSIFICATION, TrainError, split_of
 from sparkml_ext.score import score
 from sparkml_ext.train_mllib import evaluate_model, train_mllib
@@ -23,13 +24,8 @@ def lakehouse(fresh_lake):
     return fresh_lake("chain")
 
 
-def _cfg(root: Path, *overrides: str):
-    return load_config("conf/pipelines/clicks.yaml",
-                       [f"lakehouse={root}/lake", f"source.path={root}/landing", *overrides])
-
-
 def test_gbt_is_stored_reloads_and_scores_idempotently(spark, lakehouse):
-    cfg = _cfg(lakehouse, *FAST)
+    cfg = clicks_config(lakehouse, *FAST)
     card = train_mllib(spark, cfg)
     assert card["model_version"] == "gbt/v1" and card["feature_version"] == 0
     metrics = card["metrics"]
@@ -69,29 +65,29 @@ def test_gbt_is_stored_reloads_and_scores_idempotently(spark, lakehouse):
     ],
 )
 def test_each_model_type_trains(spark, lakehouse, model, overrides, metric):
-    card = train_mllib(spark, _cfg(lakehouse, f"train_mllib.model={model}", *overrides))
+    card = train_mllib(spark, clicks_config(lakehouse, f"train_mllib.model={model}", *overrides))
     assert card["model_version"].startswith(f"{model}/v")
     assert metric in card["metrics"]
 
 
 def test_cross_validator_on_hash_folds(spark, lakehouse):
-    card = train_mllib(spark, _cfg(lakehouse, "train_mllib.search=cross_validator", "train_mllib.folds=2", *FAST))
+    card = train_mllib(spark, clicks_config(lakehouse, "train_mllib.search=cross_validator", "train_mllib.folds=2", *FAST))
     assert card["search"]["kind"] == "cross_validator" and len(card["search"]["scores"]) == 2
 
 
 def test_bad_requests_are_clear_and_write_nothing(spark, lakehouse, tmp_path):
     with pytest.raises(ConfigError, match="train_mllib.model: 'deep_forest' is not one of"):
-        _cfg(lakehouse, "train_mllib.model=deep_forest")
+        clicks_config(lakehouse, "train_mllib.model=deep_forest")
     with pytest.raises(ConfigError, match="train_mllib.params.maxDepht: GBTClassifier has no such parameter"):
-        train_mllib(spark, _cfg(lakehouse, "train_mllib.params={maxDepht: 3}"))
+        train_mllib(spark, clicks_config(lakehouse, "train_mllib.params={maxDepht: 3}"))
     with pytest.raises(ConfigError, match="features: the feature spec changed since"):
-        train_mllib(spark, _cfg(lakehouse, "features.clip=5"))
+        train_mllib(spark, clicks_config(lakehouse, "features.clip=5"))
     with pytest.raises(TrainError, match="label column 'c1' has type string"):
-        train_mllib(spark, _cfg(lakehouse, "train_mllib.label=c1"))
+        train_mllib(spark, clicks_config(lakehouse, "train_mllib.label=c1"))
     with pytest.raises(TrainError, match="no feature table .* run `sparkml-ext features` first"):
-        train_mllib(spark, _cfg(tmp_path))
-    empty = _cfg(tmp_path)
-    spark.read.format("delta").load(_cfg(lakehouse).table_path("features")).limit(0).write.format("delta").save(
+        train_mllib(spark, clicks_config(tmp_path))
+    empty = clicks_config(tmp_path)
+    spark.read.format("delta").load(clicks_config(lakehouse).table_path("features")).limit(0).write.format("delta").save(
         empty.table_path("features"))
     with pytest.raises(TrainError, match="too few rows to split"):
         train_mllib(spark, empty)

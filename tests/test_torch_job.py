@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from clickdata import clicks_config
 from pyspark.sql import functions as F
 
 from sparkml_ext.bridge.predict import predictor, torch_predictions
-from sparkml_ext.config import ConfigError, load_config
+from sparkml_ext.config import ConfigError
 from sparkml_ext.deep.model import load_model
 from sparkml_ext.holdout import CLASSIFICATION, evaluate, split_filter, split_of
 from sparkml_ext.score import score
@@ -22,8 +23,7 @@ SMALL = ["train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embe
 
 
 def _cfg(root: Path, *overrides: str):
-    return load_config("conf/pipelines/clicks.yaml",
-                       [f"lakehouse={root}/lake", f"source.path={root}/landing", *SMALL, *overrides])
+    return clicks_config(root, *SMALL, *overrides)
 
 
 @pytest.fixture(scope="module")

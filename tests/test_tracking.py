@@ -17,10 +17,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from clickdata import clicks_config
 from pyspark.ml import PipelineModel
 
 from sparkml_ext.bridge.predict import torch_predictions
-from sparkml_ext.config import ConfigError, load_config
+from sparkml_ext.config import ConfigError
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.holdout import split_of
 from sparkml_ext.tracking import Tracker, pipeline_inputs
@@ -28,15 +29,13 @@ from sparkml_ext.train_mllib import train_mllib
 from sparkml_ext.train_torch import train_torch
 
 pytestmark = pytest.mark.slow
-CLICKS = "conf/pipelines/clicks.yaml"
 SMALL = ["train_mllib.params={maxIter: 3, seed: 7}", "train_mllib.grid={maxDepth: [2, 3]}",
          "train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embedding_rows=1024",
          "tracking.registered_model=clicks_{model}", "tracking.mode=auto"]
 
 
 def _cfg(root: Path, *overrides: str):
-    return load_config(CLICKS, [f"lakehouse={root}/lake", f"source.path={root}/landing",
-                                "tracking.uri=", *SMALL, *overrides])
+    return clicks_config(root, "tracking.uri=", *SMALL, *overrides)
 
 
 @pytest.fixture(scope="module")
