@@ -20,7 +20,6 @@ exactly one truth row (read = accepted + quarantined can be checked per kind).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from datetime import datetime, timezone
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from sparkml_ext import lake
 from sparkml_ext.config import GenerateConfig
 
 EXTENSIONS = {"csv": "tsv", "json": "json", "parquet": "parquet"}
@@ -72,10 +72,8 @@ def generate_clicks(
     started = time.perf_counter()
     events = _with_defects(_events(spark, spec), spec).persist()
     try:
-        (events.select("event_id", "p_click", "label", "batch", "defect")
-         .write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-         .option("userMetadata", json.dumps(dataclasses.asdict(spec)))
-         .save(truth_path))
+        lake.replace_table(events.select("event_id", "p_click", "label", "batch", "defect"), truth_path,
+                           dataclasses.asdict(spec))
         batch_dirs = _land(spark, events, spec, landing_dir)
         per_batch = {
             r["batch"]: r for r in events.groupBy("batch")

@@ -284,6 +284,20 @@ def replace_where(df: DataFrame, path: str, condition: str, partition_by: list[s
     return current_version(df.sparkSession, path)
 
 
+def replace_table(df: DataFrame, path: str, metadata: dict) -> int:
+    """Replace a derived table whole, schema included, in one commit (readers see the old
+    version or the new one); for tables that are a pure function of their inputs, where a
+    rerun must replace rather than add. Returns the version written."""
+    (
+        df.write.format("delta")
+        .mode("overwrite")
+        .option("overwriteSchema", "true")
+        .option("userMetadata", json.dumps(metadata, sort_keys=True))
+        .save(path)
+    )
+    return current_version(df.sparkSession, path)
+
+
 def _upsert(
     source: DataFrame, path: str, key: str, metadata: dict, partition_by: list[str] | None, app_id: str | None
 ) -> None:
