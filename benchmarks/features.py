@@ -44,7 +44,6 @@ from urllib.parse import unquote, urlparse
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "conf" / "pipelines" / "clicks.yaml"
 WORK = ROOT / "data" / "generated" / "bench" / "features"
-BATCH = "batch-00000"
 # Relative; the library sums window means in fixed point (units of 2^-24, features.py), so
 # its means may differ from a floating-point average by up to 3e-8.
 TOLERANCE = 1e-7
@@ -155,8 +154,7 @@ def configs(work: Path, features_table: Path):
 def prepare_bronze(spark, cfg, args, clock: Clock) -> None:
     from sparkml_ext import lake
     from sparkml_ext.config import GenerateConfig
-    from sparkml_ext.generate import generate_clicks
-    from sparkml_ext.ingest import ingest_batch
+    from sparkml_ext.seed import seed_lakehouse
 
     marker = args.work / "bronze.json"
     wanted = {"rows": args.rows, "seed": args.seed, "fmt": "parquet"}
@@ -179,10 +177,10 @@ def prepare_bronze(spark, cfg, args, clock: Clock) -> None:
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
-    spec = GenerateConfig(rows=args.rows, seed=args.seed, format="parquet")
-    gen = clock.run("generate (parquet landing)", args.rows,
-                    lambda: generate_clicks(spark, spec, str(args.work / "landing"), cfg.table_path("truth")))
-    report = clock.run("ingest_batch → bronze", args.rows, lambda: ingest_batch(spark, cfg, BATCH))
+    named = {"generate": "generate (parquet landing)", "ingest": "ingest_batch → bronze"}
+    seeded = seed_lakehouse(spark, cfg, GenerateConfig(rows=args.rows, seed=args.seed, format="parquet"),
+                            through="ingest", step=lambda name, run: clock.run(named[name], args.rows, run))
+    gen, (report,) = seeded["generate"], seeded["ingest"]
     print(f"  {report.summary()}")
     if report.accepted < args.rows:
         print(f"  note: bronze holds {report.accepted:,} of {args.rows:,} generated rows")

@@ -55,9 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from sparkml_ext.config import GenerateConfig, load_config
-    from sparkml_ext.features import build_features
-    from sparkml_ext.generate import generate_clicks
-    from sparkml_ext.ingest import ingest_batch
+    from sparkml_ext.seed import seed_lakehouse
     from sparkml_ext.session import get_spark
     from sparkml_ext.train_mllib import train_mllib
     from sparkml_ext.train_torch import train_torch
@@ -73,11 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.work, ignore_errors=True)
         args.work.mkdir(parents=True)
         started = time.perf_counter()
-        spec = GenerateConfig(rows=args.rows, seed=7, batches=2, format="parquet")
-        generate_clicks(spark, spec, str(args.work / "landing"), cfg.table_path("truth"))
-        for batch in ("batch-00000", "batch-00001"):
-            print(ingest_batch(spark, cfg, batch).summary())
-        print(build_features(spark, cfg).summary())
+        seeded = seed_lakehouse(spark, cfg, GenerateConfig(rows=args.rows, seed=7, batches=2, format="parquet"))
+        for report in (*seeded["ingest"], seeded["features"]):
+            print(report.summary())
         marker.write_text(json.dumps({"rows": args.rows, "seconds": round(time.perf_counter() - started)}))
 
     gaps = {}

@@ -52,7 +52,7 @@ from features import Clock
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "conf" / "pipelines" / "clicks.yaml"
 WORK = ROOT / "data" / "generated" / "bench" / "scaling"
-BATCHES = ("batch-00000", "batch-00001")
+BATCHES = 2  # landing batches, each ingested in turn
 STAGES = ("ingest", "features", "bridge")
 MIB = 2**20
 
@@ -131,26 +131,26 @@ def run_size(spark, rows: int, work: Path, jvm: JvmMemory) -> dict:
     from sparkml_ext.bridge import export_table
     from sparkml_ext.config import GenerateConfig, load_config
     from sparkml_ext.feature_spec import feature_columns
-    from sparkml_ext.features import build_features
-    from sparkml_ext.generate import generate_clicks
-    from sparkml_ext.ingest import ingest_batch
+    from sparkml_ext.seed import seed_lakehouse
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cfg = load_config(PIPELINE, [f"lakehouse={work / 'lakehouse'}", f"source.path={work / 'landing'}",
                                  "source.format=parquet", "source.options={}"])
     clock = Clock(spark)
-    spec = GenerateConfig(rows=rows, seed=7, batches=len(BATCHES), format="parquet")
-    clock.run("generate", rows,
-              lambda: generate_clicks(spark, spec, str(work / "landing"), cfg.table_path("truth")))
 
-    jvm.collect_garbage()
-    jvm.reset_peaks()
-    reset_peak_rss()
-    for report in clock.run("ingest", rows, lambda: [ingest_batch(spark, cfg, b) for b in BATCHES]):
+    def step(name: str, run):
+        if name == "ingest":  # the memory peaks cover ingest, features and bridge, not generate
+            jvm.collect_garbage()
+            jvm.reset_peaks()
+            reset_peak_rss()
+        return clock.run(name, rows, run)
+
+    spec = GenerateConfig(rows=rows, seed=7, batches=BATCHES, format="parquet")
+    seeded = seed_lakehouse(spark, cfg, spec, step=step)
+    features = seeded["features"]
+    for report in (*seeded["ingest"], features):
         print(f"     {report.summary()}")
-    features = clock.run("features", rows, lambda: build_features(spark, cfg))
-    print(f"     {features.summary()}")
     columns = feature_columns(cfg.features)
     manifest = clock.run("bridge", rows, lambda: export_table(
         spark, cfg.table_path("features"), version=features.feature_version,

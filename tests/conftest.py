@@ -65,16 +65,13 @@ def fresh_lake(spark, tmp_path_factory) -> Callable[[str], Path]:
 
     The copy has `lake/` and `landing/`; a test that trains or scores writes only to its own.
     """
-    from sparkml_ext.config import GenerateConfig, load_config
-    from sparkml_ext.features import build_features
-    from sparkml_ext.generate import generate_clicks
-    from sparkml_ext.ingest import ingest_batch
+    from clickdata import clicks_config
+
+    from sparkml_ext.config import GenerateConfig
+    from sparkml_ext.seed import seed_lakehouse
 
     built = tmp_path_factory.mktemp("clicks")
-    cfg = load_config("conf/pipelines/clicks.yaml", [f"lakehouse={built}/lake", f"source.path={built}/landing"])
-    generate_clicks(spark, GenerateConfig(rows=4000, malformed_rate=0.01), f"{built}/landing", cfg.table_path("truth"))
-    ingest_batch(spark, cfg, "batch-00000")
-    build_features(spark, cfg)
+    seed_lakehouse(spark, clicks_config(built), GenerateConfig(rows=4000, malformed_rate=0.01))
 
     def copy(name: str) -> Path:
         root = tmp_path_factory.mktemp(name)
