@@ -1,9 +1,9 @@
 """The Spark -> torch bridge against its references, side by side in one run.
 
-    python benchmarks/bridge.py [--rows 2000000] [--quick]
+    python benchmarks/bridge.py [--rows 2000000] [--quick] [--work DIR]
 
 Builds (or reuses) a Delta table of `--rows` rows x (13 float + 26 int + label) under
-data/generated/bench/ (ignored by git), exports it to Arrow IPC shards with
+`--work` (data/generated/bench/, ignored by git), exports it to Arrow IPC shards with
 `export_table`, and measures rows/s per rank delivered as ready tensors (float32 [B, 13],
 int64 [B, 26], float32 label [B]; B = 4096) by:
 
@@ -40,6 +40,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -64,6 +65,7 @@ from torchkit import (
     train_epoch,
 )
 
+from sparkml_ext import lake
 from sparkml_ext.bridge import export_table, launch
 from sparkml_ext.deep.manifest import Manifest
 from sparkml_ext.session import get_spark
@@ -80,9 +82,9 @@ PETASTORM_PINS = ["petastorm==0.12.1", "pyarrow==14.0.2", "numpy<2", "pandas<2.2
 # -- data -----------------------------------------------------------------------------
 
 
-def ensure_table(spark, rows: int) -> str:
+def ensure_table(spark, rows: int, work: Path) -> str:
     """A Delta table of `rows` hash-based rows, written once and reused while it is complete."""
-    path = BENCH / f"table-{rows}"
+    path = work / f"table-{rows}"
     marker = path / "_bench_complete.json"
     if marker.exists() and json.loads(marker.read_text()).get("rows") == rows:
         return str(path)
@@ -100,20 +102,18 @@ def ensure_table(spark, rows: int) -> str:
     return str(path)
 
 
-def training_frame(spark, table: str, version: int):
-    """The table's training columns in the types the shards hold (float, bigint, float)."""
+def training_frame(spark, table: str):
+    """The table's training columns in the types the shards hold (float, bigint, float), at
+    its latest version; and that version."""
     from pyspark.sql import functions as F
 
-    return (
-        spark.read.format("delta")
-        .option("versionAsOf", version)
-        .load(table)
-        .select(
-            *[F.col(c).cast("float").alias(c) for c in NUMERIC],
-            *[F.col(c).cast("bigint").alias(c) for c in CATEGORICAL],
-            F.col(LABEL).cast("float").alias(LABEL),
-        )
+    frame, version = lake.read_version(spark, table)
+    columns = (
+        *[F.col(c).cast("float").alias(c) for c in NUMERIC],
+        *[F.col(c).cast("bigint").alias(c) for c in CATEGORICAL],
+        F.col(LABEL).cast("float").alias(LABEL),
     )
+    return frame.select(*columns), version
 
 
 def export(spark, table: str, version: int, cache_root: str) -> Manifest:
@@ -245,9 +245,9 @@ print("PETASTORM " + json.dumps(out))
 '''
 
 
-def petastorm_python(timeout_s: int) -> tuple[str | None, str]:
+def petastorm_python(work: Path, timeout_s: int) -> tuple[str | None, str]:
     """The petastorm venv's python (built on first use), or None and why it cannot be had."""
-    venv = BENCH / "petastorm-venv"
+    venv = work / "petastorm-venv"
     python = venv / "bin" / "python"
     probe = [str(python), "-c", "import petastorm, petastorm.pytorch, pyarrow, torch"]
     if python.exists() and subprocess.run(probe, check=False, capture_output=True).returncode == 0:
@@ -273,8 +273,8 @@ def petastorm_python(timeout_s: int) -> tuple[str | None, str]:
     return str(python), f"built in {time.perf_counter() - started:.0f} s"
 
 
-def measure_petastorm(python: str, parquet: str, repeats: int) -> tuple[dict | None, str]:
-    script = BENCH / "petastorm_reader.py"
+def measure_petastorm(python: str, parquet: str, repeats: int, work: Path) -> tuple[dict | None, str]:
+    script = work / "petastorm_reader.py"
     script.write_text(PETASTORM_READER)
     url = Path(parquet).resolve().as_uri()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_PYTHON")}
@@ -343,70 +343,56 @@ def measure_launch(repeats: int) -> dict[str, list[float]]:
     return seconds
 
 
-# -- the run --------------------------------------------------------------------------------
+# -- the paths it measures ------------------------------------------------------------------
 
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=2_000_000, help="rows of the Delta table")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller samples")
-    parser.add_argument(
-        "--petastorm-install-timeout", type=int, default=1200, help="seconds for its pip install"
-    )
-    args = parser.parse_args()
-    quick = args.quick
-    torch.set_num_threads(THREADS)
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    rounds = 2 if quick else 5
-    td_sample = min(args.rows, 50_000 if quick else 200_000)
-    pandas_rows = min(args.rows, 100_000 if quick else 250_000)
-    train_batches = 20 if quick else 60
-    BENCH.mkdir(parents=True, exist_ok=True)
-    scratch = BENCH / "tmp"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    loads = [load()]
-    print(f"rows={args.rows:,} quick={quick} load average at start: {loads[0]}", flush=True)
+@dataclass
+class Petastorm:
+    """petastorm's own python, None once it cannot be had or its reader failed; and why."""
 
-    spark = get_spark("bench-bridge", {"spark.master": "local[2]"})
-    spark.sparkContext.setLogLevel("ERROR")
-    table = ensure_table(spark, args.rows)
-    from delta.tables import DeltaTable
+    python: str | None
+    note: str
 
-    version = DeltaTable.forPath(spark, table).history(1).first()["version"]
-    frame = training_frame(spark, table, version)
 
-    # -- shard writing vs Spark's Parquet writer (fresh folders each time) -----------------
-    export_s, parquet_s, parquet_read_s, scan_s = [], [], [], []
-    for i in range(1 if quick else 3):
+def measure_writing(spark, frame, table: str, version: int, scratch: Path, repeats: int) -> dict[str, list[float]]:
+    """Seconds to write the table's rows as shards (`export`) and as Spark's Parquet, beside a
+    scan alone and a pyarrow read of that Parquet; fresh folders each time."""
+    seconds: dict[str, list[float]] = {"scan": [], "export": [], "parquet": [], "parquet_read": []}
+    for i in range(repeats):
         ipc, out = str(scratch / f"ipc{i}"), str(scratch / f"parquet{i}")
-        scan_s.append(timed(lambda: frame.write.format("noop").mode("overwrite").save()))
-        export_s.append(timed(lambda ipc=ipc: export(spark, table, version, ipc)))
-        parquet_s.append(timed(lambda out=out: frame.write.parquet(out)))
-        parquet_read_s.append(timed(lambda out=out: pads.dataset(out, format="parquet").to_table()))
+        seconds["scan"].append(timed(lambda: frame.write.format("noop").mode("overwrite").save()))
+        seconds["export"].append(timed(lambda ipc=ipc: export(spark, table, version, ipc)))
+        seconds["parquet"].append(timed(lambda out=out: frame.write.parquet(out)))
+        seconds["parquet_read"].append(timed(lambda out=out: pads.dataset(out, format="parquet").to_table()))
         shutil.rmtree(ipc)
         shutil.rmtree(out)
     print(f"export rounds done; load {load()}", flush=True)
+    return seconds
 
-    # -- the data every loader reads ---------------------------------------------------------
-    manifest = export(spark, table, version, str(BENCH / "shards"))  # cached after the 1st run
-    parquet = BENCH / f"parquet-{args.rows}-v{version}"
-    if not (parquet / "_SUCCESS").exists():
-        shutil.rmtree(parquet, ignore_errors=True)
-        frame.write.parquet(str(parquet))
-    python, petastorm_note = petastorm_python(args.petastorm_install_timeout)
-    if python is None:
-        print(f"petastorm skipped: {petastorm_note}", flush=True)
-    pandas_data, to_pandas_s = pandas_tensors(frame)
-    td_rates = measure_torchdistributor(spark, frame, td_sample, 1 if quick else 3)
 
-    # -- loaders, interleaved in rounds ------------------------------------------------------
-    names = ("bridge1", "bridge2", "bridge1w", "limit", "pandas", "petastorm", "petastorm_shuf")
-    runs: dict[str, list[Rate]] = {k: [] for k in names}
+LOADERS = ("bridge1", "bridge2", "bridge1w", "limit", "pandas", "petastorm", "petastorm_shuf")
+
+
+def measure_loaders(
+    manifest: Manifest,
+    pandas_data: tuple[torch.Tensor, ...],
+    pandas_rows: int,
+    parquet: Path,
+    petastorm: Petastorm,
+    rounds: int,
+    petastorm_rounds: int,
+    work: Path,
+) -> dict[str, list[Rate]]:
+    """(a), (c), (d) and (e), interleaved in `rounds` (the machine is shared): rates by loader.
+
+    (e) runs in the first `petastorm_rounds` only; a failed run sets `petastorm.python` to
+    None and says why in `petastorm.note`.
+    """
+    runs: dict[str, list[Rate]] = {k: [] for k in LOADERS}
     for r in range(rounds):
         runs["bridge1"].append(measure_bridge(manifest, 1, epoch=r))
         runs["bridge2"].append(measure_bridge(manifest, 2, epoch=r))
@@ -415,45 +401,90 @@ def main() -> None:
         assert rows == manifest.rows, rows
         runs["limit"].append(rate)
         runs["pandas"].append(drain(pandas_batches(pandas_data, seed=r), max_rows=pandas_rows)[1])
-        if python is not None and r < (1 if quick else 3):
-            result, why = measure_petastorm(python, str(parquet), 1)
+        if petastorm.python is not None and r < petastorm_rounds:
+            result, why = measure_petastorm(petastorm.python, str(parquet), 1, work)
             if result is None:
                 print(f"petastorm skipped: {why}", flush=True)
-                python, petastorm_note = None, why
+                petastorm.python, petastorm.note = None, why
             else:
                 runs["petastorm"] += [tuple(x) for x in result["plain"]["rates"]]
                 runs["petastorm_shuf"] += [tuple(x) for x in result["shuffled"]["rates"]]
         print(f"round {r + 1}/{rounds} done; load {load()}", flush=True)
-    loads.append(load())
-    del pandas_data
+    return runs
 
-    # -- one epoch's worth of steps: bridge-fed vs the same batches in memory --------------
-    epoch_bridge, epoch_memory = [], []  # (wall s, CPU s)
-    for r in range(1 if quick else 3):
+
+def measure_training(manifest: Manifest, train_batches: int, repeats: int) -> dict[str, list[Rate]]:
+    """(wall s, CPU s) of `train_batches` steps of a small DLRM: fed by the bridge, and fed
+    the same batches already in memory."""
+    epochs: dict[str, list[Rate]] = {"bridge": [], "memory": []}
+    for r in range(repeats):
         ds = bridge_dataset(manifest, 0, 1, max_batches=train_batches)
         in_memory = list(bridge_batches(ds, epoch=100 + r))
-        epoch_memory.append(train_epoch(iter(in_memory)))
+        epochs["memory"].append(train_epoch(iter(in_memory)))
         del in_memory
         ds = bridge_dataset(manifest, 0, 1, max_batches=train_batches)
-        epoch_bridge.append(train_epoch(bridge_batches(ds, epoch=100 + r)))
-    train_rows = min(train_batches * BATCH, manifest.rows)
+        epochs["bridge"].append(train_epoch(bridge_batches(ds, epoch=100 + r)))
     print(f"training done; load {load()}", flush=True)
+    return epochs
 
-    # -- launching -------------------------------------------------------------------------------
-    launch_s = measure_launch(1 if quick else 3)
-    loads.append(load())
-    spark.stop()
-    shutil.rmtree(scratch, ignore_errors=True)
 
-    # -- report ----------------------------------------------------------------------------------
+# -- the report -----------------------------------------------------------------------------
+
+
+def wall(runs: list[Rate]) -> list[float]:
+    return [x[0] for x in runs]
+
+
+def cpu(runs: list[Rate]) -> list[float]:
+    return [x[1] for x in runs]
+
+
+def ms(seconds: list[float]) -> str:
+    return f"{median(seconds):6.2f} s  [{', '.join(f'{x:.2f}' for x in seconds)}]"
+
+
+def loader_medians(
+    runs: dict[str, list[Rate]], td_rates: dict[int, list[Rate]], petastorm: Petastorm
+) -> tuple[dict[str, Rate], str, str]:
+    """Median rates by loader, "td" and the faster of (b) and (e) included; and their keys."""
     med = {k: medians(v) for k, v in runs.items()}
     for w, v in td_rates.items():
         med[f"td{w}"] = medians(v)
     td_key = max((f"td{w}" for w in td_rates), key=lambda k: med[k][0])
     med["td"] = med[td_key]
-    if python is None:
+    if petastorm.python is None:
         med["petastorm"] = med["petastorm_shuf"] = (math.nan, math.nan)
     pet_key = max(("petastorm", "petastorm_shuf"), key=lambda k: med[k][0])
+    return med, td_key, pet_key
+
+
+def ratios(
+    med: dict[str, Rate], pet_key: str, writing: dict[str, list[float]], epochs: dict[str, list[Rate]],
+    launch_s: dict[str, list[float]],
+) -> dict[str, float]:
+    """The `RATIO` lines' values, by name (wall time; bridge_vs_petastorm is nan without it)."""
+    a = med["bridge1"][0]
+    return {
+        "bridge_vs_limit": a / med["limit"][0],
+        "bridge_vs_torchdistributor": a / med["td"][0],
+        "bridge_vs_pandas": a / med["pandas"][0],
+        "bridge_vs_petastorm": a / med[pet_key][0],
+        "epoch_vs_inmemory": median(wall(epochs["bridge"])) / median(wall(epochs["memory"])),
+        "export_vs_parquet_write": median(writing["parquet"]) / median(writing["export"]),
+        "torchdistributor_vs_torchrun": median(launch_s["TorchDistributor local"]) / median(launch_s["torchrun"]),
+    }
+
+
+def print_loaders(
+    med: dict[str, Rate],
+    runs: dict[str, list[Rate]],
+    td_rates: dict[int, list[Rate]],
+    rows: int,
+    td_sample: int,
+    pandas_rows: int,
+    to_pandas_s: float,
+    petastorm: Petastorm,
+) -> None:
     a, a_cpu = med["bridge1"]
 
     def ratio_text(x: float, y: float) -> str:
@@ -468,7 +499,6 @@ def main() -> None:
             f"{ratio_text(a_cpu, cpu)}  [{runs_text}] {note}"
         )
 
-    rows = manifest.rows
     print()
     print(
         f"== loaders: rows per rank delivered as ready tensors (B={BATCH}; float32 [B,13], "
@@ -495,12 +525,12 @@ def main() -> None:
         f"{pandas_rows:,} rows/run; toPandas + torch.tensor once: {to_pandas_s:.1f} s",
     )
     line("(d) limit: mmap IPC -> from_numpy -> stack, no shuffle", "limit", runs["limit"])
-    if python is not None:
+    if petastorm.python is not None:
         line(
             "(e) petastorm make_batch_reader -> stack, no row shuffle",
             "petastorm",
             runs["petastorm"],
-            f"venv {petastorm_note}",
+            f"venv {petastorm.note}",
         )
         line(
             "(e) petastorm + BatchedDataLoader(shuffling 65536)",
@@ -508,43 +538,42 @@ def main() -> None:
             runs["petastorm_shuf"],
         )
     else:
-        print(f"  (e) petastorm: skipped: {petastorm_note}")
+        print(f"  (e) petastorm: skipped: {petastorm.note}")
 
-    ms = lambda s: f"{median(s):6.2f} s  [{', '.join(f'{x:.2f}' for x in s)}]"
+
+def print_writing(rows: int, writing: dict[str, list[float]]) -> None:
     print(f"\n== shard writing from the Delta table ({rows:,} rows), medians ==")
-    print(f"  {'scan only (noop write)':44s} {rows / median(scan_s) / 1e6:6.2f} M/s  {ms(scan_s)}")
-    print(
-        f"  {'export_table (mapInArrow -> Arrow IPC)':44s} "
-        f"{rows / median(export_s) / 1e6:6.2f} M/s  {ms(export_s)}"
-    )
-    print(
-        f"  {'Spark df.write.parquet':44s} "
-        f"{rows / median(parquet_s) / 1e6:6.2f} M/s  {ms(parquet_s)}"
-    )
-    print(
-        f"  {'  + pyarrow read of that Parquet':44s} "
-        f"{rows / median(parquet_read_s) / 1e6:6.2f} M/s  {ms(parquet_read_s)}"
-    )
+    for label, key in (
+        ("scan only (noop write)", "scan"),
+        ("export_table (mapInArrow -> Arrow IPC)", "export"),
+        ("Spark df.write.parquet", "parquet"),
+        ("  + pyarrow read of that Parquet", "parquet_read"),
+    ):
+        seconds = writing[key]
+        print(f"  {label:44s} {rows / median(seconds) / 1e6:6.2f} M/s  {ms(seconds)}")
 
-    wall = lambda runs: [x[0] for x in runs]
-    cpu = lambda runs: [x[1] for x in runs]
+
+def print_training(train_batches: int, train_rows: int, epochs: dict[str, list[Rate]]) -> None:
     print(f"\n== {train_batches} steps of a small DLRM (AdamW), {train_rows:,} rows, medians ==")
     for label, e in (
-        ("fed by the bridge (ShardDataset, shuffle)", epoch_bridge),
-        ("same batches already in memory", epoch_memory),
+        ("fed by the bridge (ShardDataset, shuffle)", epochs["bridge"]),
+        ("same batches already in memory", epochs["memory"]),
     ):
         print(
             f"  {label:44s} {ms(wall(e))}  {train_rows / median(wall(e)) / 1e6:.3f} M rows/s; "
             f"CPU {median(cpu(e)):.2f} s"
         )
 
+
+def print_launch(launch_s: dict[str, list[float]]) -> None:
     print("\n== launching a trivial 2-process function, medians ==")
     for name, s in launch_s.items():
         print(f"  {name:44s} {ms(s)}")
-    print(
-        f"\nload average (1, 5, 15 min): start {loads[0]} | after loaders {loads[1]} | "
-        f"end {loads[2]}"
-    )
+
+
+def print_notes(
+    med: dict[str, Rate], td_key: str, pet_key: str, td_sample: int, epochs: dict[str, list[Rate]]
+) -> None:
     print(
         f"(b) measured: pyspark.ml.torch.distributor._get_spark_partition_data_loader"
         f"(num_samples={td_sample}, batch_size={BATCH}, num_workers=0|1) over the Arrow "
@@ -558,23 +587,23 @@ def main() -> None:
         f"(e) the ratio uses petastorm's faster way "
         f"({'make_batch_reader' if pet_key == 'petastorm' else 'BatchedDataLoader'})."
     )
+    a_cpu = med["bridge1"][1]
     print(
         "CPU-time ratios (robust to the machine's load; not for (b) num_workers=1): "
         f"bridge/limit {a_cpu / med['limit'][1]:.3f}, "
         f"bridge/TorchDistributor(num_workers=0) {a_cpu / med['td0'][1]:.1f}, "
         f"bridge/pandas {a_cpu / med['pandas'][1]:.1f}, "
         f"bridge/petastorm {a_cpu / med[pet_key][1]:.3f}, "
-        f"epoch/in-memory {median(cpu(epoch_bridge)) / median(cpu(epoch_memory)):.3f}"
+        f"epoch/in-memory {median(cpu(epochs['bridge'])) / median(cpu(epochs['memory'])):.3f}"
     )
 
+
+def print_goals(ratio: dict[str, float], petastorm: Petastorm) -> None:
     goals = [
-        ("bridge_vs_limit >= 0.5", a / med["limit"][0] >= 0.5),
-        ("bridge_vs_torchdistributor >= 50", a / med["td"][0] >= 50),
-        ("bridge_vs_petastorm >= 1", a / med[pet_key][0] >= 1 if python else None),
-        (
-            "epoch_vs_inmemory <= 1.1",
-            median(wall(epoch_bridge)) / median(wall(epoch_memory)) <= 1.1,
-        ),
+        ("bridge_vs_limit >= 0.5", ratio["bridge_vs_limit"] >= 0.5),
+        ("bridge_vs_torchdistributor >= 50", ratio["bridge_vs_torchdistributor"] >= 50),
+        ("bridge_vs_petastorm >= 1", ratio["bridge_vs_petastorm"] >= 1 if petastorm.python else None),
+        ("epoch_vs_inmemory <= 1.1", ratio["epoch_vs_inmemory"] <= 1.1),
     ]
     print(
         "goals (wall time): "
@@ -586,21 +615,84 @@ def main() -> None:
         "time over export time (> 1: shards are faster); torchdistributor_vs_torchrun = run "
         "time over run time"
     )
-    print()
-    ratio = lambda name, x: print(f"RATIO {name} {x:.3f}")
-    ratio("bridge_vs_limit", a / med["limit"][0])
-    ratio("bridge_vs_torchdistributor", a / med["td"][0])
-    ratio("bridge_vs_pandas", a / med["pandas"][0])
-    if python is not None:
-        ratio("bridge_vs_petastorm", a / med[pet_key][0])
-    else:
-        print(f"RATIO bridge_vs_petastorm nan ({petastorm_note})")
-    ratio("epoch_vs_inmemory", median(wall(epoch_bridge)) / median(wall(epoch_memory)))
-    ratio("export_vs_parquet_write", median(parquet_s) / median(export_s))
-    ratio(
-        "torchdistributor_vs_torchrun",
-        median(launch_s["TorchDistributor local"]) / median(launch_s["torchrun"]),
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=2_000_000, help="rows of the Delta table")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller samples")
+    parser.add_argument(
+        "--petastorm-install-timeout", type=int, default=1200, help="seconds for its pip install"
     )
+    parser.add_argument(
+        "--work", type=Path, default=BENCH,
+        help="the table, shards, Parquet copy and petastorm venv, reused across runs (default: %(default)s)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    quick, work = args.quick, args.work.resolve()
+    torch.set_num_threads(THREADS)
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    rounds, repeats = (2, 1) if quick else (5, 3)
+    td_sample = min(args.rows, 50_000 if quick else 200_000)
+    pandas_rows = min(args.rows, 100_000 if quick else 250_000)
+    train_batches = 20 if quick else 60
+    work.mkdir(parents=True, exist_ok=True)
+    scratch = work / "tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    loads = [load()]
+    print(f"rows={args.rows:,} quick={quick} load average at start: {loads[0]}", flush=True)
+
+    spark = get_spark("bench-bridge", {"spark.master": "local[2]"})
+    spark.sparkContext.setLogLevel("ERROR")
+    table = ensure_table(spark, args.rows, work)
+    frame, version = training_frame(spark, table)
+    writing = measure_writing(spark, frame, table, version, scratch, repeats)
+
+    # The data every loader reads, prepared once (the shards and Parquet are kept for later runs).
+    manifest = export(spark, table, version, str(work / "shards"))
+    parquet = work / f"parquet-{args.rows}-v{version}"
+    if not (parquet / "_SUCCESS").exists():
+        shutil.rmtree(parquet, ignore_errors=True)
+        frame.write.parquet(str(parquet))
+    petastorm = Petastorm(*petastorm_python(work, args.petastorm_install_timeout))
+    if petastorm.python is None:
+        print(f"petastorm skipped: {petastorm.note}", flush=True)
+    pandas_data, to_pandas_s = pandas_tensors(frame)
+
+    td_rates = measure_torchdistributor(spark, frame, td_sample, repeats)
+    runs = measure_loaders(manifest, pandas_data, pandas_rows, parquet, petastorm, rounds, repeats, work)
+    loads.append(load())
+    del pandas_data
+    epochs = measure_training(manifest, train_batches, repeats)
+    launch_s = measure_launch(repeats)
+    loads.append(load())
+    spark.stop()
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    med, td_key, pet_key = loader_medians(runs, td_rates, petastorm)
+    ratio = ratios(med, pet_key, writing, epochs, launch_s)
+    print_loaders(med, runs, td_rates, manifest.rows, td_sample, pandas_rows, to_pandas_s, petastorm)
+    print_writing(manifest.rows, writing)
+    print_training(train_batches, min(train_batches * BATCH, manifest.rows), epochs)
+    print_launch(launch_s)
+    print(
+        f"\nload average (1, 5, 15 min): start {loads[0]} | after loaders {loads[1]} | "
+        f"end {loads[2]}"
+    )
+    print_notes(med, td_key, pet_key, td_sample, epochs)
+    print_goals(ratio, petastorm)
+    print()
+    for name, value in ratio.items():
+        why = f" ({petastorm.note})" if name == "bridge_vs_petastorm" and petastorm.python is None else ""
+        print(f"RATIO {name} {value:.3f}{why}")
 
 
 if __name__ == "__main__":
