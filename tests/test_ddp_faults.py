@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from pyspark import cloudpickle
-from shardkit import CLICK_COLUMNS, click_table, write_shards
+from shardkit import CLICK_COLUMNS, DDP_KNOBS, click_table, write_shards
 
 from sparkml_ext.bridge import launch
 from sparkml_ext.deep.config import TrainConfig
@@ -22,19 +22,7 @@ from sparkml_ext.deep.train import train_worker
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ranks cannot import tests/
 
-CONFIG = TrainConfig(
-    device="cpu",
-    backend="gloo",
-    epochs=3,
-    batch_size=64,
-    embedding_sizes=64,
-    lr=3e-3,
-    shuffle_buffer=256,
-    chunk_rows=128,
-    checkpoint_every=10,
-    deterministic=True,
-    seed=5,
-)
+CONFIG = TrainConfig(backend="gloo", **DDP_KNOBS)
 STEPS = 3 * 10  # 1280 rows: 640 per rank, 10 batches of 64 per epoch
 KILL_AFTER = 25  # rank 0 checkpointed at steps 10 and 20
 

@@ -9,6 +9,21 @@ import pyarrow as pa
 
 from sparkml_ext.deep.shard_reader import write_shards as _write_shards
 
+# The small deterministic DDP run that the restart tests repeat and compare weights against
+# (torchrun's in tests/deep/test_ddp.py, TorchDistributor's in tests/test_ddp_faults.py).
+DDP_KNOBS = dict(
+    device="cpu",  # the weights-equal checks need deterministic CPU kernels
+    epochs=3,
+    batch_size=64,
+    embedding_sizes=64,
+    lr=3e-3,
+    shuffle_buffer=256,
+    chunk_rows=128,
+    checkpoint_every=10,
+    deterministic=True,
+    seed=5,
+)
+
 
 def write_shards(
     root: Path,

@@ -19,25 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from shardkit import CLICK_COLUMNS, click_table, write_shards
+from shardkit import CLICK_COLUMNS, DDP_KNOBS, click_table, write_shards
 
 from sparkml_ext.deep.checkpoint import list_checkpoints
 from sparkml_ext.deep.model import load_model
 
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 ROWS = 2 * 64 * 20 + 1  # ranks get 1280 and 1281 rows: 20 and 21 batches of 64
-CONFIG = dict(
-    device="cpu",  # the weights-equal checks need deterministic CPU kernels
-    epochs=3,
-    batch_size=64,
-    embedding_sizes=64,
-    lr=3e-3,
-    shuffle_buffer=256,
-    chunk_rows=128,
-    checkpoint_every=10,
-    deterministic=True,
-    seed=5,
-)
+CONFIG = DDP_KNOBS
 STEPS = 3 * 20
 
 
