@@ -48,11 +48,10 @@ GC_LOCKER_RETRIES = "-XX:+UnlockDiagnosticVMOptions -XX:GCLockerRetryAllocationC
 
 # Sane for 2 cores and a few GiB: UTC so event dates do not depend on the machine, no
 # speculation (our jobs have side effects). 64 shuffle partitions that adaptive execution
-# coalesces to the data's size: a test's few MB become one or two tasks, 16M wide rows
-# ~250k per task (8 fixed partitions put 2M in each and ran a 4 GiB heap out). Small Tungsten
-# pages: every broadcast hash relation holds at least one page for as long as its plan
-# lives, and the default (64 MiB for a 4 GiB driver) made the 26 per-column vocabulary
-# lookups of one pipeline transform hold 1.7 GiB (2 MiB pages: ~60 MiB).
+# coalesces to the data's size, so small inputs become a task or two and large ones stay
+# small per task (a few fixed partitions ran the heap out). Small Tungsten pages: every
+# broadcast hash relation holds at least one page for as long as its plan lives, and a
+# pipeline transform holds one per vocabulary lookup (figures: benchmarks/README.md).
 EMBEDDED_CONF = {
     "spark.master": "local[*]",
     "spark.jars.packages": DELTA_PACKAGE,
