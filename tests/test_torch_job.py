@@ -22,7 +22,8 @@ SMALL = ["train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embe
          "train_torch.checkpoint_every=5"]
 
 
-def _cfg(root: Path, *overrides: str):
+def small(root: Path, *overrides: str):
+    """clicks.yaml under `root` with train-torch's knobs cut to a seconds-long run."""
     return clicks_config(root, *SMALL, *overrides)
 
 
@@ -30,7 +31,7 @@ def _cfg(root: Path, *overrides: str):
 def trained(spark, fresh_lake):
     """The session's small lakehouse and one train-torch run on it (2 ranks, local mode)."""
     root = fresh_lake("torch")
-    return root, train_torch(spark, _cfg(root))
+    return root, train_torch(spark, small(root))
 
 
 def _files(folder: str) -> dict[str, int]:
@@ -38,7 +39,7 @@ def _files(folder: str) -> dict[str, int]:
 
 
 def test_the_split_filter_selects_the_rows_of_split_of(spark, trained):
-    features = spark.read.format("delta").load(_cfg(trained[0]).table_path("features"))
+    features = spark.read.format("delta").load(small(trained[0]).table_path("features"))
     splits = ("train", "validation", "test")
     groups = features.groupBy(
         split_of("event_id").alias("split"), *[F.expr(split_filter("event_id", s)).alias(s) for s in splits]
@@ -50,7 +51,7 @@ def test_the_split_filter_selects_the_rows_of_split_of(spark, trained):
 
 def test_train_torch_stores_a_model_that_reloads_with_weights_only(spark, trained):
     root, card = trained
-    cfg = _cfg(root)
+    cfg = small(root)
     assert card["model_version"] == "torch/v1" and card["feature_version"] == 0
     assert card["training"]["world_size"] == 2 and card["training"]["resumed_from_step"] == 0
     assert [a["error"] for a in card["attempts"]] == [None]
@@ -88,7 +89,7 @@ def test_a_second_run_reuses_the_shards_and_resumes_the_finished_checkpoint(spar
     root, first = trained
     shards = _files(f"{root}/lake/shards")
     assert len(shards) >= 4  # two manifests and their Arrow files
-    second = train_torch(spark, _cfg(root))
+    second = train_torch(spark, small(root))
     assert _files(f"{root}/lake/shards") == shards  # no export ran: nothing written or rewritten
     assert second["shards"] == first["shards"] and second["config_hash"] == first["config_hash"]
     assert second["training"]["resumed_from_step"] == first["training"]["steps"]
@@ -98,7 +99,7 @@ def test_a_second_run_reuses_the_shards_and_resumes_the_finished_checkpoint(spar
 
 def test_scoring_with_the_torch_model_writes_one_prediction_per_row_once(spark, trained):
     root, card = trained
-    cfg = _cfg(root)
+    cfg = small(root)
     rows = spark.read.format("delta").load(cfg.table_path("features")).count()
     report = score(spark, cfg, card["model_version"])
     assert report["rows"] == rows
@@ -113,17 +114,17 @@ def test_scoring_with_the_torch_model_writes_one_prediction_per_row_once(spark, 
 
 def test_refusals_name_what_to_do(spark, tmp_path):
     with pytest.raises(TorchTrainError, match="run `sparkml-ext features` first"):
-        train_torch(spark, _cfg(tmp_path))
+        train_torch(spark, small(tmp_path))
     with pytest.raises(ConfigError, match="train_torch.embedding_rows: must be at least 2"):
-        _cfg(tmp_path, "train_torch.embedding_rows=1")
+        small(tmp_path, "train_torch.embedding_rows=1")
     with pytest.raises(ConfigError, match="train_torch.vocabulary: must be at least 1"):
-        _cfg(tmp_path, "train_torch.vocabulary=0")
+        small(tmp_path, "train_torch.vocabulary=0")
     with pytest.raises(ConfigError, match="train_torch.checkpoint_root: must be a path every rank"):
-        _cfg(tmp_path, "train_torch.checkpoint_root=s3://bucket/ckpt")
+        small(tmp_path, "train_torch.checkpoint_root=s3://bucket/ckpt")
 
 
 def test_a_vocabulary_replaces_the_folded_tables(tmp_path):
-    counted = worker_config(_cfg(tmp_path), use_gpu=False, checkpoint_dir="ckpt")
+    counted = worker_config(small(tmp_path), use_gpu=False, checkpoint_dir="ckpt")
     assert counted.vocabulary == 200 and counted.embedding_sizes is None and not counted.fold_ids
-    folded = worker_config(_cfg(tmp_path, "train_torch.vocabulary=null"), False, "ckpt")
+    folded = worker_config(small(tmp_path, "train_torch.vocabulary=null"), False, "ckpt")
     assert folded.embedding_sizes == 1024 and folded.fold_ids and folded.vocabulary is None

@@ -34,7 +34,8 @@ SMALL = ["train_mllib.params={maxIter: 3, seed: 7}", "train_mllib.grid={maxDepth
          "tracking.registered_model=clicks_{model}", "tracking.mode=auto"]
 
 
-def _cfg(root: Path, *overrides: str):
+def tracked(root: Path, *overrides: str):
+    """clicks.yaml under `root`, tracked in MLflow under the lakehouse, small torch knobs."""
     return clicks_config(root, "tracking.uri=", *SMALL, *overrides)
 
 
@@ -42,14 +43,14 @@ def _cfg(root: Path, *overrides: str):
 def trained(spark, fresh_lake):
     """The session's small lakehouse, one train-mllib and one train-torch run, tracked locally."""
     root = fresh_lake("tracked")
-    cfg = _cfg(root)
+    cfg = tracked(root)
     cards = {"mllib": train_mllib(spark, cfg), "torch": train_torch(spark, cfg)}
     mlflow.set_tracking_uri(f"sqlite:///{root}/lake/mlflow.db")
     return root, cards, mlflow.MlflowClient()
 
 
 def _test_rows(spark, root: Path):
-    features = spark.read.format("delta").load(_cfg(root).table_path("features"))
+    features = spark.read.format("delta").load(tracked(root).table_path("features"))
     return features.where(split_of("event_id") == "test").orderBy("event_id").limit(7)
 
 
@@ -96,7 +97,7 @@ def test_train_mllib_run_has_params_metrics_tags_and_a_registered_spark_model(sp
     info = mlflow.models.get_model_info(card["mlflow"]["model_uri"])
     assert "spark" in info.flavors and info.saved_input_example_info is not None
     stored = PipelineModel.load(f"{card['model_uri']}/model")
-    columns = feature_columns(_cfg(root).features)
+    columns = feature_columns(tracked(root).features)
     assert info.signature.inputs.input_names() == pipeline_inputs(stored)
     assert set(info.signature.inputs.input_names()) == set(columns["numeric"] + columns["categorical_raw"])
 
@@ -122,7 +123,7 @@ def test_train_torch_run_has_epoch_history_and_a_registered_pyfunc(spark, traine
     _check_run_links(client, card, "torch", "train-torch")
 
     info = mlflow.models.get_model_info(card["mlflow"]["model_uri"])
-    columns = feature_columns(_cfg(root).features)
+    columns = feature_columns(tracked(root).features)
     assert info.signature.inputs.input_names() == columns["numeric"] + columns["categorical_ids"]
     assert info.saved_input_example_info is not None
     assert info.flavors["python_function"]["loader_module"] == "sparkml_ext.tracking"
@@ -140,7 +141,7 @@ def test_without_mlflow_the_job_says_so_once_and_trains(spark, trained, monkeypa
     root, _, client = trained
     runs = len(client.search_runs([client.get_experiment_by_name("clicks").experiment_id]))
     monkeypatch.setitem(sys.modules, "mlflow", None)
-    cfg = _cfg(root, "train_mllib.model=logistic_regression", "train_mllib.params={maxIter: 5}",
+    cfg = tracked(root, "train_mllib.model=logistic_regression", "train_mllib.params={maxIter: 5}",
                "train_mllib.grid={}")
     with caplog.at_level(logging.WARNING, logger="sparkml_ext.tracking"):
         card = train_mllib(spark, cfg)
@@ -156,8 +157,8 @@ def test_without_mlflow_the_job_says_so_once_and_trains(spark, trained, monkeypa
 def test_required_tracking_without_mlflow_fails_before_training(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(ConfigError, match=r"clicks.yaml: tracking.mode: required, but MLflow cannot be imported"):
-        Tracker(_cfg(tmp_path, "tracking.mode=required"), "train-mllib")
-    assert Tracker(_cfg(tmp_path, "tracking.mode=disabled"), "train-mllib").mlflow is None
+        Tracker(tracked(tmp_path, "tracking.mode=required"), "train-mllib")
+    assert Tracker(tracked(tmp_path, "tracking.mode=disabled"), "train-mllib").mlflow is None
 
 
 @pytest.mark.parametrize("override, message", [
@@ -169,7 +170,7 @@ def test_required_tracking_without_mlflow_fails_before_training(tmp_path, monkey
 ])
 def test_bad_tracking_config_names_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=f"clicks.yaml: {message}"):
-        _cfg(tmp_path, override)
+        tracked(tmp_path, override)
 
 
 def test_the_logged_code_is_a_folder_even_when_the_package_was_imported_from_a_zip(tmp_path):
