@@ -33,10 +33,8 @@ $(AIRFLOW_VENV)/.installed: airflow/requirements.txt airflow/constraints.txt
 demo: venv
 	PYSPARK_PYTHON=$(abspath $(PY)) $(VENV)/bin/sparkml-ext pipeline --pipeline conf/pipelines/clicks.yaml
 
-# Two pytest-xdist workers: most of a test's time is a JVM, a spark-submit or a server starting
-# (tests/conftest.py groups the tests and starts the longest first).
 test: venv chromium airflow-venv
-	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m pytest -n 2 --dist loadgroup
+	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m pytest
 
 # The package as a cluster ships it: a wheel (Databricks, pip on the nodes) and the same
 # bytes as dist/sparkml_ext.zip for spark-submit --py-files (Spark imports .zip, not .whl).

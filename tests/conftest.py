@@ -18,32 +18,6 @@ import pytest
 # spark-submit and Airflow tests' jobs inherit this too.
 os.environ.setdefault("SPARKML_EXT_TRACKING", "disabled")
 
-# Every JVM the tests start (the session's, spark-submit's, Airflow's tasks', the cluster's)
-# compiles with C1 only. A test JVM lives seconds to minutes on tiny data, and Spark makes
-# new classes for every query: C2 compiling them took most of the test JVMs' CPU time
-# (`jcmd <pid> PerfCounter.print`: java.ci.totalTime), CPU that 2 cores do not have. Jobs
-# run outside the tests keep the JVM's default tiers.
-os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
-
-# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): most of a
-# test's time is a JVM, a spark-submit or a server starting, so two workers fill both cores.
-# Each module is one group, so a module's fixtures are built once; modules that share a
-# session fixture are one group. Groups start longest first, so no long one is left for last.
-SHARED_GROUPS = {"test_cluster": "cluster", "test_report": "cluster"}  # cluster_pipeline
-LONGEST_FIRST = ["test_airflow_dag", "cluster", "test_faults", "test_ingest_integrity",
-                 "test_mllib", "test_ddp_faults", "test_tracking", "test_features"]
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    def group(item) -> str:
-        module = item.path.stem
-        return SHARED_GROUPS.get(module, module)
-
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable: file order within
-
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
