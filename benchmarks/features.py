@@ -153,8 +153,8 @@ def configs(work: Path, features_table: Path):
 
 def prepare_bronze(spark, cfg, args, clock: Clock) -> None:
     from sparkml_ext import lake
+    from sparkml_ext.cli import seed_lakehouse
     from sparkml_ext.config import GenerateConfig
-    from sparkml_ext.seed import seed_lakehouse
 
     marker = args.work / "bronze.json"
     wanted = {"rows": args.rows, "seed": args.seed, "fmt": "parquet"}

@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from sparkml_ext.cli import seed_lakehouse
     from sparkml_ext.config import GenerateConfig, load_config
-    from sparkml_ext.seed import seed_lakehouse
     from sparkml_ext.session import get_spark
     from sparkml_ext.train_mllib import train_mllib
     from sparkml_ext.train_torch import train_torch

@@ -129,9 +129,9 @@ def disk_bytes(folder: Path) -> int:
 def run_size(spark, rows: int, work: Path, jvm: JvmMemory) -> dict:
     """Generate, then time ingest → features → bridge and read the driver's memory peaks."""
     from sparkml_ext.bridge import export_table
+    from sparkml_ext.cli import seed_lakehouse
     from sparkml_ext.config import GenerateConfig, load_config
     from sparkml_ext.feature_spec import feature_columns
-    from sparkml_ext.seed import seed_lakehouse
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

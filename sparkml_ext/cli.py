@@ -17,8 +17,12 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-from sparkml_ext.config import ConfigError, PipelineConfig, load_config
+from sparkml_ext.config import ConfigError, GenerateConfig, PipelineConfig, load_config
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INPUT = 0, 1, 2, 3
 
@@ -227,6 +231,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     return EXIT_OK
+
+
+
+SEED_STEPS = ("generate", "ingest", "features")
+Step = Callable[[str, Callable[[], Any]], Any]  # (step name, run) -> run()
+
+
+def _run_step(name: str, run: Callable[[], Any]) -> Any:
+    return run()
+
+
+def seed_lakehouse(
+    spark: SparkSession,
+    cfg: PipelineConfig,
+    gen: GenerateConfig | None = None,
+    *,
+    through: Literal["ingest", "features"] = "features",
+    step: Step = _run_step,
+) -> dict:
+    """Generate `gen` (by default the pipeline's `generate` section), ingest every batch it
+    lands, then build the feature table, unless `through="ingest"` stops before it.
+
+    The events land under `source.path`, where ingest reads them (`gen.landing` is where
+    `sparkml-ext generate` lands them and plays no part here), so `gen.format` must be
+    `source.format`. Each of `SEED_STEPS` runs as `step(name, run)`, which returns `run()`: a
+    benchmark passes its clock there. Returns each step's report by name: the generate
+    report, the list of ingest reports in batch order and the features report. The start of
+    `sparkml-ext pipeline` as one call, for the test fixtures and the benchmarks.
+    """
+    from sparkml_ext.features import build_features
+    from sparkml_ext.generate import generate_clicks
+    from sparkml_ext.ingest import ingest_batch
+
+    if through not in ("ingest", "features"):
+        raise ValueError(f"through: must be 'ingest' or 'features', got {through!r}")
+    gen = cfg.generate if gen is None else gen
+    if gen.format != cfg.source.format:
+        raise ValueError(f"generate.format {gen.format!r} is not source.format {cfg.source.format!r}: "
+                         "ingest could not read what generate lands")
+    landing = cfg.source.path
+    reports: dict = {"generate": step("generate", lambda: generate_clicks(
+        spark, gen, landing, cfg.table_path("truth")))}
+    batches = [folder.rstrip("/").rpartition("/")[2] for folder in reports["generate"]["batch_dirs"]]
+    reports["ingest"] = step("ingest", lambda: [ingest_batch(spark, cfg, batch) for batch in batches])
+    if through == "features":
+        reports["features"] = step("features", lambda: build_features(spark, cfg))
+    return reports
 
 
 if __name__ == "__main__":

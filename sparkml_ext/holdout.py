@@ -61,7 +61,8 @@ def mllib_score(task: str) -> Column:
 def evaluate(scored: DataFrame, task: str, label: str) -> dict:
     """Holdout metrics of scored test rows for a model's task.
 
-    `scored` holds `prediction` and `score` (a click probability for classification);
+    `scored` holds `prediction` and `score` (the positive class's probability for
+    classification);
     clustering reads the `features` vector too (silhouette).
     """
     scored = scored.cache()
@@ -77,7 +78,8 @@ def evaluate(scored: DataFrame, task: str, label: str) -> dict:
 
 
 def binary_metrics(scored: DataFrame, label: str, probability: str) -> dict:
-    """AUC-ROC, AUC-PR, log loss and accuracy of a click-probability column (cache `scored` first)."""
+    """AUC-ROC, AUC-PR, log loss and accuracy of a positive-class probability column (cache
+    `scored` first)."""
     auc = {m: BinaryClassificationEvaluator(labelCol=label, rawPredictionCol=probability,
                                             metricName=m).evaluate(scored)
            for m in ("areaUnderROC", "areaUnderPR")}

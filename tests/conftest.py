@@ -48,8 +48,8 @@ def fresh_lake(spark, tmp_path_factory) -> Callable[[str], Path]:
     """
     from clickdata import clicks_config
 
+    from sparkml_ext.cli import seed_lakehouse
     from sparkml_ext.config import GenerateConfig
-    from sparkml_ext.seed import seed_lakehouse
 
     built = tmp_path_factory.mktemp("clicks")
     seed_lakehouse(spark, clicks_config(built), GenerateConfig(rows=4000, malformed_rate=0.01))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sparkml_ext
 
-# Not jobs: `cli` and `seed` run jobs in order (orchestrators), so they may import them.
+# Not a job: `cli` runs the jobs in order (the orchestrator), so it may import them.
 JOBS = {"ingest", "features", "train_mllib", "train_torch", "score", "report", "generate"}
 PACKAGE = "sparkml_ext"
 
