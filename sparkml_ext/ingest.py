@@ -113,7 +113,7 @@ def ingest_batch(
         done = IngestReport(**{**known.report, "already_ingested": True})
         done.seconds = round(time.monotonic() - started, 2)
         return done
-    lake.refuse_other_content(spark, ledger, JOB, batch_id, fingerprint, [bronze, quarantine])
+    lake.refuse_other_content(spark, known, JOB, batch_id, fingerprint, [bronze, quarantine])
     for table in (ledger, bronze, quarantine):
         lake.require_writable(spark, table)
 
@@ -137,7 +137,7 @@ def ingest_batch(
 
         # Every refusal is behind us: from here on the batch lands whole.
         with clock("commit"):
-            lake.claim_batch(spark, ledger, JOB, batch_id, fingerprint, [bronze, quarantine])
+            lake.claim_batch(spark, ledger, known, JOB, batch_id, fingerprint, [bronze, quarantine])
             meta = {"job": JOB, "batch_id": batch_id, "fingerprint": fingerprint}
             # A table that gets no rows gets no commit: downstream jobs see no new version.
             report.versions = {
