@@ -5,6 +5,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# uv installs the same pinned requirements as pip, several times faster (torch's CUDA wheels
+# are most of the 6 GiB): about 1 minute instead of 4.5 on this machine.
+UV     := $(VENV)/bin/uv
 
 .PHONY: venv demo test clean chromium airflow-venv dist cluster-start cluster-stop cluster-demo
 
@@ -13,8 +16,8 @@ venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[spark,torch,test,report,mlflow]"
+	$(PY) -m pip install --quiet uv
+	$(UV) pip install --python $(PY) --quiet -e ".[spark,torch,test,report,mlflow]"
 	@echo "fetching the Delta jars (Maven Central, cached by Spark's Ivy in ~/.ivy2.5.2)"
 	$(PY) -m sparkml_ext.session
 	touch $(STAMP)
@@ -25,9 +28,9 @@ AIRFLOW_VENV := .airflow-venv
 
 airflow-venv: $(AIRFLOW_VENV)/.installed
 
-$(AIRFLOW_VENV)/.installed: airflow/requirements.txt airflow/constraints.txt
+$(AIRFLOW_VENV)/.installed: airflow/requirements.txt airflow/constraints.txt | $(STAMP)
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
-	$(AIRFLOW_VENV)/bin/pip install --quiet -r airflow/requirements.txt -c airflow/constraints.txt
+	$(UV) pip install --python $(AIRFLOW_VENV)/bin/python --quiet -r airflow/requirements.txt -c airflow/constraints.txt
 	touch $@
 
 demo: venv
