@@ -207,6 +207,17 @@ def _generate_overrides(args: argparse.Namespace) -> list[str]:
             if getattr(args, attr, None) is not None]
 
 
+# The jobs that record their own result; `pipeline` records its whole run, `report` only reads.
+RECORDED = ("generate", "ingest", "features", "train-mllib", "train-torch", "score")
+
+
+def _record(cfg: PipelineConfig, job: str, result: dict, started: float) -> None:
+    from sparkml_ext.report import record_run, stage_name
+
+    result["stage_seconds"] = round(time.monotonic() - started, 1)
+    record_run(cfg, {stage_name(result): result}, job)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sparkml_ext.features import FeaturesError
@@ -216,7 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.pipeline, [*args.overrides, *_generate_overrides(args)])
+        started = time.monotonic()
         report = args.run(args, cfg)
+        if args.job in RECORDED:
+            _record(cfg, args.job, report, started)
         if cfg.catalog.schema and args.job in WRITES:
             name_tables(cfg, WRITES[args.job], args.log_level)
     except ConfigError as err:

@@ -1,7 +1,8 @@
 """report: what one pipeline run did and how good its models are, gathered in Spark.
 
 `pipeline` records each run (its stage reports) as `<lakehouse>/_meta/runs/<run id>.json`,
-so a report can be drawn, or drawn again, from the lakehouse alone. Everything data-sized
+and each job run on its own records its one stage there, so a report can be drawn, or drawn
+again, from the lakehouse alone, however the jobs were run. Everything data-sized
 stays in Spark: quarantine reasons are counted per batch, and each model's test-split
 scores (beside the generator's planted probability, the Bayes-optimal score) are binned
 and counted per bin; only those few hundred rows reach the driver, where ROC and
@@ -29,32 +30,63 @@ BINS = 500  # score bins for the ROC curve (AUC within ~1e-3 of the exact one)
 CALIBRATION_BINS = 20  # equal-width groups of those bins for the calibration curve
 
 
-def record_run(cfg: PipelineConfig, stages: dict[str, dict]) -> str:
-    """Store a finished pipeline's stage reports as a new run record; returns its id."""
-    run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+def stage_name(result: dict) -> str:
+    """A job's stage in a run record, as `pipeline` names it: one per batch for ingest, one
+    per model family (mllib, torch) for score, else the job's name."""
+    if result["job"] == "ingest":
+        return f"ingest {result['batch_id']}"
+    if result["job"] == "score":
+        return "score torch" if result["model"].startswith("torch/") else "score mllib"
+    return result["job"]
+
+
+def record_run(cfg: PipelineConfig, stages: dict[str, dict], job: str = "pipeline") -> str:
+    """Store finished stages' reports as a new run record; returns its id.
+
+    `pipeline` records all its stages at once, a job run on its own (`job`) its one stage,
+    so that `report` draws the lakehouse after separate jobs too (see `read_run`).
+    """
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    run_id = f"{stamp}.{int(now % 1 * 1e6):06d}Z-{uuid.uuid4().hex[:6]}"  # sorts by time
     fs, folder = filesystem(cfg.lakehouse_path(RUNS))
     fs.create_dir(folder)
-    record = {"run_id": run_id, "pipeline": cfg.path, "name": cfg.name,
-              "created_unix": time.time(), "stages": stages}
+    record = {"run_id": run_id, "job": job, "pipeline": cfg.path, "name": cfg.name,
+              "created_unix": now, "stages": stages}
     with fs.open_output_stream(f"{folder}/{run_id}.json") as sink:  # unsorted: stage order
         sink.write(json.dumps(record, indent=2, default=str).encode())
     return run_id
 
 
 def read_run(cfg: PipelineConfig, run_id: str | None = None) -> dict:
-    """A run record by id, or the latest (ids sort by their UTC start time)."""
+    """A run record by id; by default the latest state of the lakehouse: the latest pipeline
+    run with the jobs recorded after it laid over it, each stage as its latest run left it
+    (or, with no pipeline run, every job recorded)."""
     where = cfg.lakehouse_path(RUNS)
     fs, folder = filesystem(where)
     infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     ids = sorted(i.base_name.removesuffix(".json") for i in infos if i.base_name.endswith(".json"))
     if not ids:
-        raise FileNotFoundError(f"no pipeline run recorded under {where}: "
-                                "run `sparkml-ext pipeline` first")
-    chosen = run_id or ids[-1]
-    if chosen not in ids:
-        raise FileNotFoundError(f"run {chosen!r} is not under {where} (latest: {ids[-3:]})")
-    with fs.open_input_stream(f"{folder}/{chosen}.json") as source:
-        return json.loads(source.read())
+        raise FileNotFoundError(f"no run recorded under {where}: run `sparkml-ext pipeline` or its "
+                                "jobs first")
+    if run_id is not None and run_id not in ids:
+        raise FileNotFoundError(f"run {run_id!r} is not under {where} (latest: {ids[-3:]})")
+
+    def record(chosen: str) -> dict:
+        with fs.open_input_stream(f"{folder}/{chosen}.json") as source:
+            return json.loads(source.read())
+
+    if run_id is not None:
+        return record(run_id)
+    newest_first = []
+    for chosen in reversed(ids):
+        newest_first.append(record(chosen))
+        if newest_first[-1].get("job", "pipeline") == "pipeline":  # older records: pipeline runs
+            break
+    stages: dict[str, dict] = {}
+    for run in reversed(newest_first):
+        stages.update(run["stages"])
+    return {**newest_first[0], "stages": stages}
 
 
 def build_report(spark: SparkSession, cfg: PipelineConfig, run: dict, out: str | None = None

@@ -15,11 +15,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from clickdata import clicks_config
 from PIL import Image
 
 from sparkml_ext.cli import EXIT_INPUT, EXIT_OK, main
 from sparkml_ext.holdout import BAYES
-from sparkml_ext.report import BINS, curves
+from sparkml_ext.report import BINS, curves, read_run, record_run, stage_name
 
 PLOTS = {"roc.png", "calibration.png", "training.png", "rows.png", "quarantine.png",
          "throughput.png"}
@@ -71,6 +72,21 @@ def test_curves_from_hand_made_bins(bins, auc):
     assert curve["auc"] == pytest.approx(auc)
     assert (curve["fpr"][-1], curve["tpr"][-1]) == pytest.approx((1.0, 1.0))
     assert sum(p["rows"] for p in curve["calibration"]) == curve["rows"] == sum(b[1] for b in bins)
+
+
+def test_the_latest_run_is_the_latest_pipeline_run_with_the_jobs_run_after_it(tmp_path):
+    cfg = clicks_config(tmp_path)
+    ingest, old, new = ({"job": "ingest", "batch_id": "b0"}, {"job": "score", "model": "gbt/v1"},
+                        {"job": "score", "model": "gbt/v2"})
+    record_run(cfg, {"ingest b1": {"job": "ingest", "batch_id": "b1"}}, "ingest")  # before the pipeline
+    piped = record_run(cfg, {"ingest b0": ingest, "score mllib": old, "score torch": {"job": "score"}})
+    scored = record_run(cfg, {stage_name(new): new}, "score")
+    assert list(read_run(cfg)["stages"].items()) == [
+        ("ingest b0", ingest), ("score mllib", new), ("score torch", {"job": "score"})]
+    assert read_run(cfg)["run_id"] == scored > piped
+    assert read_run(cfg, piped)["stages"]["score mllib"] == old  # a run by id: as recorded
+    assert [stage_name(r) for r in ({"job": "score", "model": "torch/v3"}, ingest, {"job": "features"})] \
+        == ["score torch", "ingest b0", "features"]
 
 
 @pytest.mark.slow
