@@ -1,7 +1,10 @@
 """`sparkml-ext <job>`: one subcommand per job, plus `pipeline` to run them in order.
 
-`report` draws an HTML page with PNG plots of a recorded pipeline run (the latest by
-default); `pipeline` records its run under `<lakehouse>/_meta/runs/` and ends with it.
+`pipeline` ingests the batch folders present under source.path (or those named), after
+generating click events only when the pipeline file has a `generate` section. Every job
+records its result under `<lakehouse>/_meta/runs/`, and `pipeline` its whole run, which it
+ends by reporting; `report` draws an HTML page with PNG plots of a recorded run (by default
+the latest pipeline run with the jobs run after it).
 
 The jobs/ scripts for spark-submit call `main` with their job's name, so a job takes
 the same options however it is launched. Exit codes: 0 done, 2 bad config or usage,
@@ -46,6 +49,7 @@ def name_tables(cfg: PipelineConfig, names: Sequence[str], log_level: str) -> li
 
     spark = _session(cfg, log_level)
     schema = cfg.catalog.schema
+    names = [name for name in names if getattr(cfg.tables, name) is not None]  # truth is optional
     named = [f"{schema}.{name}" for name in names if register(spark, schema, name, cfg.table_path(name))]
     if named:
         print(f"catalog: {', '.join(named)}")
@@ -61,9 +65,27 @@ def _done(result: dict) -> dict:
 def run_generate(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.generate import generate_clicks
 
-    gen = cfg.generate
+    gen = _generate_section(cfg)
     spark = _session(cfg, args.log_level)
     return _done(generate_clicks(spark, gen, gen.landing, cfg.table_path("truth")))
+
+
+def _generate_section(cfg: PipelineConfig) -> GenerateConfig:
+    if cfg.generate is None:
+        raise ConfigError(f"{cfg.path}: generate: no such section; add one (e.g. `generate: "
+                          "{rows: 100000}`) to generate click events")
+    return cfg.generate
+
+
+def generate_into_source(spark: SparkSession, cfg: PipelineConfig, gen: GenerateConfig) -> dict:
+    """Generate `gen`'s events under source.path, where ingest reads them (`gen.landing` is
+    where `sparkml-ext generate` lands them and plays no part here); its report."""
+    from sparkml_ext.generate import generate_clicks
+
+    if gen.format != cfg.source.format:
+        raise ConfigError(f"{cfg.path}: generate.format {gen.format!r} is not source.format "
+                          f"{cfg.source.format!r}: ingest could not read what generate lands")
+    return generate_clicks(spark, gen, cfg.source.path, cfg.table_path("truth"))
 
 
 def run_ingest(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
@@ -104,11 +126,19 @@ def run_report(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
 
 
 def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
-    """Every stage in order for one pipeline file, a progress line each, a table at the end."""
-    stages: list[tuple[str, Callable[[], dict]]] = [("generate", lambda: run_generate(args, cfg))]
-    for batch in range(cfg.generate.batches):
-        batch_args = argparse.Namespace(**{**vars(args), "batch_id": f"batch-{batch:05d}", "input": None})
-        stages.append((f"ingest {batch_args.batch_id}", lambda a=batch_args: run_ingest(a, cfg)))
+    """Every stage in order for one pipeline file, a progress line each, a table at the end.
+
+    Results are kept by `report.stage_name`, as a job run on its own records its result.
+    """
+    from sparkml_ext.report import stage_name
+
+    spark = _session(cfg, args.log_level)
+    stages: list[tuple[str, Callable[[], dict]]] = []
+    if cfg.generate is not None:
+        stages.append(("generate", lambda: _done(generate_into_source(spark, cfg, cfg.generate))))
+    for batch in pipeline_batches(spark, cfg, args.batch_ids):
+        batch_args = argparse.Namespace(**{**vars(args), "batch_id": batch, "input": None})
+        stages.append((f"ingest {batch}", lambda a=batch_args: run_ingest(a, cfg)))
     stages.append(("features", lambda: run_features(args, cfg)))
     stages.append(("train-mllib", lambda: run_train_mllib(args, cfg)))
     stages.append(("train-torch", lambda: run_train_torch(args, cfg)))
@@ -130,11 +160,47 @@ def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     for number, (name, stage) in enumerate(stages, 1):
         print(f"[{number}/{len(stages)}] {name} …", flush=True)
         started = time.monotonic()
-        results[name] = stage()
-        results[name]["stage_seconds"] = round(time.monotonic() - started, 1)
+        result = stage()
+        result["stage_seconds"] = round(time.monotonic() - started, 1)
+        results[stage_name(result)] = result
     print(_summary_table(results))
     print(f"report: {results['report']['html']}")
     return results
+
+
+def pipeline_batches(spark: SparkSession, cfg: PipelineConfig, named: Sequence[str] = ()) -> list[str]:
+    """The batch ids `pipeline` ingests, checked before any stage runs: `named` (--batch-id),
+    else those the generate section lands, else every batch folder under source.path."""
+    from sparkml_ext.generate import batch_id
+
+    root = cfg.source.path.rstrip("/")
+    if cfg.generate is not None:
+        landed = [batch_id(k) for k in range(cfg.generate.batches)]
+    else:
+        landed = batch_folders(spark, root)
+    missing = [batch for batch in named if batch not in landed]
+    if missing:
+        raise FileNotFoundError(f"{cfg.path}: --batch-id {missing[0]}: no batch folder {root}/{missing[0]}")
+    if not (named or landed):
+        raise FileNotFoundError(f"{cfg.path}: no batch folder under source.path {root}: put each "
+                                "batch's files in a folder of their own (its name is the batch id)")
+    for batch in named or landed:
+        cfg.batch_path(batch)  # a folder whose name is no batch id: refused now, not after hours
+    return list(named or landed)
+
+
+def batch_folders(spark: SparkSession, root: str) -> list[str]:
+    """The folders under `root` in name order, but hidden ones (`_*`, `.*`, which Spark skips too).
+
+    Listed through Hadoop's FileSystem, which opens whatever ingest reads (dbfs:, abfss:, ...).
+    """
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(root)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(path):
+        return []
+    names = (status.getPath().getName() for status in fs.listStatus(path) if status.isDirectory())
+    return sorted(name for name in names if not name.startswith(("_", ".")))
 
 
 def _summary_table(results: dict[str, dict]) -> str:
@@ -196,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(run=run_report)
 
     pipe = jobs.add_parser("pipeline", parents=[common], help="run every stage in order, then report")
+    pipe.add_argument("--batch-id", dest="batch_ids", action="append", default=[], metavar="BATCH_ID",
+                      help="ingest only this batch folder under source.path (repeatable; default: "
+                           "every batch folder there, in name order, or the generated ones)")
     pipe.set_defaults(run=run_pipeline)
     return parser
 
@@ -267,26 +336,19 @@ def seed_lakehouse(
     """Generate `gen` (by default the pipeline's `generate` section), ingest every batch it
     lands, then build the feature table, unless `through="ingest"` stops before it.
 
-    The events land under `source.path`, where ingest reads them (`gen.landing` is where
-    `sparkml-ext generate` lands them and plays no part here), so `gen.format` must be
+    The events land under `source.path` (`generate_into_source`), so `gen.format` must be
     `source.format`. Each of `SEED_STEPS` runs as `step(name, run)`, which returns `run()`: a
     benchmark passes its clock there. Returns each step's report by name: the generate
     report, the list of ingest reports in batch order and the features report. The start of
     `sparkml-ext pipeline` as one call, for the test fixtures and the benchmarks.
     """
     from sparkml_ext.features import build_features
-    from sparkml_ext.generate import generate_clicks
     from sparkml_ext.ingest import ingest_batch
 
     if through not in ("ingest", "features"):
         raise ValueError(f"through: must be 'ingest' or 'features', got {through!r}")
-    gen = cfg.generate if gen is None else gen
-    if gen.format != cfg.source.format:
-        raise ValueError(f"generate.format {gen.format!r} is not source.format {cfg.source.format!r}: "
-                         "ingest could not read what generate lands")
-    landing = cfg.source.path
-    reports: dict = {"generate": step("generate", lambda: generate_clicks(
-        spark, gen, landing, cfg.table_path("truth")))}
+    gen = _generate_section(cfg) if gen is None else gen
+    reports: dict = {"generate": step("generate", lambda: generate_into_source(spark, cfg, gen))}
     batches = [folder.rstrip("/").rpartition("/")[2] for folder in reports["generate"]["batch_dirs"]]
     reports["ingest"] = step("ingest", lambda: [ingest_batch(spark, cfg, batch) for batch in batches])
     if through == "features":

@@ -62,10 +62,10 @@ class TablesConfig:
     bronze: str
     quarantine: str
     batches: str
-    truth: str
     features: str
     models: str
     predictions: str
+    truth: str | None = None  # the click generator's planted truth: only with a `generate` section
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,9 @@ class ScoreConfig:
 @dataclass(frozen=True)
 class GenerateConfig:
     """Synthetic click events (`sparkml_ext.generate`): the same values always yield the same
-    events, lines and truth. `landing` is where `sparkml-ext generate` lands them."""
+    events, lines and truth. `landing` is where `sparkml-ext generate` lands them; `pipeline`
+    lands them under source.path, where it ingests. A pipeline file without this section
+    runs over the user's own batches: nothing is generated."""
 
     rows: int = 100_000
     seed: int = 7
@@ -257,7 +259,7 @@ class PipelineConfig:
     source: SourceConfig
     tables: TablesConfig
     ingest: IngestConfig = IngestConfig()
-    generate: GenerateConfig = GenerateConfig()
+    generate: GenerateConfig | None = None  # None: the pipeline generates nothing
     features: FeaturesConfig = FeaturesConfig()
     train_mllib: TrainMllibConfig = TrainMllibConfig()
     train_torch: TrainTorchConfig = TrainTorchConfig()
@@ -279,6 +281,8 @@ class PipelineConfig:
     def table_path(self, name: str) -> str:
         """Absolute location of one of `tables`: relative entries live under the lakehouse."""
         where = getattr(self.tables, name)
+        if where is None:
+            raise ConfigError(f"{self.path}: tables.{name}: not set")
         if "://" in where or os.path.isabs(where):
             return where
         return self.lakehouse_path(where)
@@ -332,7 +336,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     raw.setdefault("path", file)
     config = _build(PipelineConfig, raw, file, "")
     _check_source(config.source, file)
-    _check_tables(config.tables, file)
+    _check_tables(config, file)
     _check_features(config.features, file)
     _check_tracking(config.tracking, file)
     _check_catalog(config.catalog, file)
@@ -457,10 +461,14 @@ def _check_source(source: SourceConfig, file: str) -> None:
         raise ConfigError(f"{file}: source.event_time: column {source.event_time!r} must be a timestamp")
 
 
-def _check_tables(tables: TablesConfig, file: str) -> None:
-    """A relative table path must stay inside the lakehouse ('..' may not climb out)."""
-    for name, where in dataclasses.asdict(tables).items():
-        if "://" in where or os.path.isabs(where):
+def _check_tables(config: PipelineConfig, file: str) -> None:
+    """A relative table path must stay inside the lakehouse ('..' may not climb out); the
+    generator needs a table for its truth."""
+    if config.generate is not None and config.tables.truth is None:
+        raise ConfigError(f"{file}: tables.truth: required with a generate section (where the "
+                          "generator's planted truth goes); or remove the generate section")
+    for name, where in dataclasses.asdict(config.tables).items():
+        if where is None or "://" in where or os.path.isabs(where):
             continue
         if posixpath.normpath(where).split("/")[0] in ("..", "."):
             raise ConfigError(f"{file}: tables.{name}: {where!r} escapes the lakehouse; "

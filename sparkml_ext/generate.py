@@ -59,6 +59,11 @@ ROWS_PER_FILE = 1_000_000
 SECONDS_PER_DAY = 86_400
 
 
+def batch_id(k: int) -> str:
+    """Generated batch k's folder under the landing path, which ingest takes as its batch id."""
+    return f"batch-{k:05d}"
+
+
 def generate_clicks(
     spark: SparkSession, spec: GenerateConfig, landing_dir: str, truth_path: str
 ) -> dict:
@@ -304,7 +309,7 @@ def _publish(
         fs.delete(old.getPath(), True)
     batch_dirs = []
     for k in range(batches):
-        source, target = path(staging, f"batch={k}"), path(root, f"batch-{k:05d}")
+        source, target = path(staging, f"batch={k}"), path(root, batch_id(k))
         fs.mkdirs(target)
         staged = fs.listStatus(source) if fs.exists(source) else []
         names = sorted(s.getPath().getName() for s in staged)

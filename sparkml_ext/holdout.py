@@ -94,20 +94,30 @@ def binary_metrics(scored: DataFrame, label: str, probability: str) -> dict:
             "log_loss": row.log_loss, "accuracy": row.accuracy, "test_rows": row.rows}
 
 
-def planted(spark: SparkSession, cfg: PipelineConfig) -> DataFrame | None:
-    """`key, score`: the generator's planted click probability per event (None without truth)."""
+def planted(spark: SparkSession, cfg: PipelineConfig, rows: DataFrame) -> DataFrame | None:
+    """`rows` joined by key with the generator's planted click probability as `score`.
+
+    None where the generator's truth is not this data's: no `tables.truth` (a user's file),
+    no table there, or one without the source's key (of that type) or `p_click`.
+    """
+    if cfg.tables.truth is None:
+        return None
     try:
         truth, _ = lake.read_version(spark, cfg.table_path("truth"))
     except FileNotFoundError:
         return None
-    return (truth.select(cfg.source.key, F.col("p_click").cast("double").alias("score"))
-            .where(F.col("score").isNotNull()))
+    key = cfg.source.key
+    types = {f.name: f.dataType for f in truth.schema.fields}
+    if "p_click" not in types or types.get(key) != rows.schema[key].dataType:
+        return None
+    scores = truth.select(key, F.col("p_click").cast("double").alias("score")).where(F.col("score").isNotNull())
+    return rows.join(scores, key)
 
 
 def bayes_optimal_auc(spark: SparkSession, cfg: PipelineConfig, test: DataFrame, label: str) -> float | None:
-    """AUC of the generator's planted probability on the same test rows (None without truth)."""
-    truth = planted(spark, cfg)
-    if truth is None:
+    """AUC of the generator's planted probability on the same test rows (None without truth
+    for them, see `planted`)."""
+    joined = planted(spark, cfg, test.select(cfg.source.key, label))
+    if joined is None or joined.isEmpty():
         return None
-    joined = test.select(cfg.source.key, label).join(truth, cfg.source.key)
     return float(BinaryClassificationEvaluator(labelCol=label, rawPredictionCol="score").evaluate(joined))

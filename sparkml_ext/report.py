@@ -155,7 +155,8 @@ def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict]
     """(bin, rows, positives, score sum) per curve over the test split, binned in Spark.
 
     Each scored model is read from the predictions table as the run left it; the
-    Bayes-optimal curve scores the same test rows with the generator's planted probability.
+    Bayes-optimal curve scores the same test rows with the generator's planted probability
+    where the generator's truth covers them (generated data only).
     """
     key, label = cfg.source.key, cfg.features.label
     predictions, _ = lake.read_version(spark, cfg.table_path("predictions"),
@@ -166,10 +167,9 @@ def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict]
                                    & (F.col("feature_version") == r["feature_version"]))
         frames.append(_test_rows(spark, cfg, r["feature_version"]).join(scored, key)
                       .select(F.lit(r["model"]).alias("curve"), "score", label))
-    truth = planted(spark, cfg)
+    truth = planted(spark, cfg, _test_rows(spark, cfg, scores[-1]["feature_version"]))
     if truth is not None:
-        frames.append(_test_rows(spark, cfg, scores[-1]["feature_version"]).join(truth, key)
-                      .select(F.lit(BAYES).alias("curve"), "score", label))
+        frames.append(truth.select(F.lit(BAYES).alias("curve"), "score", label))
     score = F.col("score").cast("double")
     bin_ = F.least(F.greatest(F.floor(score * BINS), F.lit(0)), F.lit(BINS - 1)).cast("int")
     rows = (reduce(DataFrame.unionByName, frames)

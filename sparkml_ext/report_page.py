@@ -39,7 +39,7 @@ def write_page(data: dict, out: str) -> dict:
     colours = {name: MODELS[i % len(MODELS)] for i, name in enumerate(data["models"])}
     colours[BAYES] = OPTIMUM
     sections: list[tuple[str, str, str, bool]] = []  # (title, png name, caption, full width)
-    for title, name, draw, caption, wide in _figures():
+    for title, name, draw, caption, wide in _figures(data):
         figure = draw(data, colours)
         if figure is None:
             continue
@@ -58,15 +58,16 @@ def write_page(data: dict, out: str) -> dict:
             "auc": {name: curve["auc"] for name, curve in data["curves"].items()}}
 
 
-def _figures() -> list[tuple[str, str, Callable, str, bool]]:
+def _figures(data: dict) -> list[tuple[str, str, Callable, str, bool]]:
     """(title, file, drawing, caption, full width), in page order."""
+    optimum = (" The Bayes-optimal curve ranks the same rows by the generator's planted click "
+               "probability." if BAYES in data["curves"] else "")  # generated data only
     return [
         ("ROC on the test split", "roc.png", _roc,
-         "Test split (10% by key hash), scores binned in Spark. The Bayes-optimal curve ranks "
-         "the same rows by the generator's planted click probability.", False),
+         f"Test split (10% by key hash), scores binned in Spark.{optimum}", False),
         ("Calibration on the test split", "calibration.png", _calibration,
-         "Mean predicted probability against the observed click rate, in 20 equal-width bins "
-         f"(bins with fewer than {MIN_CALIBRATION_ROWS} test rows are not drawn).", False),
+         "Mean predicted probability against the observed rate of positives, in 20 equal-width "
+         f"bins (bins with fewer than {MIN_CALIBRATION_ROWS} test rows are not drawn).", False),
         ("Training", "training.png", _training,
          "Torch: loss and validation AUC per epoch. MLlib: validation AUC of its best grid "
          "point.", True),
@@ -154,8 +155,8 @@ def _calibration(data: dict, colours: dict):
         ax.plot([p["predicted"] for p in points], [p["observed"] for p in points], marker="o",
                 markersize=3, color=colours[name], linestyle="--" if name == BAYES else "-",
                 label=name)
-    _unit_square(ax, "Calibration, test split", "mean predicted click probability",
-                 "observed click rate", "perfectly calibrated", "upper left")
+    _unit_square(ax, "Calibration, test split", "mean predicted probability",
+                 "observed rate of positives", "perfectly calibrated", "upper left")
     return figure
 
 
@@ -244,16 +245,18 @@ def _html(data: dict, sections: list[tuple[str, str, str, bool]]) -> str:
 
 
 def _models_table(data: dict) -> str:
+    """One row per model; the Bayes-optimal columns only where a model has that optimum."""
+    compared = any(m["bayes_optimal_auc"] is not None for m in data["models"].values())
     rows = []
     for name, model in data["models"].items():
         curve = data["curves"].get(name, {})
         auc, optimum = model["card_auc"], model["bayes_optimal_auc"]
         gap = optimum - auc if optimum is not None and auc is not None else None
         rows.append([name, model["kind"], f"v{model['feature_version']}", _num(auc),
-                     _num(curve.get("auc")), _num(optimum), _num(gap), _num(model["log_loss"]),
-                     f"{curve['rows']:,}" if curve else ""])
+                     _num(curve.get("auc")), *([_num(optimum), _num(gap)] if compared else []),
+                     _num(model["log_loss"]), f"{curve['rows']:,}" if curve else ""])
     return _table(["model", "kind", "feature table", "test AUC", "AUC (binned curve)",
-                   "Bayes-optimal AUC", "gap", "log loss", "test rows"], rows)
+                   *(["Bayes-optimal AUC", "gap"] if compared else []), "log loss", "test rows"], rows)
 
 
 def _stages_table(data: dict) -> str:
