@@ -281,10 +281,16 @@ RECORDED = ("generate", "ingest", "features", "train-mllib", "train-torch", "sco
 
 
 def _record(cfg: PipelineConfig, job: str, result: dict, started: float) -> None:
-    from sparkml_ext.report import record_run, stage_name
+    """Record a job's result for `report`. The job's writes stand either way, so a record that
+    cannot be written (a lakehouse URI pyarrow cannot open, such as s3a://) is said, not fatal."""
+    from sparkml_ext.report import RUNS, record_run, stage_name
 
     result["stage_seconds"] = round(time.monotonic() - started, 1)
-    record_run(cfg, {stage_name(result): result}, job)
+    try:
+        record_run(cfg, {stage_name(result): result}, job)
+    except (OSError, ValueError) as err:
+        print(f"{job}: its run is not recorded under {cfg.lakehouse_path(RUNS)} ({err}); "
+              "`report` will not show it", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import io
 import json
 import shutil
 import subprocess
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from clickdata import clicks_config
 from PIL import Image
 
-from sparkml_ext.cli import EXIT_INPUT, EXIT_OK, main
+from sparkml_ext.cli import EXIT_INPUT, EXIT_OK, _record, main
 from sparkml_ext.holdout import BAYES
 from sparkml_ext.report import BINS, curves, read_run, record_run, stage_name
 
@@ -87,6 +88,12 @@ def test_the_latest_run_is_the_latest_pipeline_run_with_the_jobs_run_after_it(tm
     assert read_run(cfg, piped)["stages"]["score mllib"] == old  # a run by id: as recorded
     assert [stage_name(r) for r in ({"job": "score", "model": "torch/v3"}, ingest, {"job": "features"})] \
         == ["score torch", "ingest b0", "features"]
+
+
+def test_a_job_whose_run_cannot_be_recorded_says_so_and_stands(capsys):
+    cfg = clicks_config("s3a://bucket/x")  # a URI Spark opens and pyarrow does not
+    _record(cfg, "features", {"job": "features"}, time.monotonic())
+    assert "features: its run is not recorded under s3a://bucket/x/lake/_meta/runs" in capsys.readouterr().err
 
 
 @pytest.mark.slow
