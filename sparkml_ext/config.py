@@ -113,8 +113,22 @@ MLLIB_MODELS = ("logistic_regression", "gbt", "random_forest", "linear_regressio
 
 
 @dataclass(frozen=True)
+class MllibModelConfig:
+    """One model type's fixed params and the grid searched, by MLlib param name."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TrainMllibConfig:
-    """One MLlib model: its type, fixed params, the grid to search and how."""
+    """One MLlib model: its type, fixed params, the grid to search and how.
+
+    Params and grid are kept per model type under `models`, so that switching `model`
+    switches them too (a GBT's stepSize means nothing to a logistic regression); a type
+    without an entry trains with MLlib's defaults. `params` / `grid`, when set, replace the
+    chosen type's for one run (`--set 'train_mllib.grid={}'`).
+    """
 
     model: Literal[MLLIB_MODELS] = "gbt"
     label: str | None = None  # default: features.label
@@ -122,10 +136,25 @@ class TrainMllibConfig:
     search: Literal["train_validation_split", "cross_validator"] = "train_validation_split"
     folds: int = 3
     parallelism: int = 2
-    params: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, list[Any]] = field(default_factory=dict)
+    models: dict[str, MllibModelConfig] = field(default_factory=dict)
+    params: dict[str, Any] | None = None  # null = models.<model>.params
+    grid: dict[str, list[Any]] | None = None  # null = models.<model>.grid
     max_categories: int = 1000
     sample_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.models) - set(MLLIB_MODELS))
+        if unknown:
+            raise ValueError(f"models.{unknown[0]}: not a model type (expected one of: "
+                             f"{', '.join(MLLIB_MODELS)})")
+
+    def chosen(self) -> TrainMllibConfig:
+        """This run's settings: the chosen model's params and grid, without `models`."""
+        entry = self.models.get(self.model, MllibModelConfig())
+        return dataclasses.replace(
+            self, models={},
+            params=entry.params if self.params is None else self.params,
+            grid=entry.grid if self.grid is None else self.grid)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
 from sparkml_ext import lake, modelstore, tracking
-from sparkml_ext.config import ConfigError, PipelineConfig, fingerprint
+from sparkml_ext.config import ConfigError, PipelineConfig, TrainMllibConfig, fingerprint
 from sparkml_ext.encoders import FrequencyEncoder
 from sparkml_ext.feature_spec import feature_columns, processed_version, spec_fingerprint
 from sparkml_ext.holdout import (
@@ -64,7 +64,8 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
     """Fit, tune, evaluate and store one model; returns its card."""
     started = time.monotonic()
     tracker = tracking.Tracker(cfg, "train-mllib")
-    tm, key = cfg.train_mllib, cfg.source.key
+    _check_params(cfg.train_mllib, cfg.path)
+    tm, key = cfg.train_mllib.chosen(), cfg.source.key
     label = tm.label or cfg.features.label
     table = cfg.table_path("features")
     try:
@@ -79,7 +80,7 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
         data = data.where(F.pmod(F.xxhash64(key, F.lit("sample")), 10_000) < tm.sample_fraction * 10_000)
 
     pipeline, evaluator = build_pipeline(cfg, label)
-    grid = _param_grid(pipeline.getStages()[-1], cfg)
+    grid = _param_grid(pipeline.getStages()[-1], tm)
     counts = {r["_split"]: r["count"] for r in data.groupBy("_split").count().collect()}  # driver-ok: 3 rows
     if counts.get("train", 0) == 0 or counts.get("test", 0) == 0:
         raise TrainError(f"feature table {table} v{version} has too few rows to split ({counts})")
@@ -106,7 +107,7 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
         "label": label,
         "rows": counts,
         "config_hash": config_hash(cfg),
-        "params": {k: v for k, v in tm.params.items()},
+        "params": dict(tm.params),
         "search": search,
         "metrics": metrics,
         "timings": {"fit_seconds": fit_seconds, "total_seconds": round(time.monotonic() - started, 1)},
@@ -119,11 +120,11 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
 
 def build_pipeline(cfg: PipelineConfig, label: str) -> tuple[Pipeline, Evaluator]:
     """Encoders and assembler suited to the model type, the estimator last."""
-    tm, columns = cfg.train_mllib, feature_columns(cfg.features)
+    tm, columns = cfg.train_mllib.chosen(), feature_columns(cfg.features)
     numeric, raw = columns["numeric"], columns["categorical_raw"]
     estimator = ESTIMATORS[tm.model]()
     if tm.model == "kmeans":
-        _set_params(estimator, tm.params, cfg.path, "params")
+        _set_params(estimator, tm.params)
         stages = [
             VectorAssembler(inputCols=numeric, outputCol="numeric_vector"),
             StandardScaler(inputCol="numeric_vector", outputCol="features", withMean=True),
@@ -150,7 +151,7 @@ def build_pipeline(cfg: PipelineConfig, label: str) -> tuple[Pipeline, Evaluator
         stages.append(VectorAssembler(inputCols=numeric + ids, outputCol="features"))
         estimator.setMaxBins(max(estimator.getMaxBins(), tm.max_categories + 1))
     estimator.set(estimator.labelCol, label)
-    _set_params(estimator, tm.params, cfg.path, "params")
+    _set_params(estimator, tm.params)
     if TASKS[tm.model] == CLASSIFICATION:
         evaluator = BinaryClassificationEvaluator(labelCol=label, metricName="areaUnderROC")
     else:
@@ -158,20 +159,29 @@ def build_pipeline(cfg: PipelineConfig, label: str) -> tuple[Pipeline, Evaluator
     return Pipeline(stages=[*stages, estimator]), evaluator
 
 
-def _set_params(estimator: Estimator, params: dict, file: str, section: str) -> None:
+def _check_params(tm: TrainMllibConfig, file: str) -> None:
+    """Refuse a param name its estimator lacks, in every model type's entry and in the
+    overrides, before anything is read or fitted: a typo fails the run that meets it first."""
+    named = [(model, f"models.{model}.{what}", getattr(entry, what))
+             for model, entry in tm.models.items() for what in ("params", "grid")]
+    named += [(tm.model, what, getattr(tm, what)) for what in ("params", "grid")
+              if getattr(tm, what) is not None]
+    for model, where, values in named:
+        estimator = ESTIMATORS[model]()
+        for name in values:
+            if not estimator.hasParam(name):
+                raise ConfigError(f"{file}: train_mllib.{where}.{name}: "
+                                  f"{type(estimator).__name__} has no such parameter")
+
+
+def _set_params(estimator: Estimator, params: dict) -> None:
     for name, value in params.items():
-        if not estimator.hasParam(name):
-            raise ConfigError(
-                f"{file}: train_mllib.{section}.{name}: {type(estimator).__name__} has no such parameter"
-            )
-        if section == "params":
-            estimator.set(estimator.getParam(name), value)
+        estimator.set(estimator.getParam(name), value)
 
 
-def _param_grid(estimator: Estimator, cfg: PipelineConfig) -> list[dict]:
-    _set_params(estimator, cfg.train_mllib.grid, cfg.path, "grid")
+def _param_grid(estimator: Estimator, tm: TrainMllibConfig) -> list[dict]:
     builder = ParamGridBuilder()
-    for name, values in cfg.train_mllib.grid.items():
+    for name, values in tm.grid.items():
         builder.addGrid(estimator.getParam(name), values)
     return builder.build()
 
@@ -217,8 +227,8 @@ def evaluate_model(model: PipelineModel, test: DataFrame, task: str, label: str)
 
 
 def config_hash(cfg: PipelineConfig) -> str:
-    """What fixes the trained model: the feature spec and train_mllib."""
-    return fingerprint({"features": asdict(cfg.features), "train_mllib": asdict(cfg.train_mllib)})
+    """What fixes the trained model: the feature spec and train_mllib's settings for its type."""
+    return fingerprint({"features": asdict(cfg.features), "train_mllib": asdict(cfg.train_mllib.chosen())})
 
 
 def _check_label(data: DataFrame, label: str, model_type: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,19 @@ def test_each_model_type_trains(spark, lakehouse, model, overrides, metric):
     assert metric in card["metrics"]
 
 
+def test_the_readme_example_switches_the_model_with_its_own_params(spark, lakehouse):
+    """The README's `--set` on the shipped file, verbatim: the chosen type's own entry is
+    used, not the GBT's params (issue 19: "LogisticRegression has no such parameter")."""
+    example = re.search(r"sparkml-ext train-mllib --set (\S+)", Path("README.md").read_text())
+    assert example and example.group(1) == "train_mllib.model=logistic_regression"
+    cfg = clicks_config(lakehouse, example.group(1))
+    card = train_mllib(spark, cfg)
+    assert card["model_version"].startswith("logistic_regression/v")
+    assert card["params"] == cfg.train_mllib.models["logistic_regression"].params
+    assert len(card["search"]["scores"]) == len(cfg.train_mllib.models["logistic_regression"].grid["regParam"])
+    assert 0.55 < card["metrics"]["auc_roc"] <= 1
+
+
 def test_cross_validator_on_hash_folds(spark, lakehouse):
     card = train_mllib(spark, clicks_config(lakehouse, "train_mllib.search=cross_validator", "train_mllib.folds=2", *FAST))
     assert card["search"]["kind"] == "cross_validator" and len(card["search"]["scores"]) == 2
@@ -80,6 +94,11 @@ def test_bad_requests_are_clear_and_write_nothing(spark, lakehouse, tmp_path):
         clicks_config(lakehouse, "train_mllib.model=deep_forest")
     with pytest.raises(ConfigError, match="train_mllib.params.maxDepht: GBTClassifier has no such parameter"):
         train_mllib(spark, clicks_config(lakehouse, "train_mllib.params={maxDepht: 3}"))
+    with pytest.raises(ConfigError, match="clicks.yaml: train_mllib.models.logistic_regression.grid.maxDepth: "
+                                          "LogisticRegression has no such parameter"):
+        train_mllib(spark, clicks_config(lakehouse, "train_mllib.models.logistic_regression.grid={maxDepth: [2]}"))
+    with pytest.raises(ConfigError, match="train_mllib.models.deep_forest: not a model type"):
+        clicks_config(lakehouse, "train_mllib.models.deep_forest={params: {}}")
     with pytest.raises(ConfigError, match="features: the feature spec changed since"):
         train_mllib(spark, clicks_config(lakehouse, "features.clip=5"))
     with pytest.raises(TrainError, match="label column 'c1' has type string"):
