@@ -7,7 +7,8 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,26 +89,24 @@ CLUSTER_PIPELINE = [
 ]
 
 
-@pytest.fixture(scope="session")
-def cluster_pipeline(tmp_path_factory) -> ClusterRun:
+def run_cluster_pipeline(root: Path) -> ClusterRun:
     """One `pipeline` run as a user runs it on a cluster (`make cluster-start cluster-demo
     cluster-stop`): a master and two workers on 127.0.0.1 whose Python lacks sparkml_ext, the
     package shipped only as the `--py-files` zip, DDP ranks in barrier mode, MLflow on.
 
-    Shared because it is the suite's most expensive run: the cluster test checks how it ran,
-    the report test the page it ended with.
+    The suite's most expensive run, shared: the cluster test checks how it ran, the report
+    test the page it ended with.
     """
-    from shipping import REPO, build_wheel, cluster_script, report_of, submit
+    from shipping import QUICK_JVMS, REPO, build_wheel, cluster_script, report_of, submit
 
     cluster = cluster_script()
-    root = tmp_path_factory.mktemp("cluster-pipeline")
     work = root / "cluster"
     archive = build_wheel(root / "dist").with_name("sparkml_ext.zip")
     script = [sys.executable, str(REPO / "scripts" / "cluster.py"), "--work-dir", str(work)]
     where = [f"lakehouse={root}/lake", f"generate.landing={root}/landing", f"source.path={root}/landing"]
     try:
         ports = ["--port", str(_free_port()), "--webui-port", str(_free_port())]
-        subprocess.run([*script, "start", *ports], check=True, timeout=300)
+        subprocess.run([*script, "start", *ports], check=True, timeout=300, env={**os.environ, **QUICK_JVMS})
         node = subprocess.run([work / "node-env" / "bin" / "python", "-P", "-c", "import sparkml_ext"],
                               cwd=work, capture_output=True, text=True, check=False)
         assert "No module named 'sparkml_ext'" in node.stderr  # only the archive can provide it
@@ -116,3 +115,55 @@ def cluster_pipeline(tmp_path_factory) -> ClusterRun:
     finally:
         stopped = subprocess.run([*script, "stop"], capture_output=True, text=True, timeout=300, check=False)
     return ClusterRun(root, run.stdout, report_of(run), stopped, cluster.processes_under(work))
+
+
+def run_airflow_dag(work: Path):
+    from airflowkit import run_dag_twice
+
+    return run_dag_twice(work)
+
+
+def run_concurrent_ingests(root: Path):
+    from faultkit import run_concurrent_ingests
+
+    return run_concurrent_ingests(root)
+
+
+# The suite's two long runs of subprocesses (spark-submit to a cluster, Airflow): nothing in
+# them needs this process's Spark, so they start in the background when the session starts
+# and overlap the in-process tests; the tests that check them run last. Each is the session
+# fixture of the same name, which waits for its run.
+BACKGROUND: dict[str, Callable[[Path], object]] = {
+    "cluster_pipeline": run_cluster_pipeline,
+    "airflow_dag_runs": run_airflow_dag,
+    "concurrent_ingests": run_concurrent_ingests,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: bool(BACKGROUND.keys() & set(item.fixturenames)))  # stable
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_runs(request, tmp_path_factory) -> Iterator[dict[str, Future]]:
+    """The BACKGROUND runs the selected tests need, started now in threads."""
+    wanted = [name for name in BACKGROUND if any(name in item.fixturenames for item in request.session.items)]
+    with ThreadPoolExecutor(max_workers=len(BACKGROUND), thread_name_prefix="background") as pool:
+        yield {name: pool.submit(BACKGROUND[name], tmp_path_factory.mktemp(name)) for name in wanted}
+
+
+@pytest.fixture(scope="session")
+def cluster_pipeline(background_runs) -> ClusterRun:
+    return background_runs["cluster_pipeline"].result()
+
+
+@pytest.fixture(scope="session")
+def airflow_dag_runs(background_runs):
+    """`airflowkit.DagRuns`: the DAG's two `dags test` runs of one interval."""
+    return background_runs["airflow_dag_runs"].result()
+
+
+@pytest.fixture(scope="session")
+def concurrent_ingests(background_runs):
+    """`faultkit.ConcurrentIngests`: two ingest jobs at once into one table."""
+    return background_runs["concurrent_ingests"].result()

@@ -13,12 +13,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from clickdata import line  # noqa: E402
+from clickdata import line, write_batch  # noqa: E402
+from shipping import QUICK_JVMS  # noqa: E402
 
 SPARK_SUBMIT = Path(sys.executable).with_name("spark-submit")
 
@@ -40,7 +42,7 @@ def submit_command(job: str, *args: str) -> list[str]:
 
 def launch(command: Sequence[str], log: Path) -> subprocess.Popen:
     """Start `command` as the leader of a new process group, output to `log`."""
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env = {**os.environ, **QUICK_JVMS, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     with open(log, "wb") as out:
         return subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
@@ -54,6 +56,26 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> tuple[int
         kill_group(proc)
         raise
     return code, log.read_text(errors="replace")
+
+
+@dataclass
+class ConcurrentIngests:
+    root: Path  # lake/ and landing/
+    batches: dict[str, list[str]]  # each batch's lines, by batch id
+    outcomes: dict[str, tuple[int, str]]  # each job's exit code and output, by batch id
+
+
+def run_concurrent_ingests(root: Path) -> ConcurrentIngests:
+    """Two ingest jobs, separate Spark applications, appending one 2,000-line batch each to
+    the same new bronze table at the same time. Needs nothing of the test process's Spark,
+    so conftest.py runs it in the background."""
+    batches = {f"b{i}": click_lines(f"b{i}", 2_000) for i in (1, 2)}
+    for name, lines in batches.items():
+        write_batch(root / "landing" / name, lines)
+    where = [f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing"]
+    procs = {name: launch(submit_command("ingest", "--batch-id", name, *where), root / f"{name}.log")
+             for name in batches}
+    return ConcurrentIngests(root, batches, {name: finish(proc, root / f"{name}.log") for name, proc in procs.items()})
 
 
 def group_members(pgid: int) -> list[int]:

@@ -2,31 +2,25 @@
 
 The DAG must import cleanly, and `airflow dags test` must run the whole pipeline through
 SparkSubmitOperator against local Spark on small data; a second run of the same interval
-must change nothing in the lakehouse.
+must change nothing in the lakehouse. The two runs (tests/airflowkit.py) start in the
+background when the session starts (conftest.py); these tests run last and check them.
 """
 
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
+from airflowkit import ROWS
 
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import load_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-AIRFLOW_BIN = ROOT / ".airflow-venv" / "bin"
-DAG_ID = "sparkml_ext_pipeline"
-ROWS = 2000
-SMALL = ["train_mllib.params={maxIter: 3}", "train_mllib.grid={}", "train_torch.epochs=1",
-         "train_torch.batch_size=256", "train_torch.embedding_rows=1024"]
 # `dags test` of logical date 2026-01-02 runs the interval [2026-01-01, 2026-01-02).
 BATCH_ID = "20260101T000000-00000"
 
@@ -45,37 +39,8 @@ print(json.dumps({
 """
 
 
-@pytest.fixture(scope="module")
-def airflow(tmp_path_factory):
-    """Run the Airflow CLI with a fresh AIRFLOW_HOME (sqlite) and the project's spark-submit on PATH."""
-    built = subprocess.run(["make", "airflow-venv"], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-    work = tmp_path_factory.mktemp("airflow")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(work / "home"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow" / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-        "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",  # spark-submit
-        "SPARKML_EXT_LAKEHOUSE": str(work / "lake"),
-        "SPARKML_EXT_LANDING": str(work / "landing"),
-        "SPARKML_EXT_BATCHES": "1",
-        "SPARKML_EXT_RETRIES": "0",  # fail fast here; the DAG's own default is 3 with back-off
-    }
-
-    def run(program: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(AIRFLOW_BIN / program), *args], cwd=work, env=env,
-                              capture_output=True, text=True, timeout=1200)
-
-    migrated = run("airflow", "db", "migrate")
-    assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
-    run.work = work
-    return run
-
-
-def test_dag_imports_cleanly_with_retries_and_one_task_per_job(airflow):
-    result = airflow("python", "-c", DAGBAG_REPORT, str(ROOT / "airflow" / "dags"))
+def test_dag_imports_cleanly_with_retries_and_one_task_per_job(airflow_dag_runs):
+    result = airflow_dag_runs.airflow("python", "-c", DAGBAG_REPORT, str(ROOT / "airflow" / "dags"))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["errors"] == {}
@@ -92,11 +57,12 @@ def test_dag_imports_cleanly_with_retries_and_one_task_per_job(airflow):
     assert report["max_active_runs"] == 1
 
 
-def test_dags_test_runs_the_pipeline_and_a_rerun_changes_nothing(airflow, spark):
-    first = dags_test(airflow)
-    assert branches(first) == [{"generate"}, {"train_mllib", "train_torch"}]
+def test_dags_test_runs_the_pipeline_and_a_rerun_changes_nothing(airflow_dag_runs, spark):
+    runs = airflow_dag_runs
+    assert branches(runs.first) == [{"generate"}, {"train_mllib", "train_torch"}]
 
-    cfg = load_config(ROOT / "conf/pipelines/clicks.yaml", [f"lakehouse={airflow.work / 'lake'}"])
+    work = runs.airflow.work
+    cfg = load_config(ROOT / "conf/pipelines/clicks.yaml", [f"lakehouse={work / 'lake'}"])
     landed = lake.ledger_record(spark, cfg.table_path("batches"), "ingest", BATCH_ID)
     assert landed is not None and landed.committed
     bronze = spark.read.format("delta").load(cfg.table_path("bronze")).where(f"_batch_id = '{BATCH_ID}'")
@@ -112,34 +78,11 @@ def test_dags_test_runs_the_pipeline_and_a_rerun_changes_nothing(airflow, spark)
     per_model = {r["model"]: r["count"] for r in predictions.groupBy("model").count().collect()}
     assert per_model == {"gbt/v1": accepted, "torch/v1": accepted}
 
-    before = lakehouse_state(spark, cfg, airflow.work / "landing")
-    second = dags_test(airflow)
-    assert branches(second) == [{"landing_complete"}, {"models_current"}]
-    assert "already ingested: nothing written" in second
-    assert lakehouse_state(spark, cfg, airflow.work / "landing") == before
-
-
-def dags_test(airflow) -> str:
-    """One `airflow dags test` of the interval, on small data; returns its log."""
-    conf = json.dumps({"rows": ROWS, "overrides": SMALL})
-    result = airflow("airflow", "dags", "test", DAG_ID, "2026-01-02", "--conf", conf)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0 and "state=success" in log, log[-6000:]
-    return log
+    assert branches(runs.second) == [{"landing_complete"}, {"models_current"}]
+    assert "already ingested: nothing written" in runs.second
+    assert any("/_delta_log/" in name for name in runs.before) and runs.before == runs.after
 
 
 def branches(log: str) -> list[set[str]]:
     """The task ids each branch task chose, in order."""
     return [ast.literal_eval(chosen) for chosen in re.findall(r"Following branch (\{[^}]*\})", log)]
-
-
-def lakehouse_state(spark, cfg, landing: Path) -> dict:
-    """Every table's version and rows, the stored models, and the landed files' bytes."""
-    tables = {name: lake.current_version(spark, cfg.table_path(name))
-              for name in ("bronze", "quarantine", "batches", "truth", "features", "predictions")}
-    rows = {name: spark.read.format("delta").load(cfg.table_path(name)).count() for name in tables}
-    models = {kind: [v.name for v in modelstore.versions(cfg.table_path("models"), kind)]
-              for kind in ("gbt", "torch")}
-    files = {str(p.relative_to(landing)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(landing.rglob("*")) if p.is_file()}
-    return {"versions": tables, "rows": rows, "models": models, "landing": files}

@@ -10,6 +10,7 @@ change nothing (test_airflow_dag.py), incremental features equal a full run
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from faultkit import (
     submit_command,
     wait_for,
 )
+from shipping import QUICK_JVMS
 
 from sparkml_ext import lake
 from sparkml_ext.config import ConfigError, load_config
@@ -115,20 +117,15 @@ def test_sigkill_during_features_merge_keeps_last_version_and_rerun_completes(sp
 # --- 3. Two ingest jobs appending to one table at the same time -----------------------------
 
 @pytest.mark.slow
-def test_two_concurrent_ingest_jobs_each_land_exactly_once(spark, tmp_path):
-    batches = {f"b{i}": click_lines(f"b{i}", 2_000) for i in (1, 2)}
-    for name, lines in batches.items():
-        write_batch(tmp_path / "landing" / name, lines)
-    procs = {name: launch(submit_command("ingest", "--batch-id", name, *_where(tmp_path)),
-                          tmp_path / f"{name}.log") for name in batches}
-    outputs = {name: finish(proc, tmp_path / f"{name}.log") for name, proc in procs.items()}
-    for name, (code, output) in outputs.items():
+def test_two_concurrent_ingest_jobs_each_land_exactly_once(spark, concurrent_ingests):
+    run = concurrent_ingests  # faultkit.run_concurrent_ingests, started with the session
+    for name, (code, output) in run.outcomes.items():
         assert code == 0, output[-3000:]
         assert f"ingest batch {name}: read 2000, accepted 2000, quarantined 0" in output
 
-    cfg = clicks_config(tmp_path)
-    _exactly(spark, cfg.table_path("bronze"), _ids(batches["b1"]) | _ids(batches["b2"]))
-    for name in batches:
+    cfg = clicks_config(run.root)
+    _exactly(spark, cfg.table_path("bronze"), _ids(run.batches["b1"]) | _ids(run.batches["b2"]))
+    for name in run.batches:
         assert lake.ledger_record(spark, cfg.table_path("batches"), "ingest", name).committed
 
 
@@ -166,7 +163,7 @@ def test_tasks_failing_on_first_attempt_still_write_exactly_once(spark, tmp_path
     result = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("faultkit.py")), "retry-job",
          str(tmp_path / "lake"), str(markers)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env={**os.environ, **QUICK_JVMS},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list(markers.iterdir())) >= 4, "no task failed on its first attempt"
