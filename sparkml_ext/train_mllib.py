@@ -1,7 +1,10 @@
 """train-mllib: an MLlib Pipeline from config, tuned, judged on a holdout, stored as a version.
 
 The feature table is read at one pinned Delta version and split by `holdout`, so a run
-can be repeated exactly. The model store keeps every run; nothing is overwritten.
+can be repeated exactly. Rows whose label is unknown (null or NaN: events whose outcome
+has not come yet) stay in the table for `score` but are left out of fitting, tuning and
+the metrics; the result says how many. The model store keeps every run; nothing is
+overwritten.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
 from sparkml_ext import lake, modelstore, tracking
+from sparkml_ext.bridge.export import labelled_sql
 from sparkml_ext.config import ConfigError, PipelineConfig, TrainMllibConfig, fingerprint
 from sparkml_ext.encoders import FrequencyEncoder
 from sparkml_ext.feature_spec import feature_columns, processed_version, spec_fingerprint
@@ -73,17 +77,23 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
     except FileNotFoundError:
         raise TrainError(f"no feature table at {table}: run `sparkml-ext features` first") from None
     processed_version(spark, table, spec_fingerprint(cfg.features), cfg.path)  # same spec and code
-    if tm.model != "kmeans":
+    supervised = TASKS[tm.model] != CLUSTERING
+    if supervised:
         _check_label(data, label, tm.model)
-    data = data.withColumn("_split", split_of(key))
+    labelled = F.expr(labelled_sql(label)) if supervised else F.lit(True)
+    data = data.withColumn("_split", split_of(key)).withColumn("_labelled", labelled)
     if tm.sample_fraction < 1.0:
         data = data.where(F.pmod(F.xxhash64(key, F.lit("sample")), 10_000) < tm.sample_fraction * 10_000)
 
     pipeline, evaluator = build_pipeline(cfg, label)
     grid = _param_grid(pipeline.getStages()[-1], tm)
-    counts = {r["_split"]: r["count"] for r in data.groupBy("_split").count().collect()}  # driver-ok: 3 rows
+    groups = data.groupBy("_split", "_labelled").count().collect()  # driver-ok: at most 6 rows
+    counts = {r["_split"]: r["count"] for r in groups if r["_labelled"]}
+    unlabelled = sum(r["count"] for r in groups if not r["_labelled"])
     if counts.get("train", 0) == 0 or counts.get("test", 0) == 0:
-        raise TrainError(f"feature table {table} v{version} has too few rows to split ({counts})")
+        raise TrainError(f"feature table {table} v{version} has too few labelled rows to split "
+                         f"({counts}, {unlabelled} unlabelled)")
+    data = data.where("_labelled")
 
     fit_data = data.where(F.col("_split") != "test").cache()
     fitted_at = time.monotonic()
@@ -105,7 +115,7 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
         "feature_table": table,
         "feature_version": version,
         "label": label,
-        "rows": counts,
+        "rows": {**counts, "unlabelled": unlabelled},
         "config_hash": config_hash(cfg),
         "params": dict(tm.params),
         "search": search,
@@ -115,7 +125,10 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
     }
     staged = modelstore.staging(cfg.table_path("models"), tm.model)
     model.write().save(f"{staged}/model")
-    return tracker.store(card, asdict(tm), staged, lambda run: run.log_spark_model(model, test))
+    stored = tracker.store(card, asdict(tm), staged, lambda run: run.log_spark_model(model, test))
+    stored["counts"]["unlabelled rows"] = unlabelled
+    stored["summary"] += f"; {unlabelled} unlabelled rows left out"
+    return stored
 
 
 def build_pipeline(cfg: PipelineConfig, label: str) -> tuple[Pipeline, Evaluator]:

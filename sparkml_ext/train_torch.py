@@ -5,7 +5,9 @@ hash split of train-mllib, so both models are judged on the same test rows) as A
 shards cached by (table, version, columns, filter), and runs `deep.train.train_worker`
 on DDP ranks through TorchDistributor. Checkpoints live in a folder named by the feature
 version and the config hash, so re-running a failed job resumes where it stopped. The
-test rows are scored on the executors and the model is stored as `torch/v<N>`.
+test rows are scored on the executors and the model is stored as `torch/v<N>`. Rows whose
+label is unknown (`bridge.export.labelled_sql`) are in no shard and no metric, and the
+result counts them; `score` scores them.
 
 Embeddings: the feature table hashes categories into `features.hash_buckets` ids (about
 a million); 26 tables of that many rows would hold 26M x dim floats (1.7 GB at dim 16,
@@ -29,9 +31,11 @@ from dataclasses import asdict
 import pyarrow.fs as pafs
 import torch
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore, tracking
 from sparkml_ext.bridge import export_table, launch, pick_backend
+from sparkml_ext.bridge.export import labelled_sql
 from sparkml_ext.bridge.predict import torch_predictions
 from sparkml_ext.config import ConfigError, PipelineConfig, fingerprint
 from sparkml_ext.deep.config import TrainConfig
@@ -79,7 +83,9 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
 
     staged = modelstore.staging(cfg.table_path("models"), KIND)
     pafs.copy_files(trained["model_path"], f"{staged}/model.pt")
-    test = data.where(split_of(key) == "test")
+    labelled = F.expr(labelled_sql(label))
+    test = data.where((split_of(key) == "test") & labelled)
+    unlabelled = data.where(~labelled).count()
     scored = torch_predictions(test, f"{staged}/model.pt", key, keep=[label])
     metrics = evaluate(scored, CLASSIFICATION, label)
     metrics["val_auc"] = trained["val_auc"][-1]
@@ -95,7 +101,7 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
         "feature_version": version,
         "label": label,
         "rows": {"train": shards["train"].rows, "validation": shards["validation"].rows,
-                 "test": metrics["test_rows"]},
+                 "test": metrics["test_rows"], "unlabelled": unlabelled},
         "config_hash": digest,
         "params": asdict(config),
         "shards": {split: manifest.root for split, manifest in shards.items()},
@@ -114,7 +120,9 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     }
     stored = tracker.store(card, asdict(config), staged,
                            lambda run: run.log_torch_model(trained["model_path"], test))
-    stored["summary"] += f"; {len(result.attempts)} attempt(s), {card['rows_per_s']['train_loop']} rows/s"
+    stored["counts"]["unlabelled rows"] = unlabelled
+    stored["summary"] += (f"; {len(result.attempts)} attempt(s), {card['rows_per_s']['train_loop']} "
+                          f"rows/s; {unlabelled} unlabelled rows left out")
     return stored
 
 
@@ -147,7 +155,8 @@ def _export(spark: SparkSession, cfg: PipelineConfig, table: str, version: int, 
         return export_table(
             spark, table, version=version, numeric=columns["numeric"],
             categorical=columns["categorical_ids"], label=cfg.features.label,
-            filter=split_filter(cfg.source.key, split), cache_root=cfg.lakehouse_path("shards"),
+            filter=f"{split_filter(cfg.source.key, split)} AND {labelled_sql(cfg.features.label)}",
+            cache_root=cfg.lakehouse_path("shards"),
         )
     except ValueError as err:  # missing columns, wrong types, a split without rows
         raise TorchTrainError(f"cannot export the {split} rows of {table} v{version}: {err}"

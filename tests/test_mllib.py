@@ -108,7 +108,7 @@ def test_bad_requests_are_clear_and_write_nothing(spark, lakehouse, tmp_path):
     empty = clicks_config(tmp_path)
     spark.read.format("delta").load(clicks_config(lakehouse).table_path("features")).limit(0).write.format("delta").save(
         empty.table_path("features"))
-    with pytest.raises(TrainError, match="too few rows to split"):
+    with pytest.raises(TrainError, match="too few labelled rows to split"):
         train_mllib(spark, empty)
     assert modelstore.versions(empty.table_path("models"), "gbt") == []
     assert lake.current_version(spark, empty.table_path("predictions")) is None

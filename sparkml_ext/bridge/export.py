@@ -10,6 +10,10 @@ Spark retries failed tasks, so every file name carries the export's run id, the
 partition id and the task's attempt number; the manifest lists only what successful
 attempts reported, and the driver deletes what failed attempts of the same run left.
 Files of earlier exports to the same root are left alone: a trainer may still read them.
+
+A training export selects the rows whose label is known (`labelled_sql`); train-mllib
+selects its rows with the same SQL, so both models learn from, and are judged on, the
+same rows.
 """
 
 from __future__ import annotations
@@ -90,6 +94,13 @@ def export_shards(
     return manifest
 
 
+def labelled_sql(label: str) -> str:
+    """SQL selecting the rows a supervised model can learn from or be judged on: the label
+    is neither null nor NaN (MLlib refuses both). Other rows still get scored."""
+    quoted = f"`{label.replace('`', '``')}`"
+    return f"({quoted} IS NOT NULL AND NOT isnan(CAST({quoted} AS DOUBLE)))"  # a boolean too
+
+
 def export_table(
     spark: SparkSession,
     table_path: str,
@@ -126,7 +137,8 @@ def export_table(
     if cached is not None:
         return cached
     df, _ = lake.read_version(spark, table_path, version)
-    if filter:
+    if filter:  # it may name the label: a missing column is refused by name, not by Spark
+        _shard_columns(df.schema, numeric, categorical, label)
         df = df.where(filter)
     return export_shards(
         df, root, numeric=numeric, categorical=categorical, label=label, source=source
