@@ -40,6 +40,13 @@ def split_sql(key: str) -> str:
             f"WHEN {u} < {round(SPLIT_VALIDATION * 10_000)} THEN 'validation' ELSE 'test' END")
 
 
+def labelled_sql(label: str) -> str:
+    """SQL selecting the rows a supervised model can learn from or be judged on: the label
+    is neither null nor NaN (MLlib refuses both). Other rows still get scored."""
+    quoted = f"`{label.replace('`', '``')}`"
+    return f"({quoted} IS NOT NULL AND NOT isnan(CAST({quoted} AS DOUBLE)))"  # a boolean too
+
+
 def split_of(key: str) -> Column:
     """`split_sql` as a column."""
     return F.expr(split_sql(key))

@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import PipelineConfig
-from sparkml_ext.holdout import BAYES, planted, split_of
+from sparkml_ext.holdout import BAYES, labelled_sql, planted, split_of
 from sparkml_ext.storage import filesystem
 
 RUNS = "_meta/runs"
@@ -188,7 +188,7 @@ def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict]
 def _test_rows(spark: SparkSession, cfg: PipelineConfig, version: int) -> DataFrame:
     features, _ = lake.read_version(spark, cfg.table_path("features"), version)
     key, label = cfg.source.key, cfg.features.label
-    return features.where(split_of(key) == "test").select(key, label)
+    return features.where((split_of(key) == "test") & F.expr(labelled_sql(label))).select(key, label)
 
 
 def curves(bins: list[tuple]) -> dict:

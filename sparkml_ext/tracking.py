@@ -87,7 +87,10 @@ class Tracker:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in card["metrics"].items() if isinstance(v, float))
         summary = (f"{self.job}: {card['model_version']} on {card['feature_table']} "
                    f"v{card['feature_version']}: {metrics}")
-        counts = {f"{s} rows": card["rows"][s] for s in ("train", "validation", "test") if s in card["rows"]}
+        counts = {f"{s} rows": card["rows"][s] for s in ("train", "validation", "test", "unlabelled")
+                  if s in card["rows"]}
+        if card["rows"].get("unlabelled"):
+            summary += f"; {card['rows']['unlabelled']} unlabelled rows left out"
         return {**card, "job": self.job, "summary": summary, "counts": counts}
 
 

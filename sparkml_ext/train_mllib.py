@@ -30,7 +30,6 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
 from sparkml_ext import lake, modelstore, tracking
-from sparkml_ext.bridge.export import labelled_sql
 from sparkml_ext.config import ConfigError, PipelineConfig, TrainMllibConfig, fingerprint
 from sparkml_ext.encoders import FrequencyEncoder
 from sparkml_ext.feature_spec import feature_columns, processed_version, spec_fingerprint
@@ -41,6 +40,7 @@ from sparkml_ext.holdout import (
     TrainError,
     bayes_optimal_auc,
     evaluate,
+    labelled_sql,
     mllib_score,
     split_of,
 )
@@ -125,10 +125,7 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
     }
     staged = modelstore.staging(cfg.table_path("models"), tm.model)
     model.write().save(f"{staged}/model")
-    stored = tracker.store(card, asdict(tm), staged, lambda run: run.log_spark_model(model, test))
-    stored["counts"]["unlabelled rows"] = unlabelled
-    stored["summary"] += f"; {unlabelled} unlabelled rows left out"
-    return stored
+    return tracker.store(card, asdict(tm), staged, lambda run: run.log_spark_model(model, test))
 
 
 def build_pipeline(cfg: PipelineConfig, label: str) -> tuple[Pipeline, Evaluator]:

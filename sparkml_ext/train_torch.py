@@ -6,7 +6,7 @@ shards cached by (table, version, columns, filter), and runs `deep.train.train_w
 on DDP ranks through TorchDistributor. Checkpoints live in a folder named by the feature
 version and the config hash, so re-running a failed job resumes where it stopped. The
 test rows are scored on the executors and the model is stored as `torch/v<N>`. Rows whose
-label is unknown (`bridge.export.labelled_sql`) are in no shard and no metric, and the
+label is unknown (`holdout.labelled_sql`) are in no shard and no metric, and the
 result counts them; `score` scores them.
 
 Embeddings: the feature table hashes categories into `features.hash_buckets` ids (about
@@ -35,7 +35,6 @@ from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore, tracking
 from sparkml_ext.bridge import export_table, launch, pick_backend
-from sparkml_ext.bridge.export import labelled_sql
 from sparkml_ext.bridge.predict import torch_predictions
 from sparkml_ext.config import ConfigError, PipelineConfig, fingerprint
 from sparkml_ext.deep.config import TrainConfig
@@ -47,6 +46,7 @@ from sparkml_ext.holdout import (
     TrainError,
     bayes_optimal_auc,
     evaluate,
+    labelled_sql,
     split_filter,
     split_of,
 )
@@ -120,9 +120,7 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     }
     stored = tracker.store(card, asdict(config), staged,
                            lambda run: run.log_torch_model(trained["model_path"], test))
-    stored["counts"]["unlabelled rows"] = unlabelled
-    stored["summary"] += (f"; {len(result.attempts)} attempt(s), {card['rows_per_s']['train_loop']} "
-                          f"rows/s; {unlabelled} unlabelled rows left out")
+    stored["summary"] += f"; {len(result.attempts)} attempt(s), {card['rows_per_s']['train_loop']} rows/s"
     return stored
 
 

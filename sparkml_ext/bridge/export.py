@@ -11,7 +11,7 @@ partition id and the task's attempt number; the manifest lists only what success
 attempts reported, and the driver deletes what failed attempts of the same run left.
 Files of earlier exports to the same root are left alone: a trainer may still read them.
 
-A training export selects the rows whose label is known (`labelled_sql`); train-mllib
+A training export selects the rows whose label is known (`holdout.labelled_sql`); train-mllib
 selects its rows with the same SQL, so both models learn from, and are judged on, the
 same rows.
 """
@@ -92,13 +92,6 @@ def export_shards(
     )
     _write_atomically(fs, f"{base}/{MANIFEST_NAME}", manifest.to_json())
     return manifest
-
-
-def labelled_sql(label: str) -> str:
-    """SQL selecting the rows a supervised model can learn from or be judged on: the label
-    is neither null nor NaN (MLlib refuses both). Other rows still get scored."""
-    quoted = f"`{label.replace('`', '``')}`"
-    return f"({quoted} IS NOT NULL AND NOT isnan(CAST({quoted} AS DOUBLE)))"  # a boolean too
 
 
 def export_table(
