@@ -102,7 +102,7 @@ def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str)
         *[F.col(c).isNull().cast("int").alias(f"isnull_{c}") for c in spec.numeric],
         *entity_aggregates(spec, key, event_time),
         *[_hashed_id(c, spec.hash_buckets) for c in spec.categorical],
-        *spec.categorical,
+        *[c for c in spec.categorical if c != spec.entity],  # an entity is a category too: kept once
     )
 
 

@@ -128,6 +128,15 @@ def test_incremental_runs_equal_one_full_run_and_rerun_writes_nothing(spark, tmp
     )
 
 
+def test_the_entity_may_also_be_a_categorical(spark, tmp_path):
+    cfg = clicks_config(tmp_path, "features.categorical=[user_id, c1]")
+    _ingest(spark, cfg, tmp_path, "b1", DAY1)
+    assert build_features(spark, cfg).rows_merged == 4
+    table = _table(spark, cfg)
+    assert table.columns.count("user_id") == 1 and "user_id_id" in table.columns
+    assert set(feature_columns(cfg.features)["categorical_raw"]) <= set(table.columns)
+
+
 def test_spec_naming_a_missing_column_is_refused(spark, tmp_path):
     cfg = clicks_config(tmp_path, "features.window_means=[i1, nope]")
     _ingest(spark, cfg, tmp_path, "b1", DAY1)
