@@ -322,7 +322,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-
 SEED_STEPS = ("generate", "ingest", "features")
 Step = Callable[[str, Callable[[], Any]], Any]  # (step name, run) -> run()
 

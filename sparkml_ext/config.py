@@ -83,10 +83,12 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    """The feature spec: point-in-time entity aggregates, numeric and categorical transforms."""
+    """The feature spec: point-in-time entity aggregates, numeric and categorical transforms.
 
-    entity: str = "user_id"
-    label: str = "label"
+    `entity` and `label` name the user's own columns: no default could fit their table."""
+
+    entity: str
+    label: str
     windows: list[str] = field(default_factory=lambda: ["1h", "1d", "7d"])
     window_means: list[str] = field(default_factory=list)
     numeric: list[str] = field(default_factory=list)
@@ -287,9 +289,9 @@ class PipelineConfig:
     lakehouse: str
     source: SourceConfig
     tables: TablesConfig
+    features: FeaturesConfig
     ingest: IngestConfig = IngestConfig()
     generate: GenerateConfig | None = None  # None: the pipeline generates nothing
-    features: FeaturesConfig = FeaturesConfig()
     train_mllib: TrainMllibConfig = TrainMllibConfig()
     train_torch: TrainTorchConfig = TrainTorchConfig()
     score: ScoreConfig = ScoreConfig()

@@ -90,6 +90,11 @@ def test_missing_section_and_broken_yaml(tmp_path):
         load_config(tmp_path / "absent.yaml")
 
 
+def test_the_entity_and_label_have_no_default_a_users_table_could_trip_over():
+    with pytest.raises(ConfigError, match=r"clicks.yaml: features.entity: required key is missing"):
+        load_config(CLICKS, ["features={label: label}"])
+
+
 def test_cli_exits_2_with_one_clear_line(capsys):
     code = main(["ingest", "--pipeline", CLICKS, "--batch-id", "b", "--set", "ingest.on_bad_record=maybe"])
     assert code == EXIT_CONFIG
