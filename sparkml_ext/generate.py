@@ -13,7 +13,7 @@ GenerateConfig(rows=3000, malformed_rate=0.01), 'data/sample/clicks', \
 'data/generated/sample-truth')"
 
 Malformed records replace the event they were drawn for; the truth table keeps them with
-``p_click`` and ``label`` null and ``defect`` naming the kind, so every landed line has
+``planted_probability`` (the click probability) and ``label`` null and ``defect`` naming the kind, so every landed line has
 exactly one truth row (read = accepted + quarantined can be checked per kind).
 """
 
@@ -22,13 +22,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from sparkml_ext import lake
 from sparkml_ext.config import GenerateConfig
+from sparkml_ext.holdout import PLANTED
 
 EXTENSIONS = {"csv": "tsv", "json": "json", "parquet": "parquet"}
 DEFECTS = {
@@ -77,7 +78,8 @@ def generate_clicks(
     started = time.perf_counter()
     events = _with_defects(_events(spark, spec), spec).persist()
     try:
-        lake.replace_table(events.select("event_id", "p_click", "label", "batch", "defect"), truth_path,
+        lake.replace_table(events.select("event_id", F.col("p_click").alias(PLANTED), "label", "batch", "defect"),
+                           truth_path,
                            dataclasses.asdict(spec))
         batch_dirs = _land(spark, events, spec, landing_dir)
         per_batch = {
@@ -201,7 +203,7 @@ def _events(spark: SparkSession, spec: GenerateConfig) -> DataFrame:
         logit = logit + F.coalesce(effect, F.lit(0.0))
     p_click = 1.0 / (1.0 + F.exp(-logit))
 
-    start = datetime.fromisoformat(spec.start_date).replace(tzinfo=timezone.utc)
+    start = datetime.fromisoformat(spec.start_date).replace(tzinfo=UTC)
     return draws.select(
         "id",
         _event_id(seed, F.col("id")).alias("event_id"),

@@ -24,6 +24,9 @@ from sparkml_ext.config import PipelineConfig
 SPLIT_TRAIN, SPLIT_VALIDATION = 0.8, 0.9  # cumulative: 80% train, 10% validation, 10% test
 CLASSIFICATION, REGRESSION, CLUSTERING = "classification", "regression", "clustering"
 BAYES = "bayes-optimal"  # the curve of the generator's planted probability
+# The truth table's column with each event's planted probability of the positive label: a
+# generator writes it, and the Bayes-optimal comparison scores the holdout with it.
+PLANTED = "planted_probability"
 
 
 class TrainError(RuntimeError):
@@ -102,10 +105,10 @@ def binary_metrics(scored: DataFrame, label: str, probability: str) -> dict:
 
 
 def planted(spark: SparkSession, cfg: PipelineConfig, rows: DataFrame) -> DataFrame | None:
-    """`rows` joined by key with the generator's planted click probability as `score`.
+    """`rows` joined by key with the truth table's planted probability (`PLANTED`) as `score`.
 
-    None where the generator's truth is not this data's: no `tables.truth` (a user's file),
-    no table there, or one without the source's key (of that type) or `p_click`.
+    None where a generator's truth is not this data's: no `tables.truth` (a user's file),
+    no table there, or one without the source's key (of that type) or `PLANTED`.
     """
     if cfg.tables.truth is None:
         return None
@@ -115,9 +118,9 @@ def planted(spark: SparkSession, cfg: PipelineConfig, rows: DataFrame) -> DataFr
         return None
     key = cfg.source.key
     types = {f.name: f.dataType for f in truth.schema.fields}
-    if "p_click" not in types or types.get(key) != rows.schema[key].dataType:
+    if PLANTED not in types or types.get(key) != rows.schema[key].dataType:
         return None
-    scores = truth.select(key, F.col("p_click").cast("double").alias("score")).where(F.col("score").isNotNull())
+    scores = truth.select(key, F.col(PLANTED).cast("double").alias("score")).where(F.col("score").isNotNull())
     return rows.join(scores, key)
 
 

@@ -166,13 +166,13 @@ def test_truth_holds_every_event_and_a_calibrated_probability(spark, csv_run):
     report, _, truth = csv_run
     table = spark.read.format("delta").load(truth)
     assert table.count() == table.select("event_id").distinct().count() == 3000
-    good = table.where("p_click IS NOT NULL")
+    good = table.where("planted_probability IS NOT NULL")
     assert good.count() == 3000 - report["malformed"]
     assert good.where("label IS NULL OR defect IS NOT NULL").count() == 0
-    mean_p, mean_label = good.agg(F.avg("p_click"), F.avg("label")).first()
+    mean_p, mean_label = good.agg(F.avg("planted_probability"), F.avg("label")).first()
     assert mean_p == pytest.approx(report["mean_p_click"])
     assert 0.15 < mean_p < 0.35 and abs(mean_p - mean_label) < 0.03
-    auc = BinaryClassificationEvaluator(rawPredictionCol="p_click", labelCol="label").evaluate(
+    auc = BinaryClassificationEvaluator(rawPredictionCol="planted_probability", labelCol="label").evaluate(
         good.withColumn("label", F.col("label").cast("double")))
     assert 0.65 < auc < 0.92
 

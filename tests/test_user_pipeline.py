@@ -184,7 +184,7 @@ def test_no_bayes_optimum_without_a_truth_table_of_this_data(spark, user, tmp_pa
     cfg = load_config(root / "sensors.yaml")
     test = spark.createDataFrame([("r0", 1), ("r1", 0)], "reading_id string, failed int")
     assert bayes_optimal_auc(spark, cfg, test, "failed") is None
-    truth = spark.createDataFrame([("e1", 0.3, 1)], "event_id string, p_click double, label int")
+    truth = spark.createDataFrame([("e1", 0.3, 1)], "event_id string, planted_probability double, label int")
     lake.replace_table(truth, str(tmp_path / "truth"), {})
     cfg = load_config(root / "sensors.yaml", [f"tables.truth={tmp_path}/truth"])
     assert bayes_optimal_auc(spark, cfg, test, "failed") is None
