@@ -228,6 +228,8 @@ def python_udf_features(events, spec, key: str, event_time: str):
 
 def duckdb_sql(spec, key: str, event_time: str, files: list[str]) -> str:
     """The same features in DuckDB SQL, on epoch seconds; DuckDB's own hash for the ids."""
+    from sparkml_ext.feature_spec import aggregate_name
+
     def non_negative(c: str) -> str:
         return f"greatest(coalesce(CAST({c} AS DOUBLE), 0.0), 0.0)"
 
@@ -235,10 +237,10 @@ def duckdb_sql(spec, key: str, event_time: str, files: list[str]) -> str:
     for name, width in spec.window_seconds().items():
         windows.append(f"w_{name} AS (PARTITION BY {spec.entity} ORDER BY _ts "
                        f"RANGE BETWEEN {width} PRECEDING AND 1 PRECEDING)")
-        aggregates.append(f"CAST(count(_label) OVER w_{name} AS INTEGER) AS u_events_{name}")
-        aggregates.append(f"coalesce(avg(_label) OVER w_{name}, 0.0) AS u_click_rate_{name}")
+        aggregates.append(f"CAST(count(_label) OVER w_{name} AS INTEGER) AS {aggregate_name(spec, 'events', name)}")
+        aggregates.append(f"coalesce(avg(_label) OVER w_{name}, 0.0) AS {aggregate_name(spec, 'label_rate', name)}")
         aggregates += [f"coalesce(avg(least(ln(1 + {non_negative(c)}), {float(spec.clip)})) OVER w_{name}, 0.0) "
-                       f"AS u_mean_{c}_{name}"
+                       f"AS {aggregate_name(spec, 'mean', name, c)}"
                        for c in spec.window_means]
     horizon = max(spec.window_seconds().values())
     gap = f"(_ts - lag(_ts) OVER (PARTITION BY {spec.entity} ORDER BY _ts, {key}))"
@@ -248,8 +250,8 @@ def duckdb_sql(spec, key: str, event_time: str, files: list[str]) -> str:
         *[f"least(ln(1 + {non_negative(c)}), {float(spec.clip)}) AS log_{c}" for c in spec.numeric],
         *[f"CAST({c} IS NULL AS INTEGER) AS isnull_{c}" for c in spec.numeric],
         *aggregates,
-        f"CASE WHEN {recent} THEN ln(1 + {gap}) ELSE -1.0 END AS u_log_seconds_since_prev",
-        f"CAST(NOT {recent} AS INTEGER) AS u_no_recent_event",
+        f"CASE WHEN {recent} THEN ln(1 + {gap}) ELSE -1.0 END AS {aggregate_name(spec, 'log_seconds_since_prev')}",
+        f"CAST(NOT {recent} AS INTEGER) AS {aggregate_name(spec, 'no_recent_event')}",
         *[f"CAST(CASE WHEN {c} IS NULL THEN 0 ELSE hash({c}) % {spec.hash_buckets} + 1 END AS INTEGER) "
           f"AS {c}_id" for c in spec.categorical],
         *spec.categorical,
@@ -287,7 +289,7 @@ def agreement(con, spark, cfg, out: Path, sample_ids: list[str], udf_ids: list[s
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from sparkml_ext.feature_spec import feature_columns
+    from sparkml_ext.feature_spec import aggregate_name, feature_columns
 
     key, spec = cfg.source.key, cfg.features
     cols = feature_columns(spec)
@@ -321,9 +323,10 @@ def agreement(con, spark, cfg, out: Path, sample_ids: list[str], udf_ids: list[s
                          f"ids, {len(numeric)} numeric columns + null pattern of ids (crc32 ≠ xxhash64 values)",
                          matched == len(udf_ids), problems))
     u = udf[window_cols].describe().loc[["mean", "max"]]
-    sanity = ("sample sanity: mean/max u_events_1d on the checked ids "
-              f"{ours['u_events_1d'].mean():.1f}/{ours['u_events_1d'].max()}; UDF sample "
-              f"{u.loc['mean', 'u_events_1d']:.1f}/{u.loc['max', 'u_events_1d']:.0f}")
+    events = aggregate_name(spec, "events", "1d")
+    sanity = (f"sample sanity: mean/max {events} on the checked ids "
+              f"{ours[events].mean():.1f}/{ours[events].max()}; UDF sample "
+              f"{u.loc['mean', events]:.1f}/{u.loc['max', events]:.0f}")
     lines.append((None, sanity))
     return lines
 

@@ -17,20 +17,28 @@ from sparkml_ext.config import ConfigError, FeaturesConfig, fingerprint
 JOB = "features"  # the job name in the feature table's commit metadata
 # Part of the spec fingerprint: bump it when a feature's definition changes in code, so
 # a table built by the old code is never extended by the new one.
-DEFINITIONS_VERSION = 3
+DEFINITIONS_VERSION = 4  # 4: window features named after the entity
+
+
+def aggregate_name(spec: FeaturesConfig, what: str, window: str | None = None, column: str | None = None) -> str:
+    """A window feature's name, derived from the entity (and the column and window it
+    aggregates): `<entity>_events_<w>`, `<entity>_label_rate_<w>`, `<entity>_mean_<column>_<w>`,
+    `<entity>_log_seconds_since_prev`, `<entity>_no_recent_event`. The features job names its
+    columns with it, and everything that reads them asks it."""
+    return "_".join(part for part in (spec.entity, what, column, window) if part)
 
 
 def feature_columns(spec: FeaturesConfig) -> dict[str, list[str]]:
     """The model-facing columns the feature table holds, by kind."""
     aggregates = []
     for window in spec.windows:
-        aggregates += [f"u_events_{window}", f"u_click_rate_{window}"]
-        aggregates += [f"u_mean_{c}_{window}" for c in spec.window_means]
+        aggregates += [aggregate_name(spec, "events", window), aggregate_name(spec, "label_rate", window)]
+        aggregates += [aggregate_name(spec, "mean", window, c) for c in spec.window_means]
     return {
         "numeric": [f"log_{c}" for c in spec.numeric]
         + [f"isnull_{c}" for c in spec.numeric]
         + aggregates
-        + ["u_log_seconds_since_prev", "u_no_recent_event"],
+        + [aggregate_name(spec, "log_seconds_since_prev"), aggregate_name(spec, "no_recent_event")],
         "categorical_ids": [f"{c}_id" for c in spec.categorical],
         "categorical_raw": list(spec.categorical),
     }

@@ -18,7 +18,13 @@ from pyspark.sql import functions as F
 
 from sparkml_ext import lake
 from sparkml_ext.config import ConfigError, FeaturesConfig, PipelineConfig
-from sparkml_ext.feature_spec import JOB, feature_columns, processed_version, spec_fingerprint
+from sparkml_ext.feature_spec import (
+    JOB,
+    aggregate_name,
+    feature_columns,
+    processed_version,
+    spec_fingerprint,
+)
 
 # Window means and click rates are summed as longs in units of 2^-24 (rounding error below
 # 3e-8 per value): exact differences, and room for 2^63 / (clip * 2^24) ≈ 2.7e10 events
@@ -107,21 +113,21 @@ def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str)
 
 
 def entity_aggregates(spec: FeaturesConfig, key: str, event_time: str) -> list[Column]:
-    """The per-entity window columns: counts, click rates, means and the gap to the last event."""
+    """The per-entity window columns: counts, label rates, means and the gap to the last event."""
     seconds = F.col(event_time).cast("long")
     by_entity = Window.partitionBy(spec.entity).orderBy(seconds)
     label = F.col(spec.label)
     labelled, rows = label.isNotNull().cast("long"), F.lit(1).cast("long")
-    clicks = _fixed_point(label.cast("double"))
+    positives = _fixed_point(label.cast("double"))
     logs = {c: _fixed_point(_clipped_log(c, spec.clip)) for c in spec.window_means}
     columns: list[Column] = []
     for name, width in spec.window_seconds().items():
         labelled_events = _sum_before(labelled, by_entity, width)
         in_window = _sum_before(rows, by_entity, width)
         columns += [
-            labelled_events.cast("int").alias(f"u_events_{name}"),
-            _mean(_sum_before(clicks, by_entity, width), labelled_events).alias(f"u_click_rate_{name}"),
-            *[_mean(_sum_before(logs[c], by_entity, width), in_window).alias(f"u_mean_{c}_{name}")
+            labelled_events.cast("int").alias(aggregate_name(spec, "events", name)),
+            _mean(_sum_before(positives, by_entity, width), labelled_events).alias(aggregate_name(spec, "label_rate", name)),
+            *[_mean(_sum_before(logs[c], by_entity, width), in_window).alias(aggregate_name(spec, "mean", name, c))
               for c in spec.window_means],
         ]
     # The gap to the previous event counts only inside the longest window, so that an
@@ -130,8 +136,8 @@ def entity_aggregates(spec: FeaturesConfig, key: str, event_time: str) -> list[C
     gap = seconds - F.lag(seconds).over(Window.partitionBy(spec.entity).orderBy(seconds, F.col(key)))
     recent = F.coalesce(gap <= horizon, F.lit(False))
     return columns + [
-        F.when(recent, F.log1p(gap)).otherwise(-1.0).alias("u_log_seconds_since_prev"),
-        (~recent).cast("int").alias("u_no_recent_event"),
+        F.when(recent, F.log1p(gap)).otherwise(-1.0).alias(aggregate_name(spec, "log_seconds_since_prev")),
+        (~recent).cast("int").alias(aggregate_name(spec, "no_recent_event")),
     ]
 
 

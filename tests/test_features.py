@@ -45,8 +45,8 @@ def test_aggregates_see_only_strictly_earlier_events(spark, tmp_path):
     assert (report.rows_in, report.rows_merged) == (7, 7)
 
     got = _table(spark, cfg).select(
-        "event_id", "u_events_1h", "u_click_rate_1h", "u_events_1d", "u_click_rate_1d",
-        "u_log_seconds_since_prev", "u_no_recent_event",
+        "event_id", "user_id_events_1h", "user_id_label_rate_1h", "user_id_events_1d", "user_id_label_rate_1d",
+        "user_id_log_seconds_since_prev", "user_id_no_recent_event",
     )
     expected = spark.createDataFrame(
         [
@@ -58,8 +58,8 @@ def test_aggregates_see_only_strictly_earlier_events(spark, tmp_path):
             ("u2-b", 0, 0.0, 0, 0.0, math.log1p(168600), 0),  # 2 days later: inside 7d only
             ("u3-a", 0, 0.0, 0, 0.0, -1.0, 1),
         ],
-        "event_id string, u_events_1h int, u_click_rate_1h double, u_events_1d int, "
-        "u_click_rate_1d double, u_log_seconds_since_prev double, u_no_recent_event int",
+        "event_id string, user_id_events_1h int, user_id_label_rate_1h double, user_id_events_1d int, "
+        "user_id_label_rate_1d double, user_id_log_seconds_since_prev double, user_id_no_recent_event int",
     )
     assert_approx_df_equality(got, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
 
@@ -68,8 +68,8 @@ def test_aggregates_see_only_strictly_earlier_events(spark, tmp_path):
     assert 1 <= row.c1_id <= cfg.features.hash_buckets and row.c1 == "a1b2c3d4"
     u1d = _table(spark, cfg).where("event_id = 'u1-d'").head()
     # 7d mean of log1p(i1) over u1-a (3), u1-b (null → 0) and u1-c (1.5)
-    assert u1d.u_events_7d == 3
-    assert u1d.u_mean_i1_7d == pytest.approx((math.log1p(3) + 0.0 + math.log1p(1.5)) / 3)
+    assert u1d.user_id_events_7d == 3
+    assert u1d.user_id_mean_i1_7d == pytest.approx((math.log1p(3) + 0.0 + math.log1p(1.5)) / 3)
 
 
 def test_window_aggregates_equal_a_brute_force_count_over_a_heavy_user(spark, tmp_path):
@@ -97,12 +97,12 @@ def test_window_aggregates_equal_a_brute_force_count_over_a_heavy_user(spark, tm
         for row in rows:
             window = [r for r in by_user[row[1]] if row[2] - width <= r[2] <= row[2] - 1]
             actual = got[row[0]]
-            assert actual[f"u_events_{name}"] == len(window), (row[0], name)
+            assert actual[f"user_id_events_{name}"] == len(window), (row[0], name)
             rate = sum(r[3] for r in window) / len(window) if window else 0.0
-            assert actual[f"u_click_rate_{name}"] == pytest.approx(rate, abs=1e-12)
+            assert actual[f"user_id_label_rate_{name}"] == pytest.approx(rate, abs=1e-12)
             for i, column in enumerate(spec.window_means):
                 mean = sum(log(r[4 + i]) for r in window) / len(window) if window else 0.0
-                assert actual[f"u_mean_{column}_{name}"] == pytest.approx(mean, abs=1e-7), (row[0], column, name)
+                assert actual[f"user_id_mean_{column}_{name}"] == pytest.approx(mean, abs=1e-7), (row[0], column, name)
 
 
 def test_incremental_runs_equal_one_full_run_and_rerun_writes_nothing(spark, tmp_path):
