@@ -111,6 +111,35 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
+@dataclass(frozen=True)
+class HoldoutConfig:
+    """How both training jobs and the report split the feature table's labelled rows.
+
+    `time`: train on the earliest events, validate on later ones, test on the latest (what
+    a model meets in production); `validation` and `test` are shares of the event-time span,
+    and the events `gap` before each later part starts are left out (a label that arrives
+    late, a window that overlaps). `hash`: a stable hash of source.key, shares of the rows.
+    """
+
+    by: Literal["time", "hash"] = "time"
+    validation: float = 0.1
+    test: float = 0.1
+    gap: str = "0s"
+
+    def __post_init__(self) -> None:
+        for name in ("validation", "test"):
+            share = getattr(self, name)
+            if not isinstance(share, (int, float)) or not 0 < share < 1:
+                raise ValueError(f"{name}: must be a share in (0, 1), got {share!r}")
+        if self.validation + self.test >= 1:
+            raise ValueError(f"validation + test: must leave rows to train on, got "
+                             f"{self.validation} + {self.test}")
+        try:
+            parse_duration(self.gap)
+        except ValueError as err:
+            raise ValueError(f"gap: {err}") from None
+
+
 MLLIB_MODELS = ("logistic_regression", "gbt", "random_forest", "linear_regression", "gbt_regression", "kmeans")
 
 
@@ -291,6 +320,7 @@ class PipelineConfig:
     tables: TablesConfig
     features: FeaturesConfig
     ingest: IngestConfig = IngestConfig()
+    holdout: HoldoutConfig = HoldoutConfig()
     generate: GenerateConfig | None = None  # None: the pipeline generates nothing
     train_mllib: TrainMllibConfig = TrainMllibConfig()
     train_torch: TrainTorchConfig = TrainTorchConfig()

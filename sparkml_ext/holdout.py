@@ -1,13 +1,18 @@
 """The holdout both training jobs and the report judge models on: split, scores, metrics.
 
-Rows are split by a hash of their key, not `randomSplit` (whose result moves with the
-partitioning), so a run can be repeated exactly and every model, MLlib or torch, is
-judged on the same test rows. The split is SQL so that a shard export's filter and a
-DataFrame's column are one expression. A model's `task` (on its card) decides its metrics
-and what its `score` column holds.
+By default the split is out of time (`holdout.by: time`): cut-offs on the event time of
+the pinned feature table's labelled rows, so a model is judged on events later than any
+it learned from. `hash` splits by a hash of the key instead. Neither uses `randomSplit`
+(whose result moves with the partitioning): a run can be repeated exactly, and every
+model of one feature version, MLlib or torch, is judged on the same test rows. The split
+is SQL so that a shard export's filter and a DataFrame's column are one expression. A
+model's `task` (on its card) decides its metrics and what its `score` column holds.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from pyspark.ml.evaluation import (
     BinaryClassificationEvaluator,
@@ -17,11 +22,13 @@ from pyspark.ml.evaluation import (
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import NumericType
 
 from sparkml_ext import lake
-from sparkml_ext.config import PipelineConfig
+from sparkml_ext.config import HoldoutConfig, PipelineConfig, parse_duration
 
-SPLIT_TRAIN, SPLIT_VALIDATION = 0.8, 0.9  # cumulative: 80% train, 10% validation, 10% test
+SPLITS = ("train", "validation", "test")
+EXCLUDED = "excluded"  # a time split's gap, and rows without an event time
 CLASSIFICATION, REGRESSION, CLUSTERING = "classification", "regression", "clustering"
 BAYES = "bayes-optimal"  # the curve of the generator's planted probability
 # The truth table's column with each event's planted probability of the positive label: a
@@ -33,14 +40,14 @@ class TrainError(RuntimeError):
     """Training cannot start on this data: no table, no rows, a label of the wrong type."""
 
 
-def split_sql(key: str) -> str:
-    """A row's split as SQL, 'train' / 'validation' / 'test', from a hash of its key.
-
-    Stable across runs, partitionings and clusters.
-    """
-    u = f"pmod(xxhash64(`{key}`, 'split'), 10000)"
-    return (f"CASE WHEN {u} < {round(SPLIT_TRAIN * 10_000)} THEN 'train' "
-            f"WHEN {u} < {round(SPLIT_VALIDATION * 10_000)} THEN 'validation' ELSE 'test' END")
+def require_label(data: DataFrame, label: str, model: str) -> None:
+    """Refuse, naming it, a label column the feature table lacks or one that is not numeric,
+    before any split or fit reads it."""
+    if label not in data.columns:
+        raise TrainError(f"label column {label!r} is not in the feature table")
+    kind = data.schema[label].dataType
+    if not isinstance(kind, NumericType):
+        raise TrainError(f"label column {label!r} has type {kind.simpleString()}; {model} needs a numeric label")
 
 
 def labelled_sql(label: str) -> str:
@@ -50,14 +57,96 @@ def labelled_sql(label: str) -> str:
     return f"({quoted} IS NOT NULL AND NOT isnan(CAST({quoted} AS DOUBLE)))"  # a boolean too
 
 
-def split_of(key: str) -> Column:
-    """`split_sql` as a column."""
-    return F.expr(split_sql(key))
+@dataclass(frozen=True)
+class Split:
+    """One run's split of the feature table into train / validation / test (/ excluded).
+
+    `by` "hash": shares of the rows by a hash of `column` (the key); "time": `column` is
+    the event time and `cuts` the microseconds since the epoch where validation starts,
+    where test starts, and the gap before each. Kept on the model card (`card()`), from
+    which `Split.from_card` rebuilds it.
+    """
+
+    by: str
+    column: str
+    cuts: tuple[float, ...]  # hash: cumulative train, validation shares; time: see `resolve_split`
+    gap_seconds: int = 0
+
+    @property
+    def sql(self) -> str:
+        """The split of a row as SQL: 'train', 'validation', 'test' or 'excluded'."""
+        quoted = f"`{self.column.replace('`', '``')}`"
+        if self.by == "hash":
+            u = f"pmod(xxhash64({quoted}, 'split'), 10000)"
+            train, validation = (round(c * 10_000) for c in self.cuts)
+            return (f"CASE WHEN {u} < {train} THEN 'train' WHEN {u} < {validation} "
+                    f"THEN 'validation' ELSE 'test' END")
+        t = f"unix_micros({quoted})"
+        validation, test = (int(c) for c in self.cuts)
+        gap = self.gap_seconds * 1_000_000
+        return (f"CASE WHEN {t} IS NULL THEN '{EXCLUDED}' WHEN {t} >= {test} THEN 'test' "
+                f"WHEN {t} >= {test - gap} THEN '{EXCLUDED}' WHEN {t} >= {validation} THEN 'validation' "
+                f"WHEN {t} >= {validation - gap} THEN '{EXCLUDED}' ELSE 'train' END")
+
+    def of(self) -> Column:
+        """`sql` as a column."""
+        return F.expr(self.sql)
+
+    def only(self, split: str) -> str:
+        """SQL selecting the rows in `split` (the shard export's filter)."""
+        return f"({self.sql}) = '{split}'"
+
+    def card(self) -> dict:
+        """What a model card and the report say about the split, enough to rebuild it."""
+        described: dict = {"by": self.by, "column": self.column, "cuts": list(self.cuts)}
+        if self.by == "time":
+            validation, test = (_utc(c) for c in self.cuts)
+            described |= {"gap_seconds": self.gap_seconds, "validation_from": validation, "test_from": test}
+        return described
+
+    @classmethod
+    def from_card(cls, described: dict) -> Split:
+        return cls(described["by"], described["column"], tuple(described["cuts"]),
+                   described.get("gap_seconds", 0))
 
 
-def split_filter(key: str, split: str) -> str:
-    """SQL selecting the rows `split_of(key)` puts in `split` (the shard export's filter)."""
-    return f"{split_sql(key)} = '{split}'"
+def hash_split(key: str, holdout: HoldoutConfig | None = None) -> Split:
+    """Shares of the rows by a hash of `key`: stable across runs, partitionings and clusters."""
+    holdout = holdout or HoldoutConfig(by="hash")
+    test_from = 1 - holdout.test
+    return Split("hash", key, (test_from - holdout.validation, test_from))
+
+
+def resolve_split(data: DataFrame, cfg: PipelineConfig, rows: str = "true") -> Split:
+    """This run's split of `data` (a pinned feature-table version) by `cfg.holdout`.
+
+    A time split cuts the event-time span of the `rows` (SQL: the labelled ones) at
+    shares `validation` and `test` from its end; one Spark job reads their first and last
+    event time, so every job that pins the same version cuts at the same instants.
+    """
+    holdout = cfg.holdout
+    if holdout.by == "hash":
+        return hash_split(cfg.source.key, holdout)
+    column = cfg.source.event_time
+    t = F.unix_micros(F.col(column))
+    first, last = data.where(rows).agg(F.min(t), F.max(t)).head()  # driver-ok: one row
+    if first is None or first == last:
+        raise TrainError(f"too few labelled rows to split by time: holdout.by: time needs them at "
+                         f"more than one instant of {column!r} (or set holdout.by: hash)")
+    span = last - first
+    test = last - holdout.test * span
+    validation = test - holdout.validation * span
+    return Split("time", column, (float(int(validation)), float(int(test))), parse_duration(holdout.gap))
+
+
+def card_split(card: dict, key: str) -> Split:
+    """The split a model card was judged on; a card from before `holdout` was recorded was
+    judged on the hash split of its key."""
+    return Split.from_card(card["holdout"]) if "holdout" in card else hash_split(key)
+
+
+def _utc(micros: float) -> str:
+    return datetime.fromtimestamp(micros / 1e6, tz=UTC).isoformat(timespec="seconds")
 
 
 def mllib_score(task: str) -> Column:

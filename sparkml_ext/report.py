@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import PipelineConfig
-from sparkml_ext.holdout import BAYES, labelled_sql, planted, split_of
+from sparkml_ext.holdout import BAYES, Split, card_split, labelled_sql, planted
 from sparkml_ext.storage import filesystem
 
 RUNS = "_meta/runs"
@@ -108,14 +108,16 @@ def gather(spark: SparkSession, cfg: PipelineConfig, run: dict) -> dict:
     cards = {r["model"]: modelstore.read_json(modelstore.resolve(models, r["model"]), "card.json")
              for r in scores}
     binary = [r for r in scores if cards[r["model"]]["metrics"].get("auc_roc") is not None]
-    bins = score_bins(spark, cfg, binary) if binary else {}
+    splits = {name: card_split(card, cfg.source.key) for name, card in cards.items()}
+    bins = score_bins(spark, cfg, binary, splits) if binary else {}
     return {
         "run": {k: run[k] for k in ("run_id", "pipeline", "name", "created_unix")},
         "stages": [{"stage": name, "seconds": r.get("stage_seconds"), **r["counts"]}
                    for name, r in stages.items()],
         "quarantine": quarantine_reasons(spark, cfg, batches),
         "curves": {name: curves(rows) for name, rows in bins.items()},
-        "models": {name: _model_summary(card) for name, card in cards.items()},
+        "models": {name: {**_model_summary(card), "holdout": splits[name].card()}
+                   for name, card in cards.items()},
     }
 
 
@@ -150,10 +152,11 @@ def quarantine_reasons(spark: SparkSession, cfg: PipelineConfig, batches: list[s
     return counts
 
 
-def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict]
-               ) -> dict[str, list[tuple]]:
+def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict],
+               splits: dict[str, Split]) -> dict[str, list[tuple]]:
     """(bin, rows, positives, score sum) per curve over the test split, binned in Spark.
 
+    Each model's test rows are those of the split its card was judged on (`splits`).
     Each scored model is read from the predictions table as the run left it; the
     Bayes-optimal curve scores the same test rows with the generator's planted probability
     where the generator's truth covers them (generated data only).
@@ -165,9 +168,10 @@ def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict]
     for r in scores:
         scored = predictions.where((F.col("model") == r["model"])
                                    & (F.col("feature_version") == r["feature_version"]))
-        frames.append(_test_rows(spark, cfg, r["feature_version"]).join(scored, key)
-                      .select(F.lit(r["model"]).alias("curve"), "score", label))
-    truth = planted(spark, cfg, _test_rows(spark, cfg, scores[-1]["feature_version"]))
+        test = _test_rows(spark, cfg, r["feature_version"], splits[r["model"]])
+        frames.append(test.join(scored, key).select(F.lit(r["model"]).alias("curve"), "score", label))
+    last = scores[-1]
+    truth = planted(spark, cfg, _test_rows(spark, cfg, last["feature_version"], splits[last["model"]]))
     if truth is not None:
         frames.append(truth.select(F.lit(BAYES).alias("curve"), "score", label))
     score = F.col("score").cast("double")
@@ -185,10 +189,10 @@ def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict]
     return binned
 
 
-def _test_rows(spark: SparkSession, cfg: PipelineConfig, version: int) -> DataFrame:
+def _test_rows(spark: SparkSession, cfg: PipelineConfig, version: int, split: Split) -> DataFrame:
     features, _ = lake.read_version(spark, cfg.table_path("features"), version)
     key, label = cfg.source.key, cfg.features.label
-    return features.where((split_of(key) == "test") & F.expr(labelled_sql(label))).select(key, label)
+    return features.where((split.of() == "test") & F.expr(labelled_sql(label))).select(key, label)
 
 
 def curves(bins: list[tuple]) -> dict:

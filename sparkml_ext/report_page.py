@@ -58,13 +58,28 @@ def write_page(data: dict, out: str) -> dict:
             "auc": {name: curve["auc"] for name, curve in data["curves"].items()}}
 
 
+def _split_text(models: dict) -> str:
+    """How the models' test rows were chosen (holdout.Split.card), said once per split."""
+    said = []
+    for model in models.values():
+        split = model["holdout"]
+        if split["by"] == "time":
+            gap = f", after a gap of {split['gap_seconds']} s" if split["gap_seconds"] else ""
+            text = f"Test split: events of {split['column']} from {split['test_from']} on{gap} (out of time)"
+        else:
+            text = f"Test split: {1 - split['cuts'][1]:.0%} of rows by a hash of {split['column']}"
+        if text not in said:
+            said.append(text)
+    return "; ".join(said) or "Test split"
+
+
 def _figures(data: dict) -> list[tuple[str, str, Callable, str, bool]]:
     """(title, file, drawing, caption, full width), in page order."""
     optimum = (" The Bayes-optimal curve ranks the same rows by the generator's planted click "
                "probability." if BAYES in data["curves"] else "")  # generated data only
     return [
         ("ROC on the test split", "roc.png", _roc,
-         f"Test split (10% by key hash), scores binned in Spark.{optimum}", False),
+         f"{_split_text(data['models'])}, scores binned in Spark.{optimum}", False),
         ("Calibration on the test split", "calibration.png", _calibration,
          "Mean predicted probability against the observed rate of positives, in 20 equal-width "
          f"bins (bins with fewer than {MIN_CALIBRATION_ROWS} test rows are not drawn).", False),

@@ -27,7 +27,6 @@ from pyspark.ml.regression import GBTRegressor, LinearRegression
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import NumericType
 
 from sparkml_ext import lake, modelstore, tracking
 from sparkml_ext.config import ConfigError, PipelineConfig, TrainMllibConfig, fingerprint
@@ -42,7 +41,8 @@ from sparkml_ext.holdout import (
     evaluate,
     labelled_sql,
     mllib_score,
-    split_of,
+    require_label,
+    resolve_split,
 )
 
 ESTIMATORS = {
@@ -79,9 +79,10 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
     processed_version(spark, table, spec_fingerprint(cfg.features), cfg.path)  # same spec and code
     supervised = TASKS[tm.model] != CLUSTERING
     if supervised:
-        _check_label(data, label, tm.model)
-    labelled = F.expr(labelled_sql(label)) if supervised else F.lit(True)
-    data = data.withColumn("_split", split_of(key)).withColumn("_labelled", labelled)
+        require_label(data, label, tm.model)
+    labelled = labelled_sql(label) if supervised else "true"
+    split = resolve_split(data, cfg, labelled)
+    data = data.withColumn("_split", split.of()).withColumn("_labelled", F.expr(labelled))
     if tm.sample_fraction < 1.0:
         data = data.where(F.pmod(F.xxhash64(key, F.lit("sample")), 10_000) < tm.sample_fraction * 10_000)
 
@@ -90,12 +91,13 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
     groups = data.groupBy("_split", "_labelled").count().collect()  # driver-ok: at most 6 rows
     counts = {r["_split"]: r["count"] for r in groups if r["_labelled"]}
     unlabelled = sum(r["count"] for r in groups if not r["_labelled"])
-    if counts.get("train", 0) == 0 or counts.get("test", 0) == 0:
+    needed = ("train", "validation", "test") if tm.search == "train_validation_split" else ("train", "test")
+    if any(counts.get(split, 0) == 0 for split in needed):
         raise TrainError(f"feature table {table} v{version} has too few labelled rows to split "
                          f"({counts}, {unlabelled} unlabelled)")
     data = data.where("_labelled")
 
-    fit_data = data.where(F.col("_split") != "test").cache()
+    fit_data = data.where(F.col("_split").isin("train", "validation")).cache()
     fitted_at = time.monotonic()
     try:
         model, search = _search(pipeline, grid, evaluator, fit_data, tm, key)
@@ -115,6 +117,7 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
         "feature_table": table,
         "feature_version": version,
         "label": label,
+        "holdout": split.card(),
         "rows": {**counts, "unlabelled": unlabelled},
         "config_hash": config_hash(cfg),
         "params": dict(tm.params),
@@ -239,11 +242,3 @@ def evaluate_model(model: PipelineModel, test: DataFrame, task: str, label: str)
 def config_hash(cfg: PipelineConfig) -> str:
     """What fixes the trained model: the feature spec and train_mllib's settings for its type."""
     return fingerprint({"features": asdict(cfg.features), "train_mllib": asdict(cfg.train_mllib.chosen())})
-
-
-def _check_label(data: DataFrame, label: str, model_type: str) -> None:
-    if label not in data.columns:
-        raise TrainError(f"label column {label!r} is not in the feature table")
-    kind = data.schema[label].dataType
-    if not isinstance(kind, NumericType):
-        raise TrainError(f"label column {label!r} has type {kind.simpleString()}; {model_type} needs a numeric label")

@@ -47,8 +47,8 @@ from sparkml_ext.holdout import (
     bayes_optimal_auc,
     evaluate,
     labelled_sql,
-    split_filter,
-    split_of,
+    require_label,
+    resolve_split,
 )
 
 KIND = "torch"
@@ -69,7 +69,14 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     except FileNotFoundError:
         raise TorchTrainError(f"no feature table at {table}: run `sparkml-ext features` first") from None
     digest = config_hash(cfg, version)
-    shards = {s: _export(spark, cfg, table, version, s) for s in ("train", "validation")}
+    try:
+        require_label(data, label, KIND)
+    except TrainError as err:
+        raise TorchTrainError(str(err)) from None
+    labelled = labelled_sql(label)
+    split = resolve_split(data, cfg, labelled)
+    shards = {s: _export(spark, cfg, table, version, f"{split.only(s)} AND {labelled}", s)
+              for s in ("train", "validation")}
     exported = time.monotonic()
 
     use_gpu = torch.cuda.is_available() if tt.use_gpu is None else tt.use_gpu
@@ -83,9 +90,8 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
 
     staged = modelstore.staging(cfg.table_path("models"), KIND)
     pafs.copy_files(trained["model_path"], f"{staged}/model.pt")
-    labelled = F.expr(labelled_sql(label))
-    test = data.where((split_of(key) == "test") & labelled)
-    unlabelled = data.where(~labelled).count()
+    test = data.where((split.of() == "test") & F.expr(labelled))
+    unlabelled = data.where(f"NOT {labelled}").count()
     scored = torch_predictions(test, f"{staged}/model.pt", key, keep=[label])
     metrics = evaluate(scored, CLASSIFICATION, label)
     metrics["val_auc"] = trained["val_auc"][-1]
@@ -100,6 +106,7 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
         "feature_table": table,
         "feature_version": version,
         "label": label,
+        "holdout": split.card(),
         "rows": {"train": shards["train"].rows, "validation": shards["validation"].rows,
                  "test": metrics["test_rows"], "unlabelled": unlabelled},
         "config_hash": digest,
@@ -146,14 +153,15 @@ def config_hash(cfg: PipelineConfig, version: int) -> str:
                         "train_torch": {**asdict(cfg.train_torch), "feature_version": version}})
 
 
-def _export(spark: SparkSession, cfg: PipelineConfig, table: str, version: int, split: str
-            ) -> Manifest:
+def _export(spark: SparkSession, cfg: PipelineConfig, table: str, version: int, rows: str,
+            split: str) -> Manifest:
+    """The feature table's `rows` (SQL: the `split`'s labelled ones) as Arrow shards."""
     columns = feature_columns(cfg.features)
     try:
         return export_table(
             spark, table, version=version, numeric=columns["numeric"],
             categorical=columns["categorical_ids"], label=cfg.features.label,
-            filter=f"{split_filter(cfg.source.key, split)} AND {labelled_sql(cfg.features.label)}",
+            filter=rows,
             cache_root=cfg.lakehouse_path("shards"),
         )
     except ValueError as err:  # missing columns, wrong types, a split without rows

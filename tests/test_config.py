@@ -58,6 +58,10 @@ def _write(tmp_path, text):
         ("train_torch.precision=fp8", "train_torch.precision", "not one of"),
         ("train_torch.bottom_mlp=[0]", "train_torch.bottom_mlp", "at least 1"),
         ("train_torch.checkpoint_dir=/tmp", "train_torch.checkpoint_dir", "unknown key"),
+        ("holdout.by=random", "holdout.by", "not one of"),
+        ("holdout.test=0", "holdout.test", "must be a share in (0, 1)"),
+        ("holdout.validation=0.9", "holdout.validation + test", "must leave rows to train on"),
+        ("holdout.gap=1 week", "holdout.gap", "not a duration like"),
     ],
 )
 def test_bad_values_name_the_file_and_key(override, key, words):

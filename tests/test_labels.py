@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from test_torch_job import small
 
 from sparkml_ext.features import build_features
-from sparkml_ext.holdout import split_of
+from sparkml_ext.holdout import card_split
 from sparkml_ext.ingest import ingest_batch
 from sparkml_ext.score import score
 from sparkml_ext.train_mllib import train_mllib
@@ -47,12 +47,13 @@ def lakehouse(spark, tmp_path_factory):
     return root
 
 
-def _rows(spark, cfg) -> dict:
-    """Labelled rows per split and the unlabelled rows, counted from the feature table."""
+def _rows(spark, cfg, card: dict) -> dict:
+    """Labelled rows per split of `card`'s holdout and the unlabelled rows, counted from the
+    feature table."""
     features = spark.read.format("delta").load(cfg.table_path("features"))
     assert features.count() == EVENTS  # ingest and features kept the unlabelled rows
     counts = {r.split: r["count"] for r in features.where(F.col("label").isNotNull())
-              .groupBy(split_of("event_id").alias("split")).count().collect()}
+              .groupBy(card_split(card, "event_id").of().alias("split")).count().collect()}
     return {**counts, "unlabelled": features.where(F.col("label").isNull()).count()}
 
 
@@ -69,8 +70,8 @@ def _scores_every_row(spark, cfg, model_version: str) -> None:
 
 def test_train_mllib_leaves_unlabelled_rows_out_and_score_scores_them(spark, lakehouse):
     cfg = clicks_config(lakehouse, LABEL_MAY_BE_NULL, *FAST)
-    rows = _rows(spark, cfg)
     card = train_mllib(spark, cfg)
+    rows = _rows(spark, cfg, card)
     assert card["rows"] == rows and rows["unlabelled"] == EVENTS // UNKNOWN_EVERY
     assert card["counts"]["unlabelled rows"] == rows["unlabelled"]
     assert f"{rows['unlabelled']} unlabelled rows left out" in card["summary"]
@@ -81,8 +82,8 @@ def test_train_mllib_leaves_unlabelled_rows_out_and_score_scores_them(spark, lak
 
 def test_train_torch_exports_only_labelled_rows_and_score_scores_them(spark, lakehouse):
     cfg = small(lakehouse, LABEL_MAY_BE_NULL)
-    rows = _rows(spark, cfg)
     card = train_torch(spark, cfg)
+    rows = _rows(spark, cfg, card)
     assert card["rows"] == rows
     assert card["counts"]["unlabelled rows"] == rows["unlabelled"]
     assert f"{rows['unlabelled']} unlabelled rows left out" in card["summary"]
@@ -91,6 +92,6 @@ def test_train_torch_exports_only_labelled_rows_and_score_scores_them(spark, lak
 
 
 def test_a_label_the_table_lacks_is_refused_by_name(spark, lakehouse):
-    """The export's filter names the label, so its columns are checked before Spark reads it."""
-    with pytest.raises(TorchTrainError, match=r"columns not in the DataFrame: \['outcome'\]"):
+    """Checked before the split or the export reads it: a message, not Spark's stack trace."""
+    with pytest.raises(TorchTrainError, match="label column 'outcome' is not in the feature table"):
         train_torch(spark, small(lakehouse, LABEL_MAY_BE_NULL, "features.label=outcome"))

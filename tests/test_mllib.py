@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from clickdata import clicks_config
 from pyspark.ml import PipelineModel
+from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import ConfigError
-from sparkml_ext.holdout import CLASSIFICATION, TrainError, split_of
+from sparkml_ext.holdout import CLASSIFICATION, TrainError, card_split
 from sparkml_ext.score import score
 from sparkml_ext.train_mllib import evaluate_model, train_mllib
 
@@ -36,10 +37,17 @@ def test_gbt_is_stored_reloads_and_scores_idempotently(spark, lakehouse):
     stored = json.loads(Path(card["model_uri"].removeprefix("file:"), "metrics.json").read_text())
     assert stored == metrics
 
-    # The reloaded model, on the same pinned version and hash split, gives the stored metrics.
+    # The split is out of time by default: the test events come after every training event.
+    split = card_split(card, "event_id")
+    assert card["holdout"]["by"] == "time" and card["holdout"]["test_from"].startswith("20")
     pinned = spark.read.format("delta").option("versionAsOf", card["feature_version"]).load(cfg.table_path("features"))
+    span = {r.split: (r.first, r.last) for r in pinned.groupBy(split.of().alias("split")).agg(
+        F.min("event_time").alias("first"), F.max("event_time").alias("last")).collect()}
+    assert span["train"][1] < span["validation"][0] <= span["validation"][1] < span["test"][0]
+
+    # The reloaded model, on the same pinned version and split, gives the stored metrics.
     reloaded = PipelineModel.load(f"{card['model_uri']}/model")
-    again = evaluate_model(reloaded, pinned.where(split_of("event_id") == "test"), CLASSIFICATION, "label")
+    again = evaluate_model(reloaded, pinned.where(split.of() == "test"), CLASSIFICATION, "label")
     assert again["log_loss"] == pytest.approx(metrics["log_loss"], abs=1e-12)
     assert again["auc_roc"] == pytest.approx(metrics["auc_roc"], abs=1e-12)
 
@@ -59,7 +67,8 @@ def test_gbt_is_stored_reloads_and_scores_idempotently(spark, lakehouse):
     "model, overrides, metric",
     [
         ("logistic_regression", ["train_mllib.params={maxIter: 20, regParam: 0.01}", "train_mllib.grid={}"], "auc_roc"),
-        ("random_forest", ["train_mllib.params={numTrees: 5, maxDepth: 3}", "train_mllib.grid={}"], "auc_roc"),
+        ("random_forest", ["train_mllib.params={numTrees: 5, maxDepth: 3}", "train_mllib.grid={}", "holdout.by=hash"],
+         "auc_roc"),
         ("gbt_regression", ["train_mllib.label=log_i5", "train_mllib.params={maxIter: 3}", "train_mllib.grid={}"], "rmse"),
         ("linear_regression", ["train_mllib.label=log_i5", "train_mllib.params={}", "train_mllib.grid={regParam: [0.0, 0.1]}"], "r2"),
         ("kmeans", ["train_mllib.params={k: 3, seed: 1}", "train_mllib.grid={}"], "silhouette"),
@@ -69,6 +78,7 @@ def test_each_model_type_trains(spark, lakehouse, model, overrides, metric):
     card = train_mllib(spark, clicks_config(lakehouse, f"train_mllib.model={model}", *overrides))
     assert card["model_version"].startswith(f"{model}/v")
     assert metric in card["metrics"]
+    assert card["holdout"]["by"] == ("hash" if "holdout.by=hash" in overrides else "time")
 
 
 def test_the_readme_example_switches_the_model_with_its_own_params(spark, lakehouse):

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from sparkml_ext.bridge.predict import predictor, torch_predictions
 from sparkml_ext.config import ConfigError
 from sparkml_ext.deep.model import load_model
-from sparkml_ext.holdout import CLASSIFICATION, evaluate, split_filter, split_of
+from sparkml_ext.holdout import CLASSIFICATION, card_split, evaluate, hash_split
 from sparkml_ext.score import score
 from sparkml_ext.train_torch import TorchTrainError, train_torch, worker_config
 
@@ -38,11 +38,16 @@ def _files(folder: str) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in Path(folder).rglob("*") if p.is_file()}
 
 
-def test_the_split_filter_selects_the_rows_of_split_of(spark, trained):
-    features = spark.read.format("delta").load(small(trained[0]).table_path("features"))
+@pytest.mark.parametrize("by", ["time", "hash"])
+def test_the_export_filter_selects_the_rows_of_the_split(spark, trained, by):
+    """`Split.only` (the shard export's filter) and `Split.of` (a DataFrame's column) agree."""
+    root, card = trained
+    features = spark.read.format("delta").load(small(root).table_path("features"))
+    split = card_split(card, "event_id") if by == "time" else hash_split("event_id")
+    assert split.by == by
     splits = ("train", "validation", "test")
     groups = features.groupBy(
-        split_of("event_id").alias("split"), *[F.expr(split_filter("event_id", s)).alias(s) for s in splits]
+        split.of().alias("split"), *[F.expr(split.only(s)).alias(s) for s in splits]
     ).count().collect()
     assert sorted(g.split for g in groups) == sorted(splits)  # each split has rows, one group each
     for group in groups:
@@ -77,7 +82,7 @@ def test_train_torch_stores_a_model_that_reloads_with_weights_only(spark, traine
     assert max(map(len, vocabularies)) == 200 and not config["model"]["fold_ids"]
 
     # The stored model, scored again on the executors, gives the card's test metrics.
-    test = spark.read.format("delta").load(cfg.table_path("features")).where(split_of("event_id") == "test")
+    test = spark.read.format("delta").load(cfg.table_path("features")).where(card_split(card, "event_id").of() == "test")
     scored = torch_predictions(test, str(stored / "model.pt"), "event_id", keep=["label"])
     again = evaluate(scored, CLASSIFICATION, "label")
     assert again["auc_roc"] == pytest.approx(metrics["auc_roc"], abs=1e-9)

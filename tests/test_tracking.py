@@ -23,7 +23,7 @@ from pyspark.ml import PipelineModel
 from sparkml_ext.bridge.predict import torch_predictions
 from sparkml_ext.config import ConfigError
 from sparkml_ext.feature_spec import feature_columns
-from sparkml_ext.holdout import split_of
+from sparkml_ext.holdout import card_split
 from sparkml_ext.tracking import Tracker, pipeline_inputs
 from sparkml_ext.train_mllib import train_mllib
 from sparkml_ext.train_torch import train_torch
@@ -49,9 +49,10 @@ def trained(spark, fresh_lake):
     return root, cards, mlflow.MlflowClient()
 
 
-def _test_rows(spark, root: Path):
+def _test_rows(spark, root: Path, card: dict):
+    """Seven of the test rows `card`'s model was judged on."""
     features = spark.read.format("delta").load(tracked(root).table_path("features"))
-    return features.where(split_of("event_id") == "test").orderBy("event_id").limit(7)
+    return features.where(card_split(card, "event_id").of() == "test").orderBy("event_id").limit(7)
 
 
 def _history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
@@ -102,7 +103,7 @@ def test_train_mllib_run_has_params_metrics_tags_and_a_registered_spark_model(sp
     assert set(info.signature.inputs.input_names()) == set(columns["numeric"] + columns["categorical_raw"])
 
     # The model loaded back from the registry predicts what the stored PipelineModel predicts.
-    rows = _test_rows(spark, root)
+    rows = _test_rows(spark, root, card)
     loaded = mlflow.pyfunc.load_model("models:/clicks_gbt/1")
     predicted = list(loaded.predict(rows.select(*pipeline_inputs(stored)).toPandas()))
     expected = [r.prediction for r in stored.transform(rows).select("prediction").collect()]
@@ -129,7 +130,7 @@ def test_train_torch_run_has_epoch_history_and_a_registered_pyfunc(spark, traine
     assert info.flavors["python_function"]["loader_module"] == "sparkml_ext.tracking"
 
     # Loaded back, it gives the probabilities that scoring on the executors gives.
-    rows = _test_rows(spark, root)
+    rows = _test_rows(spark, root, card)
     loaded = mlflow.pyfunc.load_model("models:/clicks_torch/1")
     predicted = loaded.predict(rows.select(*info.signature.inputs.input_names()).toPandas())
     scored = torch_predictions(rows, f"{card['model_uri']}/model.pt", "event_id").orderBy("event_id")
