@@ -26,7 +26,7 @@ from sparkml_ext.feature_spec import (
     spec_fingerprint,
 )
 
-# Window means and click rates are summed as longs in units of 2^-24 (rounding error below
+# Window means and label rates are summed as longs in units of 2^-24 (rounding error below
 # 3e-8 per value): exact differences, and room for 2^63 / (clip * 2^24) ≈ 2.7e10 events
 # per entity at the default clip of 20.
 FIXED_POINT = 2**24

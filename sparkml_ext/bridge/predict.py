@@ -58,7 +58,7 @@ def torch_predictions(
 def _predict_batches(
     batches: Iterator[pa.RecordBatch], *, model_uri: str, passed: list[str]
 ) -> Iterator[pa.RecordBatch]:
-    """Executor side: click probability per Arrow batch, on the task's share of cores."""
+    """Executor side: positive-class probability per Arrow batch, on the task's share of cores."""
     import torch
 
     model = predictor(model_uri)

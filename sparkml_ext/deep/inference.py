@@ -1,4 +1,4 @@
-"""Torch inference, said once: a stored model's feature columns in, click probabilities out.
+"""Torch inference, said once: a stored model's feature columns in, positive-class probabilities out.
 
 Batch scoring (`bridge.predict`, on Spark's executors) and the MLflow pyfunc (`tracking`)
 both call `Predictor.predict`, so a stored model scores the same wherever it runs. The
@@ -36,7 +36,7 @@ class Predictor:
             return cls(*load_model(io.BytesIO(source.read())))
 
     def predict(self, batch: pa.RecordBatch) -> np.ndarray:
-        """Click probabilities (float64) of a batch holding the model's columns."""
+        """Positive-class probabilities (float64) of a batch holding the model's columns."""
         missing = sorted(set(self.columns) - set(batch.schema.names))
         if missing:
             raise ValueError(f"the torch model needs columns the input lacks: {missing}")

@@ -1,4 +1,4 @@
-"""A DLRM-style click model built from a plain config, so `state_dict` + config rebuild it.
+"""A DLRM-style binary classifier built from a plain config, so `state_dict` + config rebuild it.
 
 Each categorical column has its own embedding table, and the tables are rows of one
 tensor looked up once per batch (one kernel instead of one per column, which is what
