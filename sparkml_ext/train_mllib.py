@@ -36,6 +36,7 @@ from sparkml_ext.holdout import (
     CLASSIFICATION,
     CLUSTERING,
     REGRESSION,
+    SPLITS,
     TrainError,
     bayes_optimal_auc,
     evaluate,
@@ -91,7 +92,7 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
     groups = data.groupBy("_split", "_labelled").count().collect()  # driver-ok: at most 6 rows
     counts = {r["_split"]: r["count"] for r in groups if r["_labelled"]}
     unlabelled = sum(r["count"] for r in groups if not r["_labelled"])
-    needed = ("train", "validation", "test") if tm.search == "train_validation_split" else ("train", "test")
+    needed = SPLITS if tm.search == "train_validation_split" else ("train", "test")  # CV folds its own
     if any(counts.get(split, 0) == 0 for split in needed):
         raise TrainError(f"feature table {table} v{version} has too few labelled rows to split "
                          f"({counts}, {unlabelled} unlabelled)")
