@@ -205,8 +205,8 @@ def python_udf_features(events, spec, key: str, event_time: str):
     clip, buckets = float(spec.clip), int(spec.hash_buckets)
 
     @udf(returnType="double", useArrow=False)
-    def log_clip(value):
-        return min(math.log1p(max(value, 0.0)) if value is not None else 0.0, clip)
+    def log_clip(value):  # signed log1p bounded by ±clip (the spec's numerics are all log1p)
+        return 0.0 if value is None else math.copysign(min(math.log1p(abs(value)), clip), value)
 
     @udf(returnType="int", useArrow=False)
     def is_null(value):
@@ -230,8 +230,9 @@ def duckdb_sql(spec, key: str, event_time: str, files: list[str]) -> str:
     """The same features in DuckDB SQL, on epoch seconds; DuckDB's own hash for the ids."""
     from sparkml_ext.feature_spec import aggregate_name
 
-    def non_negative(c: str) -> str:
-        return f"greatest(coalesce(CAST({c} AS DOUBLE), 0.0), 0.0)"
+    def signed_log(c: str) -> str:  # sign(x) * log1p(|x|) bounded by ±clip, null → 0
+        value = f"coalesce(CAST({c} AS DOUBLE), 0.0)"
+        return f"least(greatest(sign({value}) * ln(1 + abs({value})), {-float(spec.clip)}), {float(spec.clip)})"
 
     windows, aggregates = [], []
     for name, width in spec.window_seconds().items():
@@ -239,7 +240,7 @@ def duckdb_sql(spec, key: str, event_time: str, files: list[str]) -> str:
                        f"RANGE BETWEEN {width} PRECEDING AND 1 PRECEDING)")
         aggregates.append(f"CAST(count(_label) OVER w_{name} AS INTEGER) AS {aggregate_name(spec, 'events', name)}")
         aggregates.append(f"coalesce(avg(_label) OVER w_{name}, 0.0) AS {aggregate_name(spec, 'label_rate', name)}")
-        aggregates += [f"coalesce(avg(least(ln(1 + {non_negative(c)}), {float(spec.clip)})) OVER w_{name}, 0.0) "
+        aggregates += [f"coalesce(avg({signed_log(c)}) OVER w_{name}, 0.0) "
                        f"AS {aggregate_name(spec, 'mean', name, c)}"
                        for c in spec.window_means]
     horizon = max(spec.window_seconds().values())
@@ -247,7 +248,7 @@ def duckdb_sql(spec, key: str, event_time: str, files: list[str]) -> str:
     recent = f"coalesce({gap} <= {horizon}, false)"
     columns = [
         key, spec.entity, event_time, f"CAST({event_time} AS DATE) AS event_date", spec.label,
-        *[f"least(ln(1 + {non_negative(c)}), {float(spec.clip)}) AS log_{c}" for c in spec.numeric],
+        *[f"{signed_log(c)} AS log_{c}" for c in spec.numeric],
         *[f"CAST({c} IS NULL AS INTEGER) AS isnull_{c}" for c in spec.numeric],
         *aggregates,
         f"CASE WHEN {recent} THEN ln(1 + {gap}) ELSE -1.0 END AS {aggregate_name(spec, 'log_seconds_since_prev')}",

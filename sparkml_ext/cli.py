@@ -140,15 +140,18 @@ def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
         batch_args = argparse.Namespace(**{**vars(args), "batch_id": batch, "input": None})
         stages.append((f"ingest {batch}", lambda a=batch_args: run_ingest(a, cfg)))
     stages.append(("features", lambda: run_features(args, cfg)))
-    stages.append(("train-mllib", lambda: run_train_mllib(args, cfg)))
-    stages.append(("train-torch", lambda: run_train_torch(args, cfg)))
+    trainers = {"mllib": run_train_mllib, "torch": run_train_torch}
+    if cfg.train_torch is None:  # a file without the section trains no torch model
+        del trainers["torch"]
+    for kind, train in trainers.items():
+        stages.append((f"train-{kind}", lambda run=train: run(args, cfg)))
     results: dict[str, dict] = {}
 
     def score_model(trained: str) -> dict:  # the version the train stage just stored
         return run_score(argparse.Namespace(**{**vars(args), "model": results[trained]["model_version"]}), cfg)
 
-    stages.append(("score mllib", lambda: score_model("train-mllib")))
-    stages.append(("score torch", lambda: score_model("train-torch")))
+    for kind in trainers:
+        stages.append((f"score {kind}", lambda trained=f"train-{kind}": score_model(trained)))
 
     def report_run() -> dict:  # record the jobs' reports first, so `report` can redraw it later
         from sparkml_ext.report import record_run

@@ -40,19 +40,32 @@ def fingerprint(described: Any, length: int = 16) -> str:
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:length]
 
 
+DERIVED_KEY = "record_key"  # source.key of a table without one: ingest derives it
+
+
 @dataclass(frozen=True)
 class SourceConfig:
-    """Raw landing files of one batch and the schema they must follow."""
+    """Raw landing files of one batch and the schema they must follow.
+
+    `key` names the column that identifies an event. A table without one leaves it out:
+    ingest then derives `record_key` from the record's whole content (see
+    `ingest.derived_key`), so records equal in every column are one event (a re-delivery,
+    quarantined as a duplicate) and records that differ anywhere are two."""
 
     path: str
     format: Literal["csv", "json", "parquet"]
     schema: dict[str, str]
-    key: str
     event_time: str
+    key: str = DERIVED_KEY
     options: dict[str, str] = field(default_factory=dict)
     timestamp_format: str = "yyyy-MM-dd HH:mm:ss"
     not_null: list[str] = field(default_factory=list)
     checks: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def derives_key(self) -> bool:
+        """Whether ingest derives the key from the content (no key column declared)."""
+        return self.key == DERIVED_KEY and DERIVED_KEY not in self.schema
 
 
 @dataclass(frozen=True)
@@ -82,22 +95,54 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class NumericSpec:
+    """How one numeric column enters the feature table: row by row, nothing fit on the data
+    (an incremental run must compute what a full one does; scaling to the training rows is
+    each model's own step). `log1p`: sign(x) * log1p(|x|), for counts and heavy tails, signed
+    values kept; `none`: the value as it is. `clip`: [low, high] in the column's units,
+    applied first. In the file `i1: none` is short for `i1: {transform: none}`."""
+
+    transform: Literal["log1p", "none"] = "log1p"
+    clip: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.clip is not None and not (len(self.clip) == 2 and self.clip[0] < self.clip[1]):
+            raise ValueError(f"clip: expected [low, high] with low < high, got {list(self.clip)}")
+
+
+@dataclass(frozen=True)
 class FeaturesConfig:
     """The feature spec: point-in-time entity aggregates, numeric and categorical transforms.
 
-    `entity` and `label` name the user's own columns: no default could fit their table."""
+    `entity` and `label` name the user's own columns: no default could fit their table.
+    `numeric`: a list of columns (each `log1p`) or a mapping column → NumericSpec."""
 
     entity: str
     label: str
     windows: list[str] = field(default_factory=lambda: ["1h", "1d", "7d"])
     window_means: list[str] = field(default_factory=list)
-    numeric: list[str] = field(default_factory=list)
+    numeric: list[str] | dict[str, NumericSpec] = field(default_factory=dict)
     categorical: list[str] = field(default_factory=list)
     hash_buckets: int = 1 << 20
-    clip: float = 20.0
+    clip: float = 20.0  # |log1p| of a numeric is at most this
+
+    def __post_init__(self) -> None:
+        if isinstance(self.numeric, (list, tuple)):  # every listed column the default way
+            object.__setattr__(self, "numeric", {c: NumericSpec() for c in self.numeric})
 
     def window_seconds(self) -> dict[str, int]:
         return {w: parse_duration(w) for w in self.windows}
+
+    def numeric_spec(self, column: str) -> NumericSpec:
+        """How `column` is transformed (a window mean's column need not be a feature itself)."""
+        return self.numeric.get(column, NumericSpec())
+
+    def bound(self, column: str) -> float | None:
+        """The largest |value| a numeric column's feature can take (None: unbounded)."""
+        numeric = self.numeric_spec(column)
+        if numeric.transform == "log1p":
+            return self.clip
+        return max(abs(b) for b in numeric.clip) if numeric.clip else None
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -323,7 +368,7 @@ class PipelineConfig:
     holdout: HoldoutConfig = HoldoutConfig()
     generate: GenerateConfig | None = None  # None: the pipeline generates nothing
     train_mllib: TrainMllibConfig = TrainMllibConfig()
-    train_torch: TrainTorchConfig = TrainTorchConfig()
+    train_torch: TrainTorchConfig | None = None  # None: the pipeline trains no torch model
     score: ScoreConfig = ScoreConfig()
     tracking: TrackingConfig = TrackingConfig()
     catalog: CatalogConfig = CatalogConfig()
@@ -397,8 +442,12 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     raw.setdefault("path", file)
     config = _build(PipelineConfig, raw, file, "")
     _check_source(config.source, file)
+    if config.source.derives_key and config.ingest.on_existing_key == "update":
+        raise ConfigError(f"{file}: ingest.on_existing_key: 'update' needs a key column (source.key): "
+                          "a key derived from the content changes with any column, so a newer "
+                          "version of a record would be a new record")
     _check_tables(config, file)
-    _check_features(config.features, file)
+    _check_features(config, file)
     _check_tracking(config.tracking, file)
     _check_catalog(config.catalog, file)
     return config
@@ -475,6 +524,8 @@ def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
     if hint is Any:
         return value
     if dataclasses.is_dataclass(hint):
+        if isinstance(value, (str, int, float)):  # a scalar sets the section's first key
+            value = {dataclasses.fields(hint)[0].name: value}
         return _build(hint, value, file, key)
     if origin is Literal:
         if value not in args:
@@ -483,7 +534,8 @@ def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in args:
             return None
-        return _coerce(next(a for a in args if a is not type(None)), value, file, key)
+        options = [a for a in args if a is not type(None)]
+        return _coerce(next((a for a in options if _fits(a, value)), options[0]), value, file, key)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{file}: {key}: expected a mapping, got {_kind(value)}")
@@ -501,6 +553,17 @@ def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
     return value
 
 
+def _fits(hint: Any, value: Any) -> bool:
+    """Whether `value` has the shape of `hint` (a list for a list, a mapping for a mapping):
+    picks the member of a union a file's value is meant for."""
+    origin = typing.get_origin(hint) or hint
+    if origin in (list, tuple):
+        return isinstance(value, list)
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return isinstance(value, dict)
+    return not isinstance(value, (list, dict))
+
+
 def _kind(value: Any) -> str:
     return type(value).__name__
 
@@ -512,7 +575,7 @@ def _check_source(source: SourceConfig, file: str) -> None:
                 f"{file}: source.schema.{column}: unknown type {spark_type!r} "
                 f"(expected one of {', '.join(SPARK_TYPES)})"
             )
-    declared = set(source.schema)
+    declared = set(source.schema) | ({DERIVED_KEY} if source.derives_key else set())
     for name, column in [("key", source.key), ("event_time", source.event_time)] + [
         (f"not_null[{i}]", c) for i, c in enumerate(source.not_null)
     ]:
@@ -536,7 +599,19 @@ def _check_tables(config: PipelineConfig, file: str) -> None:
                               "use a path below it (or an absolute path or URI)")
 
 
-def _check_features(spec: FeaturesConfig, file: str) -> None:
+def _check_features(config: PipelineConfig, file: str) -> None:
+    spec, source = config.features, config.source
+    taken = {source.key: "source.key", source.event_time: "source.event_time",
+             spec.entity: "features.entity", spec.label: "features.label",
+             **{c: f"features.categorical[{i}]" for i, c in enumerate(spec.categorical)}}
+    for column, numeric in spec.numeric.items():
+        if column in taken and (numeric.transform == "none" or column in (spec.label, source.key)):
+            raise ConfigError(f"{file}: features.numeric.{column}: the column is {taken[column]} too; "
+                              "a feature may not copy it (the label would leak, a key is no feature)")
+    for i, column in enumerate(spec.window_means):
+        if spec.bound(column) is None:
+            raise ConfigError(f"{file}: features.window_means[{i}]: {column!r} has transform none and no "
+                              f"clip; a window mean needs bounds: features.numeric.{column}.clip: [low, high]")
     for i, window in enumerate(spec.windows):
         try:
             parse_duration(window)

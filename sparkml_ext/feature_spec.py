@@ -17,7 +17,13 @@ from sparkml_ext.config import ConfigError, FeaturesConfig, fingerprint
 JOB = "features"  # the job name in the feature table's commit metadata
 # Part of the spec fingerprint: bump it when a feature's definition changes in code, so
 # a table built by the old code is never extended by the new one.
-DEFINITIONS_VERSION = 4  # 4: window features named after the entity
+DEFINITIONS_VERSION = 5  # 5: per-column numeric transforms, log1p keeps the sign
+
+
+def numeric_names(spec: FeaturesConfig) -> dict[str, str]:
+    """Each numeric column's feature name: `log_<column>` for log1p, the column's own name
+    for a value taken as it is."""
+    return {c: f"log_{c}" if n.transform == "log1p" else c for c, n in spec.numeric.items()}
 
 
 def aggregate_name(spec: FeaturesConfig, what: str, window: str | None = None, column: str | None = None) -> str:
@@ -35,7 +41,7 @@ def feature_columns(spec: FeaturesConfig) -> dict[str, list[str]]:
         aggregates += [aggregate_name(spec, "events", window), aggregate_name(spec, "label_rate", window)]
         aggregates += [aggregate_name(spec, "mean", window, c) for c in spec.window_means]
     return {
-        "numeric": [f"log_{c}" for c in spec.numeric]
+        "numeric": list(numeric_names(spec).values())
         + [f"isnull_{c}" for c in spec.numeric]
         + aggregates
         + [aggregate_name(spec, "log_seconds_since_prev"), aggregate_name(spec, "no_recent_event")],

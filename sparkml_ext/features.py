@@ -10,6 +10,7 @@ run (it would count as history twice). All native expressions.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -22,14 +23,15 @@ from sparkml_ext.feature_spec import (
     JOB,
     aggregate_name,
     feature_columns,
+    numeric_names,
     processed_version,
     spec_fingerprint,
 )
 
 # Window means and label rates are summed as longs in units of 2^-24 (rounding error below
-# 3e-8 per value): exact differences, and room for 2^63 / (clip * 2^24) ≈ 2.7e10 events
-# per entity at the default clip of 20.
-FIXED_POINT = 2**24
+# 3e-8 per value), fewer bits for a column whose values reach past 2^8: exact differences,
+# and room for at least 2^31 events per entity (2.7e10 at log1p's default clip of 20).
+FIXED_POINT_BITS = 24
 
 
 class FeaturesError(RuntimeError):
@@ -67,7 +69,7 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
     spec, key, event_time = cfg.features, cfg.source.key, cfg.source.event_time
     bronze_path, target = cfg.table_path("bronze"), cfg.table_path("features")
     bronze, version = _read_bronze(spark, bronze_path)
-    _check_spec(spec, bronze.columns, cfg.path)
+    _check_spec(spec, dict(bronze.dtypes), cfg.path)
     fingerprint = spec_fingerprint(spec)
     done = processed_version(spark, target, fingerprint, cfg.path)
     report = FeaturesReport(version, done, columns=feature_columns(spec))
@@ -104,7 +106,7 @@ def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str)
         event_time,
         F.to_date(event_time).alias("event_date"),
         F.col(spec.label),
-        *[_clipped_log(c, spec.clip).alias(f"log_{c}") for c in spec.numeric],
+        *[numeric_feature(spec, c).alias(name) for c, name in numeric_names(spec).items()],
         *[F.col(c).isNull().cast("int").alias(f"isnull_{c}") for c in spec.numeric],
         *entity_aggregates(spec, key, event_time),
         *[_hashed_id(c, spec.hash_buckets) for c in spec.categorical],
@@ -115,25 +117,29 @@ def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str)
 def entity_aggregates(spec: FeaturesConfig, key: str, event_time: str) -> list[Column]:
     """The per-entity window columns: counts, label rates, means and the gap to the last event."""
     seconds = F.col(event_time).cast("long")
-    by_entity = Window.partitionBy(spec.entity).orderBy(seconds)
+    # An event with no entity has no history: the key makes it a group of its own.
+    history = [F.col(spec.entity), F.when(F.col(spec.entity).isNull(), F.col(key))]
+    by_entity = Window.partitionBy(*history).orderBy(seconds)
     label = F.col(spec.label)
     labelled, rows = label.isNotNull().cast("long"), F.lit(1).cast("long")
-    positives = _fixed_point(label.cast("double"))
-    logs = {c: _fixed_point(_clipped_log(c, spec.clip)) for c in spec.window_means}
+    positives = _fixed_point(label.cast("double"), FIXED_POINT_BITS)
+    bits = {c: _fixed_point_bits(spec.bound(c)) for c in spec.window_means}
+    values = {c: _fixed_point(numeric_feature(spec, c), bits[c]) for c in spec.window_means}
     columns: list[Column] = []
     for name, width in spec.window_seconds().items():
         labelled_events = _sum_before(labelled, by_entity, width)
         in_window = _sum_before(rows, by_entity, width)
         columns += [
             labelled_events.cast("int").alias(aggregate_name(spec, "events", name)),
-            _mean(_sum_before(positives, by_entity, width), labelled_events).alias(aggregate_name(spec, "label_rate", name)),
-            *[_mean(_sum_before(logs[c], by_entity, width), in_window).alias(aggregate_name(spec, "mean", name, c))
-              for c in spec.window_means],
+            _mean(_sum_before(positives, by_entity, width), labelled_events, FIXED_POINT_BITS)
+            .alias(aggregate_name(spec, "label_rate", name)),
+            *[_mean(_sum_before(values[c], by_entity, width), in_window, bits[c])
+              .alias(aggregate_name(spec, "mean", name, c)) for c in spec.window_means],
         ]
     # The gap to the previous event counts only inside the longest window, so that an
     # incremental run (which sees that much history) computes exactly what a full one does.
     horizon = max(spec.window_seconds().values())
-    gap = seconds - F.lag(seconds).over(Window.partitionBy(spec.entity).orderBy(seconds, F.col(key)))
+    gap = seconds - F.lag(seconds).over(Window.partitionBy(*history).orderBy(seconds, F.col(key)))
     recent = F.coalesce(gap <= horizon, F.lit(False))
     return columns + [
         F.when(recent, F.log1p(gap)).otherwise(-1.0).alias(aggregate_name(spec, "log_seconds_since_prev")),
@@ -158,20 +164,31 @@ def _sum_before(value: Column, by_entity: WindowSpec, width: int) -> Column:
     return running(-1) - running(-width - 1)
 
 
-def _fixed_point(value: Column) -> Column:
-    return F.round(value * FIXED_POINT).cast("long")
+def numeric_feature(spec: FeaturesConfig, column: str) -> Column:
+    """A numeric column as its feature (NumericSpec): clipped to its bounds, then sign(x) *
+    log1p(|x|) bounded by ±spec.clip, or the value as it is; null → 0 (isnull_ says so)."""
+    numeric = spec.numeric_spec(column)
+    value = F.coalesce(F.col(column).cast("double"), F.lit(0.0))
+    if numeric.clip:
+        value = F.least(F.greatest(value, F.lit(float(numeric.clip[0]))), F.lit(float(numeric.clip[1])))
+    if numeric.transform == "none":
+        return value
+    signed_log = F.signum(value) * F.log1p(F.abs(value))
+    return F.least(F.greatest(signed_log, F.lit(-spec.clip)), F.lit(spec.clip))
 
 
-def _mean(fixed_sum: Column, count: Column) -> Column:
-    return F.when(count > 0, fixed_sum / F.lit(float(FIXED_POINT)) / count).otherwise(0.0)
+def _fixed_point_bits(bound: float) -> int:
+    """Binary digits kept of values within ±bound: 24, fewer when bound * 2^24 would pass
+    2^32, so that a running sum of 2^31 of them still fits a long."""
+    return max(0, min(FIXED_POINT_BITS, 32 - math.ceil(math.log2(max(bound, 1.0)))))
 
 
-def _clipped_log(column: str, clip: float) -> Column:
-    return F.least(F.log1p(_non_negative(column)), F.lit(clip))
+def _fixed_point(value: Column, bits: int) -> Column:
+    return F.round(value * float(2**bits)).cast("long")
 
 
-def _non_negative(column: str) -> Column:
-    return F.greatest(F.coalesce(F.col(column).cast("double"), F.lit(0.0)), F.lit(0.0))
+def _mean(fixed_sum: Column, count: Column, bits: int) -> Column:
+    return F.when(count > 0, fixed_sum / F.lit(float(2**bits)) / count).otherwise(0.0)
 
 
 def _hashed_id(column: str, buckets: int) -> Column:
@@ -186,13 +203,23 @@ def _read_bronze(spark: SparkSession, path: str) -> tuple[DataFrame, int]:
         raise FeaturesError(f"no bronze table at {path}: run `sparkml-ext ingest` first") from None
 
 
-def _check_spec(spec: FeaturesConfig, columns: list[str], file: str) -> None:
+def _check_spec(spec: FeaturesConfig, types: dict[str, str], file: str) -> None:
+    """Every named column is in bronze, and a numeric one holds numbers."""
     named = {"entity": [spec.entity], "label": [spec.label], "window_means": spec.window_means,
-             "numeric": spec.numeric, "categorical": spec.categorical}
+             "numeric": list(spec.numeric), "categorical": spec.categorical}
     for section, names in named.items():
         for name in names:
-            if name not in columns:
+            if name not in types:
                 raise ConfigError(f"{file}: features.{section}: column {name!r} is not in the bronze table")
+            if section in ("numeric", "window_means") and not _is_number(types[name]):
+                raise ConfigError(f"{file}: features.{section}: column {name!r} is {types[name]} in bronze, "
+                                  "not a number; declare it as int, bigint, float or double in "
+                                  "source.schema, or list it under features.categorical")
+
+
+def _is_number(spark_type: str) -> bool:
+    return spark_type in ("tinyint", "smallint", "int", "bigint", "float", "double", "boolean") \
+        or spark_type.startswith("decimal")
 
 
 def _changes(spark: SparkSession, path: str, start: int, end: int) -> DataFrame:
@@ -208,13 +235,16 @@ def _recompute_scope(
     event time on (a late or updated event changes the windows of the events after it),
     and the history those events' windows reach back to (`horizon` seconds more).
 
-    Returns (the events to compute over, the keys whose rows are rewritten).
+    Returns (the events to compute over, the keys whose rows are rewritten). A changed
+    event with no entity has no history: it alone is recomputed.
     """
-    since = changed.groupBy(entity).agg(F.min(event_time).alias("_since"))
+    has_entity = F.col(entity).isNotNull()
+    since = changed.where(has_entity).groupBy(entity).agg(F.min(event_time).alias("_since"))
     scoped = bronze.join(since, entity)
     reach = F.col("_since") - F.make_interval(secs=F.lit(horizon))
-    context = scoped.where(F.col(event_time) >= reach).drop("_since")
-    targets = scoped.where(F.col(event_time) >= F.col("_since")).select(key)
+    alone = bronze.where(~has_entity).join(changed.where(~has_entity).select(key), key, "left_semi")
+    context = scoped.where(F.col(event_time) >= reach).drop("_since").unionByName(alone)
+    targets = scoped.where(F.col(event_time) >= F.col("_since")).select(key).unionByName(alone.select(key))
     return context, targets
 
 

@@ -288,6 +288,7 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
     typed = raw.select(
         *[_typed(F.col(c), t, source.timestamp_format).alias(c) for c, t in source.schema.items()],
         *extra,
+        *([derived_key(source).alias(source.key)] if source.derives_key else []),
         _flags(
             [(F.col(RAW).contains(REPLACEMENT_CHAR), "bad_encoding")]
             + [(F.col(c).rlike(CONTROL_CHARS), f"control_char:{c}")
@@ -447,6 +448,20 @@ def _land_accepted(
         properties={"delta.enableChangeDataFeed": "true"},  # features read only what changed
         merge_schema=cfg.ingest.schema_evolution,
     )
+
+
+def derived_key(source: SourceConfig) -> Column:
+    """The key of a table that declares none: 128 bits of SHA-256 over the record's typed
+    values in schema order (each value's canonical text, null marked apart from ''; a
+    timestamp as epoch microseconds, whatever the session's time zone), as 32 hex digits.
+    Typed, so '1.0' and '1' in a double column are the same content."""
+    def canonical(column: str, spark_type: str) -> Column:
+        typed = _typed(F.col(column), spark_type, source.timestamp_format)
+        text = F.unix_micros(typed).cast("string") if spark_type == "timestamp" else typed.cast("string")
+        return F.coalesce(F.concat(F.lit("v"), text), F.lit("n"))  # v<value> or n: null ≠ ''
+
+    content = F.concat_ws("\u001f", *[canonical(c, t) for c, t in source.schema.items()])
+    return F.substring(F.sha2(content, 256), 1, 32)
 
 
 def _typed(column: Column, spark_type: str, timestamp_format: str) -> Column:

@@ -61,6 +61,9 @@ class TorchTrainError(TrainError):
 def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     """Export, train on DDP ranks (resuming a checkpoint), evaluate, store; returns the card."""
     started = time.monotonic()
+    if cfg.train_torch is None:
+        raise ConfigError(f"{cfg.path}: train_torch: the file has no such section; add one "
+                          "(`train_torch: {}` takes every default) to train a torch model")
     tracker = tracking.Tracker(cfg, "train-torch")
     tt, key, label = cfg.train_torch, cfg.source.key, cfg.features.label
     table = cfg.table_path("features")
@@ -74,6 +77,12 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     except TrainError as err:
         raise TorchTrainError(str(err)) from None
     labelled = labelled_sql(label)
+    other = data.where(F.expr(labelled) & ~F.col(label).isin(0, 1)).select(label).head()
+    if other is not None:
+        raise TorchTrainError(
+            f"label column {label!r} holds {other[0]!r}: the torch model is a binary classifier "
+            f"(labels 0 and 1); for this label use train-mllib (e.g. model: gbt_regression) and "
+            f"leave the train_torch section out of {cfg.path}")
     split = resolve_split(data, cfg, labelled)
     shards = {s: _export(spark, cfg, table, version, f"{split.only(s)} AND {labelled}", s)
               for s in ("train", "validation")}

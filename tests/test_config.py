@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from sparkml_ext.cli import EXIT_CONFIG, main
-from sparkml_ext.config import ConfigError, load_config
+from sparkml_ext.config import ConfigError, NumericSpec, load_config
 from sparkml_ext.deep.config import TrainConfig
 
 CLICKS = "conf/pipelines/clicks.yaml"
@@ -27,6 +27,15 @@ def test_overrides_are_typed_like_the_file():
     assert cfg.generate.rows == 1234
     assert cfg.generate.null_rate == 0.0
     assert cfg.ingest.on_bad_record == "fail"
+
+
+def test_numeric_is_a_list_of_log1p_columns_or_a_mapping_with_shorthands():
+    listed = load_config(CLICKS).features
+    assert listed.numeric["i1"] == NumericSpec("log1p", None) and len(listed.numeric) == 13
+    mapped = load_config(CLICKS, ["features.numeric={i1: none, i2: {clip: [-5, 5.5]}}",
+                                  "features.window_means=[i2]"]).features
+    assert mapped.numeric == {"i1": NumericSpec("none"), "i2": NumericSpec("log1p", (-5.0, 5.5))}
+    assert mapped.bound("i2") == mapped.clip and mapped.bound("i1") is None
 
 
 def test_environment_interpolation(monkeypatch, tmp_path):
@@ -62,6 +71,10 @@ def _write(tmp_path, text):
         ("holdout.test=0", "holdout.test", "must be a share in (0, 1)"),
         ("holdout.validation=0.9", "holdout.validation + test", "must leave rows to train on"),
         ("holdout.gap=1 week", "holdout.gap", "not a duration like"),
+        ("features.numeric={i1: sqrt}", "features.numeric.i1.transform", "not one of log1p, none"),
+        ("features.numeric={i1: {clip: [5, 1]}}", "features.numeric.i1.clip", "low < high"),
+        ("features.numeric={label: none}", "features.numeric.label", "features.label too"),
+        ("features.numeric={i1: none}", "features.window_means[0]", "clip: [low, high]"),
     ],
 )
 def test_bad_values_name_the_file_and_key(override, key, words):

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from sparkml_ext import lake
 from sparkml_ext.config import ConfigError
 from sparkml_ext.feature_spec import feature_columns
-from sparkml_ext.features import FeaturesError, build_features, entity_aggregates
+from sparkml_ext.features import FeaturesError, build_features, engineer, entity_aggregates
 from sparkml_ext.ingest import ingest_batch
 
 DAY1 = [
@@ -87,8 +87,8 @@ def test_window_aggregates_equal_a_brute_force_count_over_a_heavy_user(spark, tm
     events = spark.createDataFrame(rows, names).withColumn("event_time", F.timestamp_seconds("ts"))
     got = {r["event_id"]: r for r in events.select("event_id", *entity_aggregates(spec, "event_id", "event_time")).collect()}
 
-    def log(value):
-        return min(math.log1p(max(value or 0.0, 0.0)), spec.clip)
+    def log(value):  # signed: sign(x) * log1p(|x|), bounded by ±clip
+        return math.copysign(min(math.log1p(abs(value or 0.0)), spec.clip), value or 0.0)
 
     by_user: dict[str, list[tuple]] = {}
     for row in rows:
@@ -106,21 +106,27 @@ def test_window_aggregates_equal_a_brute_force_count_over_a_heavy_user(spark, tm
 
 
 def test_incremental_runs_equal_one_full_run_and_rerun_writes_nothing(spark, tmp_path):
-    inc = clicks_config(tmp_path / "inc")
-    _ingest(spark, inc, tmp_path / "inc", "b1", DAY1)
+    """Also for events with no entity (no history of their own): one in each batch."""
+    optional_entity = "source.not_null=[event_id, event_time]"
+    day1, later = DAY1 + [line("anon-a", "", "2026-01-01 10:05:00")], DAY1_LATER + [line("anon-b", "")]
+    inc = clicks_config(tmp_path / "inc", optional_entity)
+    _ingest(spark, inc, tmp_path / "inc", "b1", day1)
     build_features(spark, inc)
-    _ingest(spark, inc, tmp_path / "inc", "b2", DAY1_LATER)
+    _ingest(spark, inc, tmp_path / "inc", "b2", later)
     second = build_features(spark, inc)
-    assert (second.previous_bronze_version, second.rows_in) == (0, 3)
+    assert (second.previous_bronze_version, second.rows_in) == (0, 4)
 
     version = lake.current_version(spark, inc.table_path("features"))
     again = build_features(spark, inc)
     assert again.feature_version is None
     assert lake.current_version(spark, inc.table_path("features")) == version
 
-    full = clicks_config(tmp_path / "full")
-    _ingest(spark, full, tmp_path / "full", "b1", DAY1 + DAY1_LATER)
+    full = clicks_config(tmp_path / "full", optional_entity)
+    _ingest(spark, full, tmp_path / "full", "b1", day1 + later)
     build_features(spark, full)
+    anonymous = _table(spark, full).where("user_id IS NULL").collect()
+    assert sorted((r.event_id, r.user_id_events_7d, r.user_id_no_recent_event) for r in anonymous) == [
+        ("anon-a", 0, 1), ("anon-b", 0, 1)]
     columns = ["event_id", *feature_columns(full.features)["numeric"], *feature_columns(full.features)["categorical_ids"]]
     assert_df_equality(
         _table(spark, inc).select(columns), _table(spark, full).select(columns),
@@ -137,11 +143,33 @@ def test_the_entity_may_also_be_a_categorical(spark, tmp_path):
     assert set(feature_columns(cfg.features)["categorical_raw"]) <= set(table.columns)
 
 
-def test_spec_naming_a_missing_column_is_refused(spark, tmp_path):
+def test_numeric_transforms_keep_the_sign_or_take_the_value_as_it_is(spark, tmp_path):
+    spec = clicks_config(tmp_path, "features.numeric={i1: log1p, i2: none, i3: {transform: none, clip: [-10, 10]}}",
+                         "features.window_means=[i1, i3]", "features.windows=[1d]",
+                         "features.categorical=[]").features
+    rows = [("a", "u", 0, 1, -5.0, -20.0, -50.0), ("b", "u", 60, 0, 3.0, 7.5, 4.0),
+            ("c", "u", 120, None, None, None, None)]
+    events = spark.createDataFrame(rows, "event_id string, user_id string, ts long, label int, "
+                                         "i1 double, i2 double, i3 double")
+    events = events.withColumn("event_time", F.timestamp_seconds("ts"))
+    got = {r.event_id: r for r in engineer(events, spec, "event_id", "event_time").collect()}
+    assert feature_columns(spec)["numeric"][:6] == ["log_i1", "i2", "i3", "isnull_i1", "isnull_i2", "isnull_i3"]
+    assert got["a"].log_i1 == pytest.approx(-math.log1p(5)) and got["b"].log_i1 == pytest.approx(math.log1p(3))
+    assert (got["a"].i2, got["a"].i3, got["b"].i3) == (-20.0, -10.0, 4.0)  # as is; clipped to its bounds
+    assert (got["c"].i2, got["c"].isnull_i2) == (0.0, 1)
+    assert got["c"].user_id_mean_i3_1d == pytest.approx((-10.0 + 4.0) / 2)
+    assert got["c"].user_id_mean_i1_1d == pytest.approx((math.log1p(3) - math.log1p(5)) / 2, abs=1e-7)
+    assert got["c"].user_id_label_rate_1d == pytest.approx(0.5)
+
+
+def test_spec_naming_a_missing_or_text_column_is_refused(spark, tmp_path):
     cfg = clicks_config(tmp_path, "features.window_means=[i1, nope]")
     _ingest(spark, cfg, tmp_path, "b1", DAY1)
     with pytest.raises(ConfigError, match="features.window_means: column 'nope' is not in the bronze table"):
         build_features(spark, cfg)
+    with pytest.raises(ConfigError, match=r"features.numeric: column 'c1' is string in bronze, not a number; "
+                                          r"declare it .* or list it under features.categorical"):
+        build_features(spark, clicks_config(tmp_path, "features.numeric=[i1, c1]"))
     assert lake.current_version(spark, cfg.table_path("features")) is None
 
 

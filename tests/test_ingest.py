@@ -147,3 +147,21 @@ def test_invalid_check_expression_names_the_check(spark, cfg_for, tmp_path):
     write_batch(tmp_path / "landing" / "b1", GOOD)
     with pytest.raises(ConfigError, match=r"source.checks.broken: 'no_such_column > 1' is not valid"):
         ingest_batch(spark, cfg, "b1")
+
+
+def test_without_a_key_column_the_key_is_derived_from_the_typed_content(spark, cfg_for, tmp_path):
+    """Records equal in every (typed) column are one event; records that differ anywhere, two."""
+    cfg = cfg_for("source.key=record_key")
+    assert cfg.source.derives_key
+    write_batch(tmp_path / "landing" / "b1", [line("e1", numeric="3"), line("e1", numeric="3.0"),
+                                              line("e1", numeric="4"), line("e2")])
+    write_batch(tmp_path / "landing" / "b2", [line("e2"), line("e3")])
+    first, second = ingest_batch(spark, cfg, "b1"), ingest_batch(spark, cfg, "b2")
+
+    assert (first.accepted, first.reasons) == (3, {"duplicate_key": 1})  # "3.0" is the double 3
+    assert (second.accepted, second.reasons) == (1, {"duplicate_key_existing:b1": 1})  # e2 again
+    bronze = spark.read.format("delta").load(cfg.table_path("bronze"))
+    keys = [r.record_key for r in bronze.select("record_key").collect()]
+    assert len(set(keys)) == 4 and all(len(k) == 32 and int(k, 16) >= 0 for k in keys)
+    with pytest.raises(ConfigError, match="ingest.on_existing_key: 'update' needs a key column"):
+        cfg_for("source.key=record_key", "ingest.on_existing_key=update")

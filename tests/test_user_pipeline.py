@@ -48,7 +48,7 @@ features:
   label: failed
   windows: [1d]
   window_means: [load]
-  numeric: [temp, load]
+  numeric: {{temp: none, load: log1p}}   # a temperature is signed: taken as it is
   categorical: [kind]
   hash_buckets: 64
 train_mllib:
@@ -163,8 +163,10 @@ def piped(separate_jobs, user) -> tuple[dict, str]:
     return json.loads(printed[printed.index("\n{") + 1:]), printed
 
 
-def test_the_pipeline_runs_over_the_batches_present_and_ends_in_its_report(piped):
+def test_the_pipeline_runs_over_the_batches_present_and_ends_in_its_report(spark, user, piped):
     stages, printed = piped
+    features = spark.read.format("delta").load(load_config(user[0] / "sensors.yaml").table_path("features"))
+    assert features.where("temp < 0").count() > 0 and "log_load" in features.columns  # signed kept
     assert list(stages) == ["ingest 2025-w01", "ingest 2025-w02", "features", "train-mllib",
                             "train-torch", "score mllib", "score torch", "report"]
     assert [stages[f"ingest {week}"]["already_ingested"] for week in WEEKS] == [True, False]
