@@ -37,7 +37,7 @@ demo: venv
 	PYSPARK_PYTHON=$(abspath $(PY)) $(VENV)/bin/sparkml-ext pipeline --pipeline conf/pipelines/clicks.yaml
 
 test: venv chromium airflow-venv
-	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m pytest
+	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 # The package as a cluster ships it: a wheel (Databricks, pip on the nodes) and the same
 # bytes as dist/sparkml_ext.zip for spark-submit --py-files (Spark imports .zip, not .whl).

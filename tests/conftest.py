@@ -131,41 +131,81 @@ def run_concurrent_ingests(root: Path):
     return run_concurrent_ingests(root)
 
 
-# The suite's two long runs of subprocesses (spark-submit to a cluster, Airflow): nothing in
-# them needs this process's Spark, so they start in the background when the session starts
-# and overlap the in-process tests; the tests that check them run last. Each is the session
-# fixture of the same name, which waits for its run.
+# The suite's long runs of subprocesses (spark-submit to a cluster, Airflow, two concurrent
+# ingests): nothing in them needs this process's Spark, so they run in threads while tests
+# run in-process. Each is the session fixture of the same name, which waits for its run.
 BACKGROUND: dict[str, Callable[[Path], object]] = {
     "cluster_pipeline": run_cluster_pipeline,
     "airflow_dag_runs": run_airflow_dag,
     "concurrent_ingests": run_concurrent_ingests,
 }
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): each
+# module is one unit of work (its module fixtures are built once), and the tests of the
+# BACKGROUND runs are one more, queued first, so that one worker starts the runs at once and
+# waits for them while the other works through the modules. A single process (plain
+# `pytest`) starts the runs when the session starts and checks them last.
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: bool(BACKGROUND.keys() & set(item.fixturenames)))  # stable
+def _in_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _needs_background(item: pytest.Item) -> bool:
+    return bool(BACKGROUND.keys() & set(item.fixturenames))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _in_xdist_worker(config):
+        items.sort(key=_needs_background)  # stable: the background runs' tests last
+        return
+    for item in items:
+        group = "background" if _needs_background(item) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: not _needs_background(item))  # queued first
+
+
+class BackgroundRuns:
+    """The BACKGROUND runs this process's tests need, each in a thread of `pool`, all started
+    by `start()` (at once, so that they overlap each other)."""
+
+    def __init__(self, pool: ThreadPoolExecutor, folders: pytest.TempPathFactory, names: list[str]) -> None:
+        self.pool, self.folders, self.names = pool, folders, names
+        self.runs: dict[str, Future] = {}
+
+    def start(self) -> None:
+        if not self.runs:
+            self.runs = {name: self.pool.submit(BACKGROUND[name], self.folders.mktemp(name)) for name in self.names}
+
+    def result(self, name: str):
+        self.start()
+        return self.runs[name].result()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def background_runs(request, tmp_path_factory) -> Iterator[dict[str, Future]]:
-    """The BACKGROUND runs the selected tests need, started now in threads."""
+def background_runs(request, tmp_path_factory) -> Iterator[BackgroundRuns]:
+    """Started now in a single process; in an xdist worker, by the first test that needs one
+    (the worker given the background group; every worker collects every test)."""
     wanted = [name for name in BACKGROUND if any(name in item.fixturenames for item in request.session.items)]
     with ThreadPoolExecutor(max_workers=len(BACKGROUND), thread_name_prefix="background") as pool:
-        yield {name: pool.submit(BACKGROUND[name], tmp_path_factory.mktemp(name)) for name in wanted}
+        runs = BackgroundRuns(pool, tmp_path_factory, wanted)
+        if not _in_xdist_worker(request.config):
+            runs.start()
+        yield runs
 
 
 @pytest.fixture(scope="session")
 def cluster_pipeline(background_runs) -> ClusterRun:
-    return background_runs["cluster_pipeline"].result()
+    return background_runs.result("cluster_pipeline")
 
 
 @pytest.fixture(scope="session")
 def airflow_dag_runs(background_runs):
     """`airflowkit.DagRuns`: the DAG's two `dags test` runs of one interval."""
-    return background_runs["airflow_dag_runs"].result()
+    return background_runs.result("airflow_dag_runs")
 
 
 @pytest.fixture(scope="session")
 def concurrent_ingests(background_runs):
     """`faultkit.ConcurrentIngests`: two ingest jobs at once into one table."""
-    return background_runs["concurrent_ingests"].result()
+    return background_runs.result("concurrent_ingests")
