@@ -150,6 +150,16 @@ def _in_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """In an xdist worker, `__main__` is execnet's, with neither `__spec__` nor `__file__`:
+    pyspark's Spark Connect dependency check (which `mlflow.spark.log_model` imports) takes
+    that for a doctest run and calls `sys.exit(0)`. Give it the `__file__` that
+    `python -m pytest` has, pytest's `__main__.py` (its code is guarded by `__name__`)."""
+    main = sys.modules["__main__"]
+    if _in_xdist_worker(config) and main.__spec__ is None and not hasattr(main, "__file__"):
+        main.__file__ = str(Path(pytest.__file__).with_name("__main__.py"))
+
+
 def _needs_background(item: pytest.Item) -> bool:
     return bool(BACKGROUND.keys() & set(item.fixturenames))
 
