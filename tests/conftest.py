@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -43,9 +44,10 @@ def spark(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def fresh_lake(spark, tmp_path_factory) -> Callable[[str], Path]:
+def fresh_lake(spark, tmp_path_factory, request) -> Callable[[str], Path]:
     """`fresh_lake(name)`: a private copy of one small lakehouse (4,000 events, 1% malformed,
-    ingested, feature table built), which is built once per session, when first asked for.
+    ingested, feature table built), which is built once per run, when first asked for (by
+    whichever xdist worker asks first, under a lock; the other copies it too).
 
     The copy has `lake/` and `landing/`; a test that trains or scores writes only to its own.
     """
@@ -54,8 +56,15 @@ def fresh_lake(spark, tmp_path_factory) -> Callable[[str], Path]:
     from sparkml_ext.cli import seed_lakehouse
     from sparkml_ext.config import GenerateConfig
 
-    built = tmp_path_factory.mktemp("clicks")
-    seed_lakehouse(spark, clicks_config(built), GenerateConfig(rows=4000, malformed_rate=0.01))
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if _in_xdist_worker(request.config) else base  # the run's, above the workers'
+    built = shared / "clicks-lake"
+    with open(shared / "clicks-lake.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (built / "built").exists():
+            shutil.rmtree(built, ignore_errors=True)
+            seed_lakehouse(spark, clicks_config(built), GenerateConfig(rows=4000, malformed_rate=0.01))
+            (built / "built").touch()
 
     def copy(name: str) -> Path:
         root = tmp_path_factory.mktemp(name)
@@ -99,8 +108,17 @@ def run_cluster_pipeline(root: Path) -> ClusterRun:
     The suite's most expensive run, shared: the cluster test checks how it ran, the report
     test the page it ended with.
     """
-    from shipping import QUICK_JVMS, REPO, build_wheel, cluster_script, report_of, submit
+    from shipping import (
+        QUICK_JVMS,
+        REPO,
+        build_wheel,
+        cluster_script,
+        jvm_archive,
+        report_of,
+        submit,
+    )
 
+    jvm_archive()
     cluster = cluster_script()
     work = root / "cluster"
     archive = build_wheel(root / "dist").with_name("sparkml_ext.zip")
@@ -121,7 +139,9 @@ def run_cluster_pipeline(root: Path) -> ClusterRun:
 
 def run_airflow_dag(work: Path):
     from airflowkit import run_dag_twice
+    from shipping import jvm_archive
 
+    jvm_archive()
     return run_dag_twice(work)
 
 
