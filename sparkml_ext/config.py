@@ -55,7 +55,7 @@ class SourceConfig:
     path: str
     format: Literal["csv", "json", "parquet"]
     schema: dict[str, str]
-    event_time: str
+    event_time: str | None = None  # the timestamp column; None: a table of records without one
     key: str = DERIVED_KEY
     options: dict[str, str] = field(default_factory=dict)
     timestamp_format: str = "yyyy-MM-dd HH:mm:ss"
@@ -114,11 +114,13 @@ class NumericSpec:
 class FeaturesConfig:
     """The feature spec: point-in-time entity aggregates, numeric and categorical transforms.
 
-    `entity` and `label` name the user's own columns: no default could fit their table.
-    `numeric`: a list of columns (each `log1p`) or a mapping column → NumericSpec."""
+    `label` names the user's own column: no default could fit their table. `entity`: the
+    column whose history the window features summarise (`windows`, `window_means`); None:
+    no window features (a table of independent records). `numeric`: a list of columns
+    (each `log1p`) or a mapping column → NumericSpec."""
 
-    entity: str
     label: str
+    entity: str | None = None
     windows: list[str] = field(default_factory=lambda: ["1h", "1d", "7d"])
     window_means: list[str] = field(default_factory=list)
     numeric: list[str] | dict[str, NumericSpec] = field(default_factory=dict)
@@ -163,7 +165,8 @@ class HoldoutConfig:
     `time`: train on the earliest events, validate on later ones, test on the latest (what
     a model meets in production); `validation` and `test` are shares of the event-time span,
     and the events `gap` before each later part starts are left out (a label that arrives
-    late, a window that overlaps). `hash`: a stable hash of source.key, shares of the rows.
+    late, a window that overlaps). `hash`: a stable hash of source.key, shares of the rows;
+    what a table without source.event_time is split by.
     """
 
     by: Literal["time", "hash"] = "time"
@@ -442,6 +445,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     raw.setdefault("path", file)
     config = _build(PipelineConfig, raw, file, "")
     _check_source(config.source, file)
+    if config.source.event_time is None and config.ingest.on_existing_key == "update":
+        raise ConfigError(f"{file}: ingest.on_existing_key: 'update' keeps the later event of a key, "
+                          "which needs source.event_time")
     if config.source.derives_key and config.ingest.on_existing_key == "update":
         raise ConfigError(f"{file}: ingest.on_existing_key: 'update' needs a key column (source.key): "
                           "a key derived from the content changes with any column, so a newer "
@@ -576,12 +582,13 @@ def _check_source(source: SourceConfig, file: str) -> None:
                 f"(expected one of {', '.join(SPARK_TYPES)})"
             )
     declared = set(source.schema) | ({DERIVED_KEY} if source.derives_key else set())
-    for name, column in [("key", source.key), ("event_time", source.event_time)] + [
+    timed = [("event_time", source.event_time)] if source.event_time is not None else []
+    for name, column in [("key", source.key), *timed] + [
         (f"not_null[{i}]", c) for i, c in enumerate(source.not_null)
     ]:
         if column not in declared:
             raise ConfigError(f"{file}: source.{name}: column {column!r} is not in source.schema")
-    if source.schema.get(source.event_time, "").lower() != "timestamp":
+    if timed and source.schema[source.event_time].lower() != "timestamp":
         raise ConfigError(f"{file}: source.event_time: column {source.event_time!r} must be a timestamp")
 
 
@@ -601,9 +608,17 @@ def _check_tables(config: PipelineConfig, file: str) -> None:
 
 def _check_features(config: PipelineConfig, file: str) -> None:
     spec, source = config.features, config.source
+    if spec.entity is not None and source.event_time is None:
+        raise ConfigError(f"{file}: features.entity: window features need the events' time; set "
+                          "source.event_time, or leave features.entity out")
+    if spec.entity is not None and not spec.windows:
+        raise ConfigError(f"{file}: features.windows: an entity's history needs at least one window")
+    if spec.entity is None and spec.window_means:
+        raise ConfigError(f"{file}: features.window_means: a window mean needs features.entity")
     taken = {source.key: "source.key", source.event_time: "source.event_time",
              spec.entity: "features.entity", spec.label: "features.label",
              **{c: f"features.categorical[{i}]" for i, c in enumerate(spec.categorical)}}
+    taken.pop(None, None)
     for column, numeric in spec.numeric.items():
         if column in taken and (numeric.transform == "none" or column in (spec.label, source.key)):
             raise ConfigError(f"{file}: features.numeric.{column}: the column is {taken[column]} too; "

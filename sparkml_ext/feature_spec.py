@@ -37,14 +37,15 @@ def aggregate_name(spec: FeaturesConfig, what: str, window: str | None = None, c
 def feature_columns(spec: FeaturesConfig) -> dict[str, list[str]]:
     """The model-facing columns the feature table holds, by kind."""
     aggregates = []
-    for window in spec.windows:
+    for window in spec.windows if spec.entity else []:  # window features need an entity
         aggregates += [aggregate_name(spec, "events", window), aggregate_name(spec, "label_rate", window)]
         aggregates += [aggregate_name(spec, "mean", window, c) for c in spec.window_means]
     return {
         "numeric": list(numeric_names(spec).values())
         + [f"isnull_{c}" for c in spec.numeric]
         + aggregates
-        + [aggregate_name(spec, "log_seconds_since_prev"), aggregate_name(spec, "no_recent_event")],
+        + ([aggregate_name(spec, "log_seconds_since_prev"), aggregate_name(spec, "no_recent_event")]
+           if spec.entity else []),
         "categorical_ids": [f"{c}_id" for c in spec.categorical],
         "categorical_raw": list(spec.categorical),
     }

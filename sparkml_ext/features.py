@@ -82,8 +82,7 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
         report.rows_in = bronze.count()
     else:
         changed = _changes(spark, bronze_path, done + 1, version)
-        context, targets = _recompute_scope(bronze, changed, key, spec.entity, event_time,
-                                            max(spec.window_seconds().values()))
+        context, targets = _recompute_scope(bronze, changed, key, spec, event_time)
         features = engineer(context, spec, key, event_time).join(targets, key, "left_semi")
         report.rows_in = changed.where(F.col("_change_type") != "update_preimage").count()
     if report.rows_in == 0:
@@ -92,23 +91,24 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
 
     meta = {"job": JOB, "bronze_version": version, "spec": fingerprint}
     report.feature_version = lake.merge_by_key(features, target, key, metadata=meta,
-                                               partition_by=["event_date"])
+                                               partition_by=["event_date"] if event_time else None)
     report.rows_merged = lake.rows_written(spark, target, report.feature_version)
     report.seconds = round(time.monotonic() - started, 2)
     return report
 
 
-def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str) -> DataFrame:
-    """Every feature column, each row seeing only its entity's strictly earlier events."""
+def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str | None) -> DataFrame:
+    """Every feature column, each row seeing only its entity's strictly earlier events (a
+    table without an entity or an event time has no window features, only row transforms)."""
+    windowed = spec.entity is not None and event_time is not None
     return events.select(
         key,
-        spec.entity,
-        event_time,
-        F.to_date(event_time).alias("event_date"),
+        *([spec.entity] if spec.entity else []),
+        *([event_time, F.to_date(event_time).alias("event_date")] if event_time else []),
         F.col(spec.label),
         *[numeric_feature(spec, c).alias(name) for c, name in numeric_names(spec).items()],
         *[F.col(c).isNull().cast("int").alias(f"isnull_{c}") for c in spec.numeric],
-        *entity_aggregates(spec, key, event_time),
+        *(entity_aggregates(spec, key, event_time) if windowed else []),
         *[_hashed_id(c, spec.hash_buckets) for c in spec.categorical],
         *[c for c in spec.categorical if c != spec.entity],  # an entity is a category too: kept once
     )
@@ -205,7 +205,7 @@ def _read_bronze(spark: SparkSession, path: str) -> tuple[DataFrame, int]:
 
 def _check_spec(spec: FeaturesConfig, types: dict[str, str], file: str) -> None:
     """Every named column is in bronze, and a numeric one holds numbers."""
-    named = {"entity": [spec.entity], "label": [spec.label], "window_means": spec.window_means,
+    named = {"entity": [spec.entity] if spec.entity else [], "label": [spec.label], "window_means": spec.window_means,
              "numeric": list(spec.numeric), "categorical": spec.categorical}
     for section, names in named.items():
         for name in names:
@@ -229,15 +229,21 @@ def _changes(spark: SparkSession, path: str, start: int, end: int) -> DataFrame:
 
 
 def _recompute_scope(
-    bronze: DataFrame, changed: DataFrame, key: str, entity: str, event_time: str, horizon: int
+    bronze: DataFrame, changed: DataFrame, key: str, spec: FeaturesConfig, event_time: str | None
 ) -> tuple[DataFrame, DataFrame]:
     """What a change touches: every event of a changed entity from its earliest changed
     event time on (a late or updated event changes the windows of the events after it),
-    and the history those events' windows reach back to (`horizon` seconds more).
+    and the history those events' windows reach back to (the longest window more).
 
     Returns (the events to compute over, the keys whose rows are rewritten). A changed
-    event with no entity has no history: it alone is recomputed.
+    event with no entity (or a table without entities) has no history: it alone is
+    recomputed.
     """
+    entity = spec.entity
+    if entity is None or event_time is None:
+        alone = bronze.join(changed.select(key), key, "left_semi")
+        return alone, alone.select(key)
+    horizon = max(spec.window_seconds().values())
     has_entity = F.col(entity).isNotNull()
     since = changed.where(has_entity).groupBy(entity).agg(F.min(event_time).alias("_since"))
     scoped = bronze.join(since, entity)

@@ -125,7 +125,7 @@ def resolve_split(data: DataFrame, cfg: PipelineConfig, rows: str = "true") -> S
     event time, so every job that pins the same version cuts at the same instants.
     """
     holdout = cfg.holdout
-    if holdout.by == "hash":
+    if holdout.by == "hash" or cfg.source.event_time is None:  # no time to split by
         return hash_split(cfg.source.key, holdout)
     column = cfg.source.event_time
     t = F.unix_micros(F.col(column))

@@ -353,17 +353,19 @@ def with_held_keys(spark: SparkSession, cfg: PipelineConfig, batch_id: str, stag
         return staged.select("*", F.lit(None).cast("string").alias(HELD_BY),
                              F.lit(None).cast("timestamp").alias(HELD_AT))
     table, _ = lake.read_version(spark, bronze)
+    event_time = cfg.source.event_time  # only update mode reads it, and that needs one
+    held_at = F.max(event_time) if event_time else F.lit(None).cast("timestamp")
     (
         table.where(F.col(BATCH) != batch_id)
         .join(staged.where(F.size(REASONS) == 0).select(key), key, "left_semi")
         .groupBy(key)
-        .agg(F.min(BATCH).alias(HELD_BY), F.max(cfg.source.event_time).alias(HELD_AT))
+        .agg(F.min(BATCH).alias(HELD_BY), held_at.alias(HELD_AT))
         .write.parquet(f"{folder}/held")
     )
     return staged.join(spark.read.parquet(f"{folder}/held"), key, "left")
 
 
-def route(staged: DataFrame, ingest: IngestConfig, event_time: str) -> DataFrame:
+def route(staged: DataFrame, ingest: IngestConfig, event_time: str | None) -> DataFrame:
     """The staged records with their final `_reasons`: a record whose key bronze holds is
     quarantined as duplicate_key_existing:<batch>, or with on_existing_key: update, lands
     (replacing the held row) unless it is older than that row (older_than_existing:<batch>)."""
@@ -434,17 +436,19 @@ def _land_accepted(
 ) -> int | None:
     """Append the accepted records to bronze, or MERGE them when some replace held rows."""
     data_columns = [c for c in records.columns if c not in INTERNAL]
+    dated = cfg.source.event_time is not None  # bronze is partitioned by event date, if it has one
     accepted = records.where(F.size(REASONS) == 0).select(
         *data_columns,
-        F.to_date(F.col(cfg.source.event_time)).alias("event_date"),
+        *([F.to_date(F.col(cfg.source.event_time)).alias("event_date")] if dated else []),
         F.lit(batch_id).alias(BATCH),
         F.col(SOURCE_FILE),
     )
+    partition_by = ["event_date"] if dated else None
     if updates:
         return lake.merge_by_key(accepted, bronze, cfg.source.key, metadata=meta,
-                                 partition_by=["event_date"], app_id=f"{JOB}:{batch_id}")
+                                 partition_by=partition_by, app_id=f"{JOB}:{batch_id}")
     return lake.append_once(
-        accepted, bronze, app_id=f"{JOB}:{batch_id}", partition_by=["event_date"], metadata=meta,
+        accepted, bronze, app_id=f"{JOB}:{batch_id}", partition_by=partition_by, metadata=meta,
         properties={"delta.enableChangeDataFeed": "true"},  # features read only what changed
         merge_schema=cfg.ingest.schema_evolution,
     )

@@ -107,9 +107,18 @@ def test_missing_section_and_broken_yaml(tmp_path):
         load_config(tmp_path / "absent.yaml")
 
 
-def test_the_entity_and_label_have_no_default_a_users_table_could_trip_over():
-    with pytest.raises(ConfigError, match=r"clicks.yaml: features.entity: required key is missing"):
-        load_config(CLICKS, ["features={label: label}"])
+def test_the_label_has_no_default_and_the_entity_is_optional():
+    """No default could name a user's column; without an entity there are no window features."""
+    with pytest.raises(ConfigError, match=r"clicks.yaml: features.label: required key is missing"):
+        load_config(CLICKS, ["features={entity: user_id}"])
+    assert load_config(CLICKS, ["features={label: label}"]).features.entity is None
+    with pytest.raises(ConfigError, match=r"features.window_means: a window mean needs features.entity"):
+        load_config(CLICKS, ["features={label: label, window_means: [i1]}"])
+    with pytest.raises(ConfigError, match=r"features.entity: window features need the events' time"):
+        load_config(CLICKS, ["source.event_time=null"])
+    with pytest.raises(ConfigError, match=r"ingest.on_existing_key: 'update' .* needs source.event_time"):
+        load_config(CLICKS, ["source.event_time=null", "features.entity=null", "features.window_means=[]",
+                             "ingest.on_existing_key=update"])
 
 
 def test_cli_exits_2_with_one_clear_line(capsys):
