@@ -125,7 +125,9 @@ def _model_summary(card: dict) -> dict:
     metrics = card["metrics"]
     return {
         "kind": card["model"],
+        "task": card.get("task"),
         "feature_version": card["feature_version"],
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "card_auc": metrics.get("auc_roc"),
         "bayes_optimal_auc": metrics.get("bayes_optimal_auc"),
         "log_loss": metrics.get("log_loss"),

@@ -259,19 +259,30 @@ def _html(data: dict, sections: list[tuple[str, str, str, bool]]) -> str:
             f"<h2>Stages</h2>{_stages_table(data)}</body></html>")
 
 
+# Shown in a column of their own (classifiers), or not a holdout figure of the model.
+_OWN_COLUMNS = {"auc_roc", "bayes_optimal_auc", "log_loss", "test_rows"}
+
+
 def _models_table(data: dict) -> str:
-    """One row per model; the Bayes-optimal columns only where a model has that optimum."""
-    compared = any(m["bayes_optimal_auc"] is not None for m in data["models"].values())
+    """One row per model: its task's test metrics; the AUC columns where a model is a
+    classifier, the Bayes-optimal ones only where a model has that optimum."""
+    models = data["models"].values()
+    binary = any(m["card_auc"] is not None for m in models)
+    compared = any(m["bayes_optimal_auc"] is not None for m in models)
     rows = []
     for name, model in data["models"].items():
         curve = data["curves"].get(name, {})
         auc, optimum = model["card_auc"], model["bayes_optimal_auc"]
         gap = optimum - auc if optimum is not None and auc is not None else None
-        rows.append([name, model["kind"], f"v{model['feature_version']}", _num(auc),
-                     _num(curve.get("auc")), *([_num(optimum), _num(gap)] if compared else []),
-                     _num(model["log_loss"]), f"{curve['rows']:,}" if curve else ""])
-    return _table(["model", "kind", "feature table", "test AUC", "AUC (binned curve)",
-                   *(["Bayes-optimal AUC", "gap"] if compared else []), "log loss", "test rows"], rows)
+        others = " · ".join(f"{k} {_num(v)}" for k, v in model.get("metrics", {}).items() if k not in _OWN_COLUMNS)
+        rows.append([name, model["kind"], model.get("task") or "", f"v{model['feature_version']}", others,
+                     *([_num(auc), _num(curve.get("auc"))] if binary else []),
+                     *([_num(optimum), _num(gap)] if compared else []),
+                     *([_num(model["log_loss"]), f"{curve['rows']:,}" if curve else ""] if binary else [])])
+    return _table(["model", "kind", "task", "feature table", "test metrics",
+                   *(["test AUC", "AUC (binned curve)"] if binary else []),
+                   *(["Bayes-optimal AUC", "gap"] if compared else []),
+                   *(["log loss", "test rows"] if binary else [])], rows, left={4})
 
 
 def _stages_table(data: dict) -> str:
