@@ -3,9 +3,11 @@ report, and the package built the way a cluster or Databricks receives it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -66,6 +68,16 @@ def submit(job: str, *args: str, launcher: tuple[str, ...] = LOCAL, timeout: flo
     command = [*launcher, f"jobs/{job}.py", "--pipeline", "conf/pipelines/clicks.yaml", *args]
     return subprocess.run(command, check=False, env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """`sparkml-ext <argv>` in this process (the suite's Spark session): exit code, stdout, stderr."""
+    from sparkml_ext.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
 
 
 def report_of(result: subprocess.CompletedProcess) -> dict:

@@ -9,8 +9,6 @@ no torch section. Real Spark and Delta; nothing mocked.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -18,20 +16,15 @@ from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
+from shipping import run_cli
 
-from sparkml_ext.cli import EXIT_CONFIG, EXIT_INPUT, EXIT_OK, main
+from sparkml_ext.cli import EXIT_CONFIG, EXIT_INPUT, EXIT_OK
 from sparkml_ext.config import load_config
 
 pytestmark = pytest.mark.spark
 ROOT = Path(__file__).resolve().parents[1]
 FLIGHTS = ROOT / "conf" / "pipelines" / "flights.yaml"
 
-
-def _run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +37,7 @@ def flights(tmp_path_factory) -> tuple[Path, list[str], dict]:
     assert landed.count(" records\n") == 2
     overrides = [f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing",
                  "--set=tracking.mode=disabled", "--set=train_mllib.grid={}"]
-    code, printed, err = _run("pipeline", f"--pipeline={FLIGHTS}", *overrides, "--json")
+    code, printed, err = run_cli("pipeline", f"--pipeline={FLIGHTS}", *overrides, "--json")
     assert code == EXIT_OK, err[-3000:]
     return root, overrides, json.loads(printed[printed.index("\n{") + 1:])
 
@@ -84,10 +77,10 @@ def test_signed_values_null_labels_and_aircraft_without_a_tail_number(spark, fli
 
 def test_a_continuous_label_is_refused_by_the_torch_model_with_the_fix(flights):
     _, overrides, _ = flights
-    code, _, err = _run("train-torch", f"--pipeline={FLIGHTS}", *overrides, "--set=train_torch={}")
+    code, _, err = run_cli("train-torch", f"--pipeline={FLIGHTS}", *overrides, "--set=train_torch={}")
     assert code == EXIT_INPUT and "the torch model is a binary classifier" in err and "gbt_regression" in err
     assert "Traceback" not in err
-    code, _, err = _run("train-torch", f"--pipeline={FLIGHTS}", *overrides)
+    code, _, err = run_cli("train-torch", f"--pipeline={FLIGHTS}", *overrides)
     assert code == EXIT_CONFIG and "train_torch: the file has no such section" in err
 
 
@@ -102,9 +95,9 @@ def penguins(tmp_path_factory) -> tuple[Path, dict]:
                     "--out", str(root / "landing")], check=True, capture_output=True)
     where = [f"--pipeline={PENGUINS}", f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing",
              "--set=tracking.mode=disabled", "--set=train_mllib.grid={}"]
-    assert _run("ingest", *where, "--batch-id=2007")[0] == EXIT_OK
-    assert _run("features", *where)[0] == EXIT_OK
-    code, printed, err = _run("pipeline", *where, "--json")
+    assert run_cli("ingest", *where, "--batch-id=2007")[0] == EXIT_OK
+    assert run_cli("features", *where)[0] == EXIT_OK
+    code, printed, err = run_cli("pipeline", *where, "--json")
     assert code == EXIT_OK, err[-3000:]
     return root, json.loads(printed[printed.index("\n{") + 1:])
 

@@ -8,17 +8,16 @@ first) and ends in its report. Real Spark, Delta and TorchDistributor; nothing m
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import random
 from pathlib import Path
 
 import pytest
 from clickdata import clicks_config
+from shipping import run_cli
 
 from sparkml_ext import lake
-from sparkml_ext.cli import EXIT_CONFIG, EXIT_INPUT, EXIT_OK, main, pipeline_batches
+from sparkml_ext.cli import EXIT_CONFIG, EXIT_INPUT, EXIT_OK, pipeline_batches
 from sparkml_ext.config import ConfigError, load_config
 from sparkml_ext.holdout import bayes_optimal_auc
 
@@ -86,12 +85,6 @@ def _landing(root: Path) -> None:
     (root / "landing" / "README.txt").write_text("not a batch: only folders are")
 
 
-def _run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
-
 
 @pytest.fixture(scope="module")
 def user(tmp_path_factory) -> tuple[Path, str]:
@@ -108,7 +101,7 @@ def test_a_users_file_needs_no_generator_and_no_truth_table(user):
     assert cfg.generate is None and cfg.tables.truth is None
     with pytest.raises(ConfigError, match=r"sensors.yaml: tables.truth: required .*generate"):
         load_config(root / "sensors.yaml", ["generate.rows=100"])
-    assert _run("generate", f"--pipeline={root}/sensors.yaml")[0] == EXIT_CONFIG
+    assert run_cli("generate", f"--pipeline={root}/sensors.yaml")[0] == EXIT_CONFIG
 
 
 def test_the_click_demo_still_ingests_what_it_generates(spark, tmp_path):
@@ -119,7 +112,7 @@ def test_the_click_demo_still_ingests_what_it_generates(spark, tmp_path):
 
 def test_the_pipeline_refuses_a_named_batch_that_is_not_there(spark, user):
     root, pipeline = user
-    code, _, err = _run("pipeline", pipeline, "--batch-id=2025-w09")
+    code, _, err = run_cli("pipeline", pipeline, "--batch-id=2025-w09")
     assert code == EXIT_INPUT and f"{root}/landing/2025-w09" in err
     assert not (root / "lake").exists()  # refused before any stage ran
 
@@ -128,7 +121,7 @@ def test_the_pipeline_refuses_a_source_without_batch_folders(spark, tmp_path):
     (tmp_path / "landing").mkdir()
     (tmp_path / "landing" / "events.csv").write_text("r1,s1,2025-01-01 00:00:00,0,1.0,2.0,a\n")
     (tmp_path / "sensors.yaml").write_text(USER_PIPELINE.format(root=tmp_path))
-    code, _, err = _run("pipeline", f"--pipeline={tmp_path}/sensors.yaml")
+    code, _, err = run_cli("pipeline", f"--pipeline={tmp_path}/sensors.yaml")
     assert code == EXIT_INPUT and "no batch folder" in err and f"{tmp_path}/landing" in err
 
 
@@ -136,10 +129,10 @@ def test_the_pipeline_refuses_a_source_without_batch_folders(spark, tmp_path):
 def separate_jobs(spark, user) -> dict:
     """The first week's jobs one by one, as a user (or a scheduler) runs them, then `report`."""
     _, pipeline = user
-    refused = _run("report", pipeline)
-    assert _run("ingest", pipeline, f"--batch-id={WEEKS[0]}")[0] == EXIT_OK
-    assert _run("features", pipeline)[0] == EXIT_OK
-    code, printed, _ = _run("report", pipeline)
+    refused = run_cli("report", pipeline)
+    assert run_cli("ingest", pipeline, f"--batch-id={WEEKS[0]}")[0] == EXIT_OK
+    assert run_cli("features", pipeline)[0] == EXIT_OK
+    code, printed, _ = run_cli("report", pipeline)
     assert code == EXIT_OK
     page = Path(printed.strip().rpartition(": ")[2])
     return {"refused": refused, "data": json.loads(page.with_name("report.json").read_text())}
@@ -158,7 +151,7 @@ def test_report_draws_the_jobs_run_one_by_one(separate_jobs):
 def piped(separate_jobs, user) -> tuple[dict, str]:
     """`pipeline` over the same lakehouse and landing, after the first week's jobs."""
     _, pipeline = user
-    code, printed, err = _run("pipeline", pipeline, "--json")
+    code, printed, err = run_cli("pipeline", pipeline, "--json")
     assert code == EXIT_OK, err
     return json.loads(printed[printed.index("\n{") + 1:]), printed
 
