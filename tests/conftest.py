@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -239,3 +241,20 @@ def airflow_dag_runs(background_runs):
 def concurrent_ingests(background_runs):
     """`faultkit.ConcurrentIngests`: two ingest jobs at once into one table."""
     return background_runs.result("concurrent_ingests")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """With SPARKML_EXT_TEST_TIMELINE=<file>: one JSON line per test (worker, start, end, in
+    epoch seconds) appended to the file, to see how the workers' time overlaps the
+    background runs and where a run's tail is (`make test` prints only the slowest 15)."""
+    timeline = os.environ.get("SPARKML_EXT_TEST_TIMELINE")
+    started = time.time()
+    try:
+        return (yield)
+    finally:
+        if timeline:
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            with open(timeline, "a") as out:
+                out.write(json.dumps({"test": item.nodeid, "worker": worker, "start": started,
+                                      "end": time.time()}) + "\n")
