@@ -75,7 +75,7 @@ def _split_text(models: dict) -> str:
 
 def _figures(data: dict) -> list[tuple[str, str, Callable, str, bool]]:
     """(title, file, drawing, caption, full width), in page order."""
-    optimum = (" The Bayes-optimal curve ranks the same rows by the generator's planted click "
+    optimum = (" The Bayes-optimal curve ranks the same rows by the generator's planted "
                "probability." if BAYES in data["curves"] else "")  # generated data only
     return [
         ("ROC on the test split", "roc.png", _roc,

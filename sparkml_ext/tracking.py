@@ -204,7 +204,7 @@ def pipeline_inputs(model: Any) -> list[str]:
     return needed
 
 
-class TorchClickModel:
+class TorchPyfuncModel:
     """pyfunc predictor of a `deep.model` file: `deep.inference` over a pandas frame."""
 
     def __init__(self, model_file: str):
@@ -221,9 +221,9 @@ class TorchClickModel:
         return self.predictor.predict(pa.RecordBatch.from_pandas(used, preserve_index=False))
 
 
-def _load_pyfunc(data_path: str) -> TorchClickModel:
+def _load_pyfunc(data_path: str) -> TorchPyfuncModel:
     """MLflow's pyfunc loader hook (`loader_module`) for the torch model."""
-    return TorchClickModel(data_path)
+    return TorchPyfuncModel(data_path)
 
 
 def _import_mlflow(cfg: PipelineConfig, job: str) -> Any:
