@@ -445,13 +445,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     raw.setdefault("path", file)
     config = _build(PipelineConfig, raw, file, "")
     _check_source(config.source, file)
-    if config.source.event_time is None and config.ingest.on_existing_key == "update":
-        raise ConfigError(f"{file}: ingest.on_existing_key: 'update' keeps the later event of a key, "
-                          "which needs source.event_time")
-    if config.source.derives_key and config.ingest.on_existing_key == "update":
-        raise ConfigError(f"{file}: ingest.on_existing_key: 'update' needs a key column (source.key): "
-                          "a key derived from the content changes with any column, so a newer "
-                          "version of a record would be a new record")
+    _check_updates(config, file)
     _check_tables(config, file)
     _check_features(config, file)
     _check_tracking(config.tracking, file)
@@ -590,6 +584,19 @@ def _check_source(source: SourceConfig, file: str) -> None:
             raise ConfigError(f"{file}: source.{name}: column {column!r} is not in source.schema")
     if timed and source.schema[source.event_time].lower() != "timestamp":
         raise ConfigError(f"{file}: source.event_time: column {source.event_time!r} must be a timestamp")
+
+
+def _check_updates(config: PipelineConfig, file: str) -> None:
+    """ingest.on_existing_key: update keeps a key's later event: it needs both."""
+    if config.ingest.on_existing_key != "update":
+        return
+    if config.source.event_time is None:
+        raise ConfigError(f"{file}: ingest.on_existing_key: 'update' keeps the later event of a key, "
+                          "which needs source.event_time")
+    if config.source.derives_key:
+        raise ConfigError(f"{file}: ingest.on_existing_key: 'update' needs a key column (source.key): "
+                          "a key derived from the content changes with any column, so a newer "
+                          "version of a record would be a new record")
 
 
 def _check_tables(config: PipelineConfig, file: str) -> None:

@@ -288,7 +288,6 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
     typed = raw.select(
         *[_typed(F.col(c), t, source.timestamp_format).alias(c) for c, t in source.schema.items()],
         *extra,
-        *([derived_key(source).alias(source.key)] if source.derives_key else []),
         _flags(
             [(F.col(RAW).contains(REPLACEMENT_CHAR), "bad_encoding")]
             + [(F.col(c).rlike(CONTROL_CHARS), f"control_char:{c}")
@@ -298,6 +297,8 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
         ).alias("_value_errors"),
         CORRUPT, RAW, SOURCE_FILE,
     )
+    if source.derives_key:  # from the typed values, typed once above
+        typed = typed.withColumn(source.key, derived_key(source))
     missing = [
         (F.col(c).isNull() | (F.trim(F.col(c)) == "" if source.schema[c] == "string" else F.lit(False)),
          f"missing:{c}")
@@ -455,12 +456,12 @@ def _land_accepted(
 
 
 def derived_key(source: SourceConfig) -> Column:
-    """The key of a table that declares none: 128 bits of SHA-256 over the record's typed
-    values in schema order (each value's canonical text, null marked apart from ''; a
+    """The key of a table that declares none, from its typed columns: 128 bits of SHA-256 over
+    the record's values in schema order (each value's canonical text, null marked apart from ''; a
     timestamp as epoch microseconds, whatever the session's time zone), as 32 hex digits.
     Typed, so '1.0' and '1' in a double column are the same content."""
     def canonical(column: str, spark_type: str) -> Column:
-        typed = _typed(F.col(column), spark_type, source.timestamp_format)
+        typed = F.col(column)
         text = F.unix_micros(typed).cast("string") if spark_type == "timestamp" else typed.cast("string")
         return F.coalesce(F.concat(F.lit("v"), text), F.lit("n"))  # v<value> or n: null ≠ ''
 
