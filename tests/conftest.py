@@ -243,13 +243,38 @@ def concurrent_ingests(background_runs):
     return background_runs.result("concurrent_ingests")
 
 
+def _tree_cpu_seconds() -> float:
+    """CPU seconds of this process, its reaped children and its live descendants (its JVM, a
+    background run's spark-submits): what a test cost, whichever process did the work."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # not a process, or gone
+        parent[int(entry)], cpu[int(entry)] = int(fields[1]), sum(map(int, fields[11:15])) / tick
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    own = os.times()
+    total, todo = own.user + own.system + own.children_user + own.children_system, list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        total += cpu[pid]
+        todo += children.get(pid, [])
+    return total
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
-    """With SPARKML_EXT_TEST_TIMELINE=<file>: one JSON line per test (worker, start, end, in
-    epoch seconds) appended to the file, to see how the workers' time overlaps the
-    background runs and where a run's tail is (`make test` prints only the slowest 15)."""
+    """With SPARKML_EXT_TEST_TIMELINE=<file>: one JSON line per test (worker, start, end in
+    epoch seconds, and the CPU seconds of the worker's process tree) appended to the file,
+    to see where a run's CPU goes, how the workers overlap the background runs and where
+    the run's tail is (`make test` prints only the slowest 15)."""
     timeline = os.environ.get("SPARKML_EXT_TEST_TIMELINE")
-    started = time.time()
+    started, cpu = time.time(), _tree_cpu_seconds() if timeline else 0.0
     try:
         return (yield)
     finally:
@@ -257,4 +282,4 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
             worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
             with open(timeline, "a") as out:
                 out.write(json.dumps({"test": item.nodeid, "worker": worker, "start": started,
-                                      "end": time.time()}) + "\n")
+                                      "end": time.time(), "cpu": round(_tree_cpu_seconds() - cpu, 2)}) + "\n")
