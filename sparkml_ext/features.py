@@ -47,15 +47,17 @@ class FeaturesReport:
     feature_version: int | None = None
     seconds: float = 0.0
     columns: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         if self.feature_version is None:
             return f"features: bronze v{self.bronze_version} already processed; nothing written"
-        return (
-            f"features: bronze v{self.previous_bronze_version}→v{self.bronze_version}, "
-            f"{self.rows_in} new events, merged {self.rows_merged} rows → feature table "
-            f"v{self.feature_version} in {self.seconds}s"
-        )
+        return "\n".join([
+            (f"features: bronze v{self.previous_bronze_version}→v{self.bronze_version}, "
+             f"{self.rows_in} new events, merged {self.rows_merged} rows → feature table "
+             f"v{self.feature_version} in {self.seconds}s"),
+            *[f"warning: {w}" for w in self.warnings],
+        ])
 
     def to_dict(self) -> dict:
         """The job's result as the CLI prints it and a run record keeps it: named, rendered."""
@@ -79,7 +81,7 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
     if done is None:  # a first run: every bronze row is new, so no rows to select
         context = bronze
         features = engineer(context, spec, key, event_time)
-        report.rows_in = bronze.count()
+        report.rows_in, report.warnings = _first_run_facts(bronze, spec, event_time, cfg.path)
     else:
         changed = _changes(spark, bronze_path, done + 1, version)
         context, targets = _recompute_scope(bronze, changed, key, spec, event_time)
@@ -91,7 +93,7 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
 
     meta = {"job": JOB, "bronze_version": version, "spec": fingerprint}
     report.feature_version = lake.merge_by_key(features, target, key, metadata=meta,
-                                               partition_by=["event_date"] if event_time else None)
+                                               partition_by=lake.date_partitions(event_time))
     report.rows_merged = lake.rows_written(spark, target, report.feature_version)
     report.seconds = round(time.monotonic() - started, 2)
     return report
@@ -104,7 +106,8 @@ def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str 
     return events.select(
         key,
         *([spec.entity] if spec.entity else []),
-        *([event_time, F.to_date(event_time).alias("event_date")] if event_time else []),
+        *([event_time] if event_time else []),
+        *lake.event_date(event_time),
         F.col(spec.label),
         *[numeric_feature(spec, c).alias(name) for c, name in numeric_names(spec).items()],
         *[F.col(c).isNull().cast("int").alias(f"isnull_{c}") for c in spec.numeric],
@@ -220,6 +223,33 @@ def _check_spec(spec: FeaturesConfig, types: dict[str, str], file: str) -> None:
 def _is_number(spark_type: str) -> bool:
     return spark_type in ("tinyint", "smallint", "int", "bigint", "float", "double", "boolean") \
         or spark_type.startswith("decimal")
+
+
+def _first_run_facts(bronze: DataFrame, spec: FeaturesConfig, event_time: str | None,
+                     file: str) -> tuple[int, list[str]]:
+    """The rows of a first run and, from the same pass, a warning for each window longer than
+    the time the events span: such a window holds all of an entity's history (a running
+    count, not a recent one), which is a typo as often as a choice. Not refused: the
+    first of a user's daily batches spans a day, and their 7d window is right."""
+    windowed = spec.entity is not None and event_time is not None
+    first, last = (F.min(event_time), F.max(event_time)) if windowed else (F.lit(None), F.lit(None))
+    rows, start, end = bronze.agg(F.count("*"), first, last).first()  # driver-ok: one row
+    if not windowed or start is None:
+        return rows, []
+    span = (end - start).total_seconds()
+    return rows, [
+        f"{file}: features.windows: {window} is longer than the {_duration(span)} the events in "
+        f"bronze span ({start} to {end}): until more history lands, it holds every earlier event "
+        "of an entity; shorten it if a recent window was meant"
+        for window, seconds in spec.window_seconds().items() if seconds > span
+    ]
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def _changes(spark: SparkSession, path: str, start: int, end: int) -> DataFrame:

@@ -437,14 +437,13 @@ def _land_accepted(
 ) -> int | None:
     """Append the accepted records to bronze, or MERGE them when some replace held rows."""
     data_columns = [c for c in records.columns if c not in INTERNAL]
-    dated = cfg.source.event_time is not None  # bronze is partitioned by event date, if it has one
     accepted = records.where(F.size(REASONS) == 0).select(
         *data_columns,
-        *([F.to_date(F.col(cfg.source.event_time)).alias("event_date")] if dated else []),
+        *lake.event_date(cfg.source.event_time),
         F.lit(batch_id).alias(BATCH),
         F.col(SOURCE_FILE),
     )
-    partition_by = ["event_date"] if dated else None
+    partition_by = lake.date_partitions(cfg.source.event_time)
     if updates:
         return lake.merge_by_key(accepted, bronze, cfg.source.key, metadata=meta,
                                  partition_by=partition_by, app_id=f"{JOB}:{batch_id}")

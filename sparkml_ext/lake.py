@@ -20,7 +20,7 @@ from typing import TypeVar
 from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
 from py4j.protocol import Py4JJavaError
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sparkml_ext.storage import filesystem
@@ -30,6 +30,19 @@ T = TypeVar("T")
 
 # The column of a landing table (bronze) that names the batch each row came in.
 BATCH_COLUMN = "_batch_id"
+# A table of timestamped events (bronze, features) is partitioned by the event's UTC date,
+# so a time range reads only its days; a table without an event time is not partitioned.
+DATE_COLUMN = "event_date"
+
+
+def event_date(event_time: str | None) -> list[Column]:
+    """The date partition column of `event_time`, to select beside a row's columns."""
+    return [F.to_date(F.col(event_time)).alias(DATE_COLUMN)] if event_time else []
+
+
+def date_partitions(event_time: str | None) -> list[str] | None:
+    """What a table with (or without) this event time is partitioned by."""
+    return [DATE_COLUMN] if event_time else None
 
 # Delta's commit conflicts. In delta-spark's Python API the specific ones do not derive
 # from DeltaConcurrentModificationException, so catching that alone catches none of them.

@@ -43,6 +43,9 @@ def test_aggregates_see_only_strictly_earlier_events(spark, tmp_path):
     _ingest(spark, cfg, tmp_path, "b1", DAY1 + DAY1_LATER)
     report = build_features(spark, cfg)
     assert (report.rows_in, report.rows_merged) == (7, 7)
+    [warning] = report.warnings  # the events span 47 hours: 1h and 1d fit, 7d does not
+    assert f"{cfg.path}: features.windows: 7d is longer than the 2.0d the events in bronze span" in warning
+    assert "warning: " + warning in report.summary()
 
     got = _table(spark, cfg).select(
         "event_id", "user_id_events_1h", "user_id_label_rate_1h", "user_id_events_1d", "user_id_label_rate_1d",
