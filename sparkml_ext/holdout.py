@@ -30,6 +30,9 @@ from sparkml_ext.config import HoldoutConfig, PipelineConfig, parse_duration
 SPLITS = ("train", "validation", "test")
 EXCLUDED = "excluded"  # a time split's gap, and rows without an event time
 CLASSIFICATION, REGRESSION, CLUSTERING = "classification", "regression", "clustering"
+MULTICLASS = "multiclass"  # a classifier's task when the label has more than two classes
+MAX_CLASSES = 1000  # more distinct labels than this is a continuous label or an id
+CLASS = "_class"  # a classifier's label as its class's index (0, 1, ...) in the card's `classes`
 BAYES = "bayes-optimal"  # the curve of the generator's planted probability
 # The truth table's column with each event's planted probability of the positive label: a
 # generator writes it, and the Bayes-optimal comparison scores the holdout with it.
@@ -40,21 +43,48 @@ class TrainError(RuntimeError):
     """Training cannot start on this data: no table, no rows, a label of the wrong type."""
 
 
-def require_label(data: DataFrame, label: str, model: str) -> None:
-    """Refuse, naming it, a label column the feature table lacks or one that is not numeric,
-    before any split or fit reads it."""
+def require_label(data: DataFrame, label: str, model: str, numeric: bool = True) -> None:
+    """Refuse, naming it, a label column the feature table lacks, or one that is not numeric
+    where the model needs a number (a classifier's classes can be any values), before any
+    split or fit reads it."""
     if label not in data.columns:
         raise TrainError(f"label column {label!r} is not in the feature table")
     kind = data.schema[label].dataType
-    if not isinstance(kind, NumericType):
+    if numeric and not isinstance(kind, NumericType):
         raise TrainError(f"label column {label!r} has type {kind.simpleString()}; {model} needs a numeric label")
+
+
+def label_classes(data: DataFrame, label: str, rows: str, model: str) -> list:
+    """The classes a classifier learns: the label's distinct values among `rows` (SQL),
+    sorted; their positions are the class indexes MLlib learns (`class_index`). One Spark
+    job. Two classes make a binary task, more a multiclass one; a label with more values
+    than MAX_CLASSES, or only one, is refused with what to do instead."""
+    values = [r[0] for r in data.where(rows).select(label).distinct().limit(MAX_CLASSES + 1).collect()]  # driver-ok: ≤ MAX_CLASSES + 1 rows
+    if len(values) > MAX_CLASSES:
+        raise TrainError(f"label column {label!r} has more than {MAX_CLASSES} distinct values: {model} is a "
+                         "classifier; for a continuous label use linear_regression or gbt_regression")
+    if len(values) < 2:
+        raise TrainError(f"label column {label!r} has {len(values)} distinct value(s) among the labelled rows "
+                         f"({values}); a classifier needs at least two classes")
+    return sorted(values)
+
+
+def class_index(label: str, classes: list) -> Column:
+    """The label as its class's index in `classes` (a double, as MLlib wants); null for a
+    value outside them."""
+    position = F.array_position(F.array(*[F.lit(c) for c in classes]), F.col(label))
+    return F.when(position > 0, position - 1).cast("double")
+
+
+def classifier_task(classes: list) -> str:
+    return CLASSIFICATION if len(classes) == 2 else MULTICLASS
 
 
 def labelled_sql(label: str) -> str:
     """SQL selecting the rows a supervised model can learn from or be judged on: the label
     is neither null nor NaN (MLlib refuses both). Other rows still get scored."""
     quoted = f"`{label.replace('`', '``')}`"
-    return f"({quoted} IS NOT NULL AND NOT isnan(CAST({quoted} AS DOUBLE)))"  # a boolean too
+    return f"({quoted} IS NOT NULL AND NOT isnan(try_cast({quoted} AS DOUBLE)))"  # a class name too
 
 
 @dataclass(frozen=True)
@@ -150,10 +180,14 @@ def _utc(micros: float) -> str:
 
 
 def mllib_score(task: str) -> Column:
-    """What an MLlib model's `score` is: the positive class's probability for a classifier
-    (its `probability` vector's second entry), else the prediction itself."""
+    """What an MLlib model's `score` is: the positive class's probability for a binary
+    classifier (its `probability` vector's second entry), the predicted class's for a
+    multiclass one (its `prediction` is that class's index in the card's `classes`), else
+    the prediction itself."""
     if task == CLASSIFICATION:
         return vector_to_array("probability")[1]
+    if task == MULTICLASS:
+        return F.array_max(vector_to_array("probability"))
     return F.col("prediction").cast("double")
 
 
@@ -161,8 +195,8 @@ def evaluate(scored: DataFrame, task: str, label: str) -> dict:
     """Holdout metrics of scored test rows for a model's task.
 
     `scored` holds `prediction` and `score` (the positive class's probability for
-    classification);
-    clustering reads the `features` vector too (silhouette).
+    classification); a multiclass model's `probability` vector; clustering reads the
+    `features` vector too (silhouette).
     """
     scored = scored.cache()
     try:
@@ -171,9 +205,30 @@ def evaluate(scored: DataFrame, task: str, label: str) -> dict:
         if task == REGRESSION:
             return {m: RegressionEvaluator(labelCol=label, metricName=m).evaluate(scored)
                     for m in ("rmse", "mae", "r2")}
+        if task == MULTICLASS:
+            return multiclass_metrics(scored, label)
         return binary_metrics(scored, label, "score")
     finally:
         scored.unpersist()
+
+
+def multiclass_metrics(scored: DataFrame, label: str) -> dict:
+    """Accuracy, macro-F1 (every class weighs the same, however rare) and log loss of
+    scored rows whose `label` is the class index, from one aggregate over the confusion
+    cells (at most classes² rows to the driver)."""
+    y = F.col(label).cast("int")
+    p = F.least(F.greatest(F.get(vector_to_array("probability"), y), F.lit(1e-15)), F.lit(1.0))
+    cells = (scored.groupBy(y.alias("truth"), F.col("prediction").cast("int").alias("predicted"))
+             .agg(F.count(F.lit(1)).alias("rows"), F.sum(-F.log(p)).alias("loss"))
+             .collect())  # driver-ok: one row per (class, predicted class)
+    rows = sum(c.rows for c in cells)
+    classes = {c.truth for c in cells} | {c.predicted for c in cells}
+    hits = {k: sum(c.rows for c in cells if c.truth == c.predicted == k) for k in classes}
+    true = {k: sum(c.rows for c in cells if c.truth == k) for k in classes}
+    predicted = {k: sum(c.rows for c in cells if c.predicted == k) for k in classes}
+    f1 = [2 * hits[k] / (true[k] + predicted[k]) for k in classes if true[k]]  # classes the test holds
+    return {"accuracy": sum(hits.values()) / rows, "macro_f1": sum(f1) / len(f1),
+            "log_loss": sum(c.loss for c in cells) / rows, "test_rows": rows}
 
 
 def binary_metrics(scored: DataFrame, label: str, probability: str) -> dict:

@@ -274,7 +274,8 @@ def _models_table(data: dict) -> str:
         curve = data["curves"].get(name, {})
         auc, optimum = model["card_auc"], model["bayes_optimal_auc"]
         gap = optimum - auc if optimum is not None and auc is not None else None
-        others = " · ".join(f"{k} {_num(v)}" for k, v in model.get("metrics", {}).items() if k not in _OWN_COLUMNS)
+        own = _OWN_COLUMNS if binary else _OWN_COLUMNS - {"log_loss"}  # a multiclass model's, then
+        others = " · ".join(f"{k} {_num(v)}" for k, v in model.get("metrics", {}).items() if k not in own)
         rows.append([name, model["kind"], model.get("task") or "", f"v{model['feature_version']}", others,
                      *([_num(auc), _num(curve.get("auc"))] if binary else []),
                      *([_num(optimum), _num(gap)] if compared else []),

@@ -20,6 +20,7 @@ from pyspark.ml.evaluation import (
     BinaryClassificationEvaluator,
     ClusteringEvaluator,
     Evaluator,
+    MulticlassClassificationEvaluator,
     RegressionEvaluator,
 )
 from pyspark.ml.feature import OneHotEncoder, StandardScaler, VectorAssembler
@@ -33,13 +34,18 @@ from sparkml_ext.config import ConfigError, PipelineConfig, TrainMllibConfig, fi
 from sparkml_ext.encoders import FrequencyEncoder
 from sparkml_ext.feature_spec import feature_columns, processed_version, spec_fingerprint
 from sparkml_ext.holdout import (
+    CLASS,
     CLASSIFICATION,
     CLUSTERING,
+    MULTICLASS,
     REGRESSION,
     SPLITS,
     TrainError,
     bayes_optimal_auc,
+    class_index,
+    classifier_task,
     evaluate,
+    label_classes,
     labelled_sql,
     mllib_score,
     require_label,
@@ -54,7 +60,7 @@ ESTIMATORS = {
     "gbt_regression": GBTRegressor,
     "kmeans": KMeans,
 }
-TASKS = {  # what each model does, recorded on its card: it decides the metrics and the score
+TASKS = {  # what each model does (a classifier's task is binary or MULTICLASS by its label)
     "logistic_regression": CLASSIFICATION,
     "gbt": CLASSIFICATION,
     "random_forest": CLASSIFICATION,
@@ -78,16 +84,23 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
     except FileNotFoundError:
         raise TrainError(f"no feature table at {table}: run `sparkml-ext features` first") from None
     processed_version(spark, table, spec_fingerprint(cfg.features), cfg.path)  # same spec and code
-    supervised = TASKS[tm.model] != CLUSTERING
+    task, supervised, classes = TASKS[tm.model], TASKS[tm.model] != CLUSTERING, None
     if supervised:
-        require_label(data, label, tm.model)
+        require_label(data, label, tm.model, numeric=task == REGRESSION)
     labelled = labelled_sql(label) if supervised else "true"
     split = resolve_split(data, cfg, labelled)
     data = data.withColumn("_split", split.of()).withColumn("_labelled", F.expr(labelled))
     if tm.sample_fraction < 1.0:
         data = data.where(F.pmod(F.xxhash64(key, F.lit("sample")), 10_000) < tm.sample_fraction * 10_000)
+    if task == CLASSIFICATION:  # MLlib learns class indexes 0, 1, ...: any label values map to them
+        classes = label_classes(data, label, labelled, tm.model)
+        task, data, label = classifier_task(classes), data.withColumn(CLASS, class_index(label, classes)), CLASS
+        if task == MULTICLASS and tm.model == "gbt":
+            raise TrainError(f"label column {tm.label or cfg.features.label!r} has {len(classes)} classes; "
+                             "gbt (MLlib's GBTClassifier) is binary only: use random_forest or "
+                             "logistic_regression (train_mllib.model)")
 
-    pipeline, evaluator = build_pipeline(cfg, label)
+    pipeline, evaluator = build_pipeline(cfg, label, task)
     grid = _param_grid(pipeline.getStages()[-1], tm)
     groups = data.groupBy("_split", "_labelled").count().collect()  # driver-ok: at most 6 rows
     counts = {r["_split"]: r["count"] for r in groups if r["_labelled"]}
@@ -106,7 +119,6 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
         fit_data.unpersist()
     fit_seconds = round(time.monotonic() - fitted_at, 1)
     test = data.where(F.col("_split") == "test")
-    task = TASKS[tm.model]
     metrics = evaluate_model(model, test, task, label)
     optimum = bayes_optimal_auc(spark, cfg, test, label) if task == CLASSIFICATION else None
     if optimum is not None:
@@ -117,7 +129,8 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
         "task": task,
         "feature_table": table,
         "feature_version": version,
-        "label": label,
+        "label": tm.label or cfg.features.label,
+        **({"classes": classes} if classes else {}),  # a prediction is an index into them
         "holdout": split.card(),
         "rows": {**counts, "unlabelled": unlabelled},
         "config_hash": config_hash(cfg),
@@ -132,8 +145,9 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
     return tracker.store(card, asdict(tm), staged, lambda run: run.log_spark_model(model, test))
 
 
-def build_pipeline(cfg: PipelineConfig, label: str) -> tuple[Pipeline, Evaluator]:
-    """Encoders and assembler suited to the model type, the estimator last."""
+def build_pipeline(cfg: PipelineConfig, label: str, task: str) -> tuple[Pipeline, Evaluator]:
+    """Encoders and assembler suited to the model type, the estimator last, and the
+    evaluator that picks a grid point for the task."""
     tm, columns = cfg.train_mllib.chosen(), feature_columns(cfg.features)
     numeric, raw = columns["numeric"], columns["categorical_raw"]
     estimator = ESTIMATORS[tm.model]()
@@ -166,8 +180,10 @@ def build_pipeline(cfg: PipelineConfig, label: str) -> tuple[Pipeline, Evaluator
         estimator.setMaxBins(max(estimator.getMaxBins(), tm.max_categories + 1))
     estimator.set(estimator.labelCol, label)
     _set_params(estimator, tm.params)
-    if TASKS[tm.model] == CLASSIFICATION:
+    if task == CLASSIFICATION:
         evaluator = BinaryClassificationEvaluator(labelCol=label, metricName="areaUnderROC")
+    elif task == MULTICLASS:
+        evaluator = MulticlassClassificationEvaluator(labelCol=label, metricName="logLoss")
     else:
         evaluator = RegressionEvaluator(labelCol=label, metricName="rmse")
     return Pipeline(stages=[*stages, estimator]), evaluator

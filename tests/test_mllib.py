@@ -113,7 +113,10 @@ def test_bad_requests_are_clear_and_write_nothing(spark, lakehouse, tmp_path):
         clicks_config(lakehouse, "train_mllib.models.deep_forest={params: {}}")
     with pytest.raises(ConfigError, match="features: the feature spec changed since"):
         train_mllib(spark, clicks_config(lakehouse, "features.clip=5"))
-    with pytest.raises(TrainError, match="label column 'c1' has type string"):
+    with pytest.raises(TrainError, match="label column 'c1' has type string; linear_regression needs a numeric"):
+        train_mllib(spark, clicks_config(lakehouse, "train_mllib.label=c1", "train_mllib.model=linear_regression"))
+    with pytest.raises(TrainError, match=r"label column 'c1' has \d+ classes; gbt \(MLlib's GBTClassifier\) is "
+                                         "binary only: use random_forest or logistic_regression"):
         train_mllib(spark, clicks_config(lakehouse, "train_mllib.label=c1"))
     with pytest.raises(TrainError, match="no feature table .* run `sparkml-ext features` first"):
         train_mllib(spark, clicks_config(tmp_path))

@@ -121,3 +121,44 @@ def test_a_table_without_time_or_entity_runs_and_stays_incremental(spark, pengui
     assert card["holdout"]["by"] == "hash" and card["rows"]["unlabelled"] == 2
     assert card["metrics"]["r2"] > 0.5
     assert stages["score mllib"]["rows"] == 344  # the two birds never weighed are scored too
+
+
+def test_the_species_is_a_multiclass_label_judged_by_accuracy_macro_f1_and_log_loss(spark, penguins):
+    """A string label of three classes: indexed in sorted order, a random forest learns it,
+    the card names the classes and its metrics agree with scikit-learn's on the same rows;
+    MLlib's GBT (binary only) is refused with the models that can."""
+    from sklearn.metrics import f1_score
+
+    root, _ = penguins
+    where = [f"--pipeline={PENGUINS}", f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing",
+             "--set=tracking.mode=disabled", "--set=features.label=species", "--set=features.categorical=[island, sex]",
+             "--set=tables.features=features/species", "--set=tables.models=models/species",
+             "--set=tables.predictions=predictions/species"]
+    assert run_cli("features", *where)[0] == EXIT_OK
+    code, _, err = run_cli("train-mllib", *where, "--set=train_mllib.model=gbt")
+    assert code == EXIT_INPUT and "3 classes" in err and "random_forest or logistic_regression" in err
+    forest = ["--set=train_mllib.model=random_forest", "--set=train_mllib.params={numTrees: 30, seed: 7}",
+              "--set=train_mllib.grid={}"]
+    code, printed, err = run_cli("train-mllib", *where, *forest, "--json")
+    assert code == EXIT_OK, err[-3000:]
+    card = json.loads(printed[printed.index("\n{") + 1:])
+    assert card["task"] == "multiclass" and card["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
+    metrics = card["metrics"]
+    assert metrics["accuracy"] > 0.9 and metrics["macro_f1"] > 0.9 and 0 < metrics["log_loss"] < 0.5
+
+    code, printed, err = run_cli("score", *where, "--model=random_forest/latest", "--json")
+    assert code == EXIT_OK, err[-3000:]
+    cfg = load_config(PENGUINS, [f"lakehouse={root}/lake", "tables.features=features/species",
+                                 "tables.predictions=predictions/species"])
+    predictions = spark.read.format("delta").load(cfg.table_path("predictions"))
+    features = spark.read.format("delta").load(cfg.table_path("features"))
+    assert predictions.count() == 344 and predictions.where("prediction NOT IN (0, 1, 2) OR score <= 0.33").isEmpty()
+    # The card's metrics are the test rows' own: recomputed from the stored predictions.
+    from sparkml_ext.holdout import card_split
+
+    test = (features.withColumn("_split", card_split(card, cfg.source.key).of()).where("_split = 'test'")
+            .join(predictions, cfg.source.key).select("species", "prediction").toPandas())
+    truth = test["species"].map(card["classes"].index)
+    assert len(test) == metrics["test_rows"]
+    assert f1_score(truth, test["prediction"], average="macro") == pytest.approx(metrics["macro_f1"])
+    assert (truth == test["prediction"]).mean() == pytest.approx(metrics["accuracy"])
