@@ -17,7 +17,7 @@ import uuid
 from functools import reduce
 
 import pyarrow.fs as pafs
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore
@@ -109,7 +109,8 @@ def gather(spark: SparkSession, cfg: PipelineConfig, run: dict) -> dict:
              for r in scores}
     binary = [r for r in scores if cards[r["model"]]["metrics"].get("auc_roc") is not None]
     splits = {name: card_split(card, cfg.source.key) for name, card in cards.items()}
-    bins = score_bins(spark, cfg, binary, splits) if binary else {}
+    classes = {name: card.get("classes") for name, card in cards.items()}
+    bins = score_bins(spark, cfg, binary, splits, classes) if binary else {}
     return {
         "run": {k: run[k] for k in ("run_id", "pipeline", "name", "created_unix")},
         "stages": [{"stage": name, "seconds": r.get("stage_seconds"), **r["counts"]}
@@ -155,10 +156,12 @@ def quarantine_reasons(spark: SparkSession, cfg: PipelineConfig, batches: list[s
 
 
 def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict],
-               splits: dict[str, Split]) -> dict[str, list[tuple]]:
+               splits: dict[str, Split], classes: dict[str, list | None]) -> dict[str, list[tuple]]:
     """(bin, rows, positives, score sum) per curve over the test split, binned in Spark.
 
-    Each model's test rows are those of the split its card was judged on (`splits`).
+    Each model's test rows are those of the split its card was judged on (`splits`); a
+    row is a positive when its label is the second of the model's `classes` (the card's;
+    a card without them has a 0/1 label).
     Each scored model is read from the predictions table as the run left it; the
     Bayes-optimal curve scores the same test rows with the generator's planted probability
     where the generator's truth covers them (generated data only).
@@ -171,17 +174,18 @@ def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict],
         scored = predictions.where((F.col("model") == r["model"])
                                    & (F.col("feature_version") == r["feature_version"]))
         test = _test_rows(spark, cfg, r["feature_version"], splits[r["model"]])
-        frames.append(test.join(scored, key).select(F.lit(r["model"]).alias("curve"), "score", label))
+        positive = _positive(label, classes.get(r["model"]))
+        frames.append(test.join(scored, key).select(F.lit(r["model"]).alias("curve"), "score", positive))
     last = scores[-1]
     truth = planted(spark, cfg, _test_rows(spark, cfg, last["feature_version"], splits[last["model"]]))
     if truth is not None:
-        frames.append(truth.select(F.lit(BAYES).alias("curve"), "score", label))
+        frames.append(truth.select(F.lit(BAYES).alias("curve"), "score", _positive(label, None)))
     score = F.col("score").cast("double")
     bin_ = F.least(F.greatest(F.floor(score * BINS), F.lit(0)), F.lit(BINS - 1)).cast("int")
     rows = (reduce(DataFrame.unionByName, frames)
             .groupBy("curve", bin_.alias("bin"))
             .agg(F.count(F.lit(1)).alias("rows"),
-                 F.sum(F.col(label).cast("long")).alias("positives"),
+                 F.sum("positive").alias("positives"),
                  F.sum(score).alias("score_sum"))
             .collect())  # driver-ok: at most BINS rows per curve
     binned: dict[str, list[tuple]] = {}
@@ -189,6 +193,11 @@ def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict],
         binned.setdefault(r["curve"], []).append((r["bin"], r["rows"], r["positives"],
                                                   r["score_sum"]))
     return binned
+
+
+def _positive(label: str, classes: list | None) -> Column:
+    positive = F.col(label) == F.lit(classes[1]) if classes else F.col(label).cast("long") == 1
+    return positive.cast("long").alias("positive")
 
 
 def _test_rows(spark: SparkSession, cfg: PipelineConfig, version: int, split: Split) -> DataFrame:

@@ -162,3 +162,26 @@ def test_the_species_is_a_multiclass_label_judged_by_accuracy_macro_f1_and_log_l
     assert len(test) == metrics["test_rows"]
     assert f1_score(truth, test["prediction"], average="macro") == pytest.approx(metrics["macro_f1"])
     assert (truth == test["prediction"]).mean() == pytest.approx(metrics["accuracy"])
+
+
+def test_a_binary_label_of_two_strings_with_nulls_trains_scores_and_reports(spark, penguins):
+    """The penguins' sex ('female', 'male', null for 11 birds): two classes, so a binary task
+    whose positive class is the second, 'male'; the unsexed birds are scored, and the
+    report's ROC curve counts positives by class, not by casting the label to a number."""
+    root, _ = penguins
+    where = [f"--pipeline={PENGUINS}", f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing",
+             "--set=tracking.mode=disabled", "--set=features.label=sex", "--set=features.categorical=[species, island]",
+             "--set=tables.features=features/sex", "--set=tables.models=models/sex",
+             "--set=tables.predictions=predictions/sex", "--set=train_mllib.model=logistic_regression",
+             "--set=train_mllib.grid={}"]
+    for job in ("features", "train-mllib", "score"):
+        code, printed, err = run_cli(job, *where, "--json")
+        assert code == EXIT_OK, err[-3000:]
+        if job == "train-mllib":
+            card = json.loads(printed[printed.index("\n{") + 1:])
+    assert card["task"] == "classification" and card["classes"] == ["female", "male"]
+    assert card["rows"]["unlabelled"] == 11 and card["metrics"]["auc_roc"] > 0.8  # size tells them apart
+    code, printed, err = run_cli("report", *where, "--json")
+    assert code == EXIT_OK, err[-3000:]
+    page = Path(json.loads(printed[printed.index("\n{") + 1:])["html"]).read_text()
+    assert "test AUC" in page and "logistic_regression" in page
