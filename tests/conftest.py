@@ -25,8 +25,6 @@ os.environ.setdefault("SPARKML_EXT_TRACKING", "disabled")
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from shipping import QUICK_JIT
-
     from sparkml_ext.session import get_spark
 
     warehouse = tmp_path_factory.mktemp("warehouse")
@@ -37,7 +35,7 @@ def spark(tmp_path_factory):
             "spark.sql.shuffle.partitions": "2",
             "spark.ui.enabled": "false",
             "spark.sql.warehouse.dir": str(warehouse),
-            "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse} {QUICK_JIT}",
+            "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse}",  # C2 too: see shipping.QUICK_JIT
         },
     )
     session.sparkContext.setLogLevel("ERROR")

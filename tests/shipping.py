@@ -23,11 +23,13 @@ from sparkml_ext.session import DELTA_PACKAGE
 REPO = Path(__file__).resolve().parents[1]
 SPARK_SUBMIT = Path(sys.executable).with_name("spark-submit")
 LOCAL = (str(SPARK_SUBMIT), "--properties-file", "conf/spark/local.conf")
-# Every JVM the tests start (the suite's own Spark driver, spark-submit drivers, a cluster's
-# daemons and executors, Airflow's tasks) compiles with C1 only: on test-sized data C2
+# The short-lived JVMs the tests start (spark-submit drivers, a cluster's daemons and
+# executors, Airflow's tasks) compile with C1 only: in a JVM that lives for one small job C2
 # compiles more than it saves, and the JVMs share 2 cores (a 2,000-row ingest via
-# spark-submit: 76 → 54 CPU-seconds; test_features.py + test_encoders.py in the suite's own
-# JVM: 251 → 180 CPU-seconds). Jobs on real data keep C2: it is what makes long runs fast.
+# spark-submit: 76 → 54 CPU-seconds). The suite's own driver, which lives for the whole run
+# of an xdist worker (~2,000 CPU-seconds of Spark), keeps C2: after its first minutes a
+# 12-row ingest costs 16 instead of 21 CPU-seconds and a small GBT fit 59 instead of 79
+# (conftest.py's `spark`).
 QUICK_JIT = "-XX:TieredStopAtLevel=1"
 # The subprocess JVMs also map the classes a Spark + Delta job loads from one class-data-
 # sharing archive (AppCDS) instead of loading and verifying them one by one: a small Delta

@@ -7,7 +7,9 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import shutil
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
@@ -46,14 +48,23 @@ def _events(prefix: str, count: int, user: str = "1", day: int = 1) -> list[str]
             for i in range(count)]
 
 
-@pytest.fixture
-def landed(spark, tmp_path):
-    """A lakehouse with one committed batch (b1) and its feature table."""
-    cfg = clicks_config(tmp_path)
-    write_batch(tmp_path / "landing" / "b1", _events("e", 8) + _events("f", 4, user="2"))
+@pytest.fixture(scope="module")
+def landed_once(spark, tmp_path_factory) -> Path:
+    """A lakehouse with one committed batch (b1) and its feature table, built once."""
+    root = tmp_path_factory.mktemp("landed")
+    write_batch(root / "landing" / "b1", _events("e", 8) + _events("f", 4, user="2"))
+    cfg = clicks_config(root)
     ingest_batch(spark, cfg, "b1")
     build_features(spark, cfg)
-    return cfg
+    return root
+
+
+@pytest.fixture
+def landed(landed_once, tmp_path):
+    """This test's own copy of `landed_once` (Delta tables name their files relative to
+    the table's folder, so a copied table is the same table); its config."""
+    shutil.copytree(landed_once, tmp_path, dirs_exist_ok=True)
+    return clicks_config(tmp_path)
 
 
 def _refused_then_retried(spark, cfg, batch: str, write_bad, write_good, error: str) -> None:
