@@ -246,10 +246,11 @@ def _first_run_facts(bronze: DataFrame, spec: FeaturesConfig, event_time: str | 
 
 
 def _duration(seconds: float) -> str:
+    """Rounded down, so that a span just short of a window never reads as equal to it."""
     for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
+            return f"{math.floor(seconds / size * 10) / 10}{unit}"
+    return f"{math.floor(seconds)}s"
 
 
 def _changes(spark: SparkSession, path: str, start: int, end: int) -> DataFrame:

@@ -44,7 +44,7 @@ def test_aggregates_see_only_strictly_earlier_events(spark, tmp_path):
     report = build_features(spark, cfg)
     assert (report.rows_in, report.rows_merged) == (7, 7)
     [warning] = report.warnings  # the events span 47 hours: 1h and 1d fit, 7d does not
-    assert f"{cfg.path}: features.windows: 7d is longer than the 2.0d the events in bronze span" in warning
+    assert f"{cfg.path}: features.windows: 7d is longer than the 1.9d the events in bronze span" in warning
     assert "warning: " + warning in report.summary()
 
     got = _table(spark, cfg).select(
