@@ -231,10 +231,10 @@ def _first_run_facts(bronze: DataFrame, spec: FeaturesConfig, event_time: str | 
     the time the events span: such a window holds all of an entity's history (a running
     count, not a recent one), which is a typo as often as a choice. Not refused: the
     first of a user's daily batches spans a day, and their 7d window is right."""
-    windowed = spec.entity is not None and event_time is not None
-    first, last = (F.min(event_time), F.max(event_time)) if windowed else (F.lit(None), F.lit(None))
-    rows, start, end = bronze.agg(F.count("*"), first, last).first()  # driver-ok: one row
-    if not windowed or start is None:
+    if spec.entity is None or event_time is None:  # no windows
+        return bronze.count(), []
+    rows, start, end = bronze.agg(F.count("*"), F.min(event_time), F.max(event_time)).first()  # driver-ok: one row
+    if start is None:
         return rows, []
     span = (end - start).total_seconds()
     return rows, [

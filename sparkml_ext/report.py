@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import PipelineConfig
-from sparkml_ext.holdout import BAYES, Split, card_split, labelled_sql, planted
+from sparkml_ext.holdout import BAYES, Split, card_split, class_index, labelled_sql, planted
 from sparkml_ext.storage import filesystem
 
 RUNS = "_meta/runs"
@@ -196,8 +196,8 @@ def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict],
 
 
 def _positive(label: str, classes: list | None) -> Column:
-    positive = F.col(label) == F.lit(classes[1]) if classes else F.col(label).cast("long") == 1
-    return positive.cast("long").alias("positive")
+    """1 for a row of the second class (a card without `classes` has a 0/1 label)."""
+    return (class_index(label, classes or [0, 1]) == 1).cast("long").alias("positive")
 
 
 def _test_rows(spark: SparkSession, cfg: PipelineConfig, version: int, split: Split) -> DataFrame:

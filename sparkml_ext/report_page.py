@@ -269,12 +269,12 @@ def _models_table(data: dict) -> str:
     models = data["models"].values()
     binary = any(m["card_auc"] is not None for m in models)
     compared = any(m["bayes_optimal_auc"] is not None for m in models)
+    own = _OWN_COLUMNS if binary else _OWN_COLUMNS - {"log_loss"}  # a multiclass model's, then
     rows = []
     for name, model in data["models"].items():
         curve = data["curves"].get(name, {})
         auc, optimum = model["card_auc"], model["bayes_optimal_auc"]
         gap = optimum - auc if optimum is not None and auc is not None else None
-        own = _OWN_COLUMNS if binary else _OWN_COLUMNS - {"log_loss"}  # a multiclass model's, then
         others = " · ".join(f"{k} {_num(v)}" for k, v in model.get("metrics", {}).items() if k not in own)
         rows.append([name, model["kind"], model.get("task") or "", f"v{model['feature_version']}", others,
                      *([_num(auc), _num(curve.get("auc"))] if binary else []),

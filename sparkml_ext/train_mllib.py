@@ -92,15 +92,17 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
     data = data.withColumn("_split", split.of()).withColumn("_labelled", F.expr(labelled))
     if tm.sample_fraction < 1.0:
         data = data.where(F.pmod(F.xxhash64(key, F.lit("sample")), 10_000) < tm.sample_fraction * 10_000)
+    target = label  # the column MLlib learns: a classifier's class index, else the label itself
     if task == CLASSIFICATION:  # MLlib learns class indexes 0, 1, ...: any label values map to them
         classes = label_classes(data, label, labelled, tm.model)
-        task, data, label = classifier_task(classes), data.withColumn(CLASS, class_index(label, classes)), CLASS
+        task, target = classifier_task(classes), CLASS
+        data = data.withColumn(CLASS, class_index(label, classes))
         if task == MULTICLASS and tm.model == "gbt":
-            raise TrainError(f"label column {tm.label or cfg.features.label!r} has {len(classes)} classes; "
+            raise TrainError(f"label column {label!r} has {len(classes)} classes; "
                              "gbt (MLlib's GBTClassifier) is binary only: use random_forest or "
                              "logistic_regression (train_mllib.model)")
 
-    pipeline, evaluator = build_pipeline(cfg, label, task)
+    pipeline, evaluator = build_pipeline(cfg, target, task)
     grid = _param_grid(pipeline.getStages()[-1], tm)
     groups = data.groupBy("_split", "_labelled").count().collect()  # driver-ok: at most 6 rows
     counts = {r["_split"]: r["count"] for r in groups if r["_labelled"]}
@@ -119,8 +121,8 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
         fit_data.unpersist()
     fit_seconds = round(time.monotonic() - fitted_at, 1)
     test = data.where(F.col("_split") == "test")
-    metrics = evaluate_model(model, test, task, label)
-    optimum = bayes_optimal_auc(spark, cfg, test, label) if task == CLASSIFICATION else None
+    metrics = evaluate_model(model, test, task, target)
+    optimum = bayes_optimal_auc(spark, cfg, test, target) if task == CLASSIFICATION else None
     if optimum is not None:
         metrics["bayes_optimal_auc"] = optimum
 
@@ -129,7 +131,7 @@ def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
         "task": task,
         "feature_table": table,
         "feature_version": version,
-        "label": tm.label or cfg.features.label,
+        "label": label,
         **({"classes": classes} if classes else {}),  # a prediction is an index into them
         "holdout": split.card(),
         "rows": {**counts, "unlabelled": unlabelled},
