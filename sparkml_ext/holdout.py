@@ -76,6 +76,15 @@ def class_index(label: str, classes: list) -> Column:
     return F.when(position > 0, position - 1).cast("double")
 
 
+def predicted_class(classes: list | None) -> Column:
+    """The class a classifier's `prediction` (an index into its card's `classes`) names, as
+    text (Spark's cast of the label's value), so that a user need not read the card to know
+    what index 2 means; null for a model whose card lists no classes."""
+    if not classes:
+        return F.lit(None).cast("string")
+    return F.get(F.array(*[F.lit(c).cast("string") for c in classes]), F.col("prediction").cast("int"))
+
+
 def classifier_task(classes: list) -> str:
     return CLASSIFICATION if len(classes) == 2 else MULTICLASS
 

@@ -308,11 +308,13 @@ def merge_by_key(
 def replace_where(df: DataFrame, path: str, condition: str, partition_by: list[str]) -> int:
     """Replace exactly the rows matching `condition` with `df` (Delta's `replaceWhere`),
     creating the table on first use; returns the version written. A re-run replaces the
-    same slice again, so it never duplicates rows and never touches other slices."""
+    same slice again, so it never duplicates rows and never touches other slices. Columns
+    `df` adds are added to the table (other slices: null)."""
     (
         df.write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", condition)
+        .option("mergeSchema", "true")
         .partitionBy(*partition_by)
         .save(path)
     )

@@ -4,7 +4,7 @@ Predictions are keyed by (model version, feature version): a re-run replaces exa
 that slice with Delta's `replaceWhere`, so it never duplicates and never touches the
 predictions of other models or versions. The model's card says its kind and task: an
 MLlib PipelineModel transforms the table; a torch model runs on the executors
-(`bridge.predict`).
+(`bridge.predict`). A classifier's rows also name their predicted class (`predicted_class`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from sparkml_ext import lake, modelstore
 from sparkml_ext.bridge.predict import torch_predictions
 from sparkml_ext.config import PipelineConfig
-from sparkml_ext.holdout import mllib_score
+from sparkml_ext.holdout import mllib_score, predicted_class
 
 
 def score(spark: SparkSession, cfg: PipelineConfig, model_ref: str | None = None) -> dict:
@@ -28,7 +28,8 @@ def score(spark: SparkSession, cfg: PipelineConfig, model_ref: str | None = None
     card = modelstore.read_json(stored, "card.json")
     features, version = lake.read_version(spark, cfg.table_path("features"), cfg.score.feature_version)
     predict = _torch_predictions if card["model"] == "torch" else _mllib_predictions
-    predictions = predict(stored, card, features, cfg.source.key)
+    predictions = predict(stored, card, features, cfg.source.key).withColumn(
+        "predicted_class", predicted_class(card.get("classes")))
 
     target = cfg.table_path("predictions")
     slice_ = f"model = '{stored.name}' AND feature_version = {version}"

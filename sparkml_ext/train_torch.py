@@ -112,6 +112,7 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     card = {
         "model": KIND,
         "task": CLASSIFICATION,
+        "classes": [0, 1],  # checked above; a prediction is an index into them, as in train-mllib's cards
         "feature_table": table,
         "feature_version": version,
         "label": label,

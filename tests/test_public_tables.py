@@ -157,9 +157,10 @@ def test_the_species_is_a_multiclass_label_judged_by_accuracy_macro_f1_and_log_l
     from sparkml_ext.holdout import card_split
 
     test = (features.withColumn("_split", card_split(card, cfg.source.key).of()).where("_split = 'test'")
-            .join(predictions, cfg.source.key).select("species", "prediction").toPandas())
+            .join(predictions, cfg.source.key).select("species", "prediction", "predicted_class").toPandas())
     truth = test["species"].map(card["classes"].index)
     assert len(test) == metrics["test_rows"]
+    assert list(test["predicted_class"]) == [card["classes"][int(p)] for p in test["prediction"]]
     assert f1_score(truth, test["prediction"], average="macro") == pytest.approx(metrics["macro_f1"])
     assert (truth == test["prediction"]).mean() == pytest.approx(metrics["accuracy"])
 
@@ -181,6 +182,10 @@ def test_a_binary_label_of_two_strings_with_nulls_trains_scores_and_reports(spar
             card = json.loads(printed[printed.index("\n{") + 1:])
     assert card["task"] == "classification" and card["classes"] == ["female", "male"]
     assert card["rows"]["unlabelled"] == 11 and card["metrics"]["auc_roc"] > 0.8  # size tells them apart
+    cfg = load_config(PENGUINS, [f"lakehouse={root}/lake", "tables.predictions=predictions/sex"])
+    named = {r.predicted_class: r["count"] for r in spark.read.format("delta").load(
+        cfg.table_path("predictions")).groupBy("predicted_class").count().collect()}
+    assert named.keys() == {"female", "male"} and sum(named.values()) == 344  # the 11 unsexed too
     code, printed, err = run_cli("report", *where, "--json")
     assert code == EXIT_OK, err[-3000:]
     page = Path(json.loads(printed[printed.index("\n{") + 1:])["html"]).read_text()

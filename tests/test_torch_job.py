@@ -112,9 +112,9 @@ def test_scoring_with_the_torch_model_writes_one_prediction_per_row_once(spark, 
     predictions = spark.read.format("delta").load(cfg.table_path("predictions")).where(
         f"model = '{card['model_version']}'")
     assert predictions.count() == rows and predictions.select("event_id").distinct().count() == rows
-    low, high, labels = predictions.selectExpr("min(score)", "max(score)",
-                                               "collect_set(prediction)").head()
-    assert 0 < low <= high < 1 and set(labels) <= {0.0, 1.0}
+    low, high, labels, named = predictions.selectExpr("min(score)", "max(score)", "collect_set(prediction)",
+                                                      "collect_set(predicted_class)").head()
+    assert 0 < low <= high < 1 and set(labels) <= {0.0, 1.0} and set(named) == {str(int(p)) for p in labels}
 
 
 def test_refusals_name_what_to_do(spark, tmp_path):
