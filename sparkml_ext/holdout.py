@@ -33,6 +33,7 @@ CLASSIFICATION, REGRESSION, CLUSTERING = "classification", "regression", "cluste
 MULTICLASS = "multiclass"  # a classifier's task when the label has more than two classes
 MAX_CLASSES = 1000  # more distinct labels than this is a continuous label or an id
 CLASS = "_class"  # a classifier's label as its class's index (0, 1, ...) in the card's `classes`
+BINARY_CLASSES = [0, 1]  # the torch model's classes, and those of a card that lists none
 BAYES = "bayes-optimal"  # the curve of the generator's planted probability
 # The truth table's column with each event's planted probability of the positive label: a
 # generator writes it, and the Bayes-optimal comparison scores the holdout with it.

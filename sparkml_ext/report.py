@@ -22,7 +22,15 @@ from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore
 from sparkml_ext.config import PipelineConfig
-from sparkml_ext.holdout import BAYES, Split, card_split, class_index, labelled_sql, planted
+from sparkml_ext.holdout import (
+    BAYES,
+    BINARY_CLASSES,
+    Split,
+    card_split,
+    class_index,
+    labelled_sql,
+    planted,
+)
 from sparkml_ext.storage import filesystem
 
 RUNS = "_meta/runs"
@@ -197,7 +205,7 @@ def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict],
 
 def _positive(label: str, classes: list | None) -> Column:
     """1 for a row of the second class (a card without `classes` has a 0/1 label)."""
-    return (class_index(label, classes or [0, 1]) == 1).cast("long").alias("positive")
+    return (class_index(label, classes or BINARY_CLASSES) == 1).cast("long").alias("positive")
 
 
 def _test_rows(spark: SparkSession, cfg: PipelineConfig, version: int, split: Split) -> DataFrame:

@@ -42,6 +42,7 @@ from sparkml_ext.deep.manifest import Manifest
 from sparkml_ext.deep.train import train_worker
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.holdout import (
+    BINARY_CLASSES,
     CLASSIFICATION,
     TrainError,
     bayes_optimal_auc,
@@ -77,7 +78,7 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     except TrainError as err:
         raise TorchTrainError(str(err)) from None
     labelled = labelled_sql(label)
-    other = data.where(F.expr(labelled) & ~F.col(label).isin(0, 1)).select(label).head()
+    other = data.where(F.expr(labelled) & ~F.col(label).isin(*BINARY_CLASSES)).select(label).head()
     if other is not None:
         raise TorchTrainError(
             f"label column {label!r} holds {other[0]!r}: the torch model is a binary classifier "
@@ -112,7 +113,7 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     card = {
         "model": KIND,
         "task": CLASSIFICATION,
-        "classes": [0, 1],  # checked above; a prediction is an index into them, as in train-mllib's cards
+        "classes": BINARY_CLASSES,  # checked above; a prediction indexes them, as in train-mllib's cards
         "feature_table": table,
         "feature_version": version,
         "label": label,
