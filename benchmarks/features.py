@@ -220,7 +220,7 @@ def python_udf_features(events, spec, key: str, event_time: str):
         key, spec.entity, event_time, F.to_date(event_time).alias("event_date"), F.col(spec.label),
         *[log_clip(F.col(c).cast("double")).alias(f"log_{c}") for c in spec.numeric],
         *[is_null(F.col(c)).alias(f"isnull_{c}") for c in spec.numeric],
-        *entity_aggregates(spec, key, event_time),
+        *entity_aggregates(spec, key, event_time, dict(events.dtypes)[spec.label]),
         *[hashed(F.col(c)).alias(f"{c}_id") for c in spec.categorical],
         *spec.categorical,
     )

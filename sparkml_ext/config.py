@@ -127,6 +127,10 @@ class FeaturesConfig:
     categorical: list[str] = field(default_factory=list)
     hash_buckets: int = 1 << 20
     clip: float = 20.0  # |log1p| of a numeric is at most this
+    # The label's mean over the entity's past labelled events in each window (a rate for a
+    # 0/1 label). None: on for a numeric label, off for any other (a class name has no mean);
+    # the loader decides it from source.schema.
+    label_rate: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.numeric, (list, tuple)):  # every listed column the default way
@@ -447,7 +451,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     _check_source(config.source, file)
     _check_updates(config, file)
     _check_tables(config, file)
-    _check_features(config, file)
+    config = _checked_features(config, file)
     _check_tracking(config.tracking, file)
     _check_catalog(config.catalog, file)
     return config
@@ -613,7 +617,15 @@ def _check_tables(config: PipelineConfig, file: str) -> None:
                               "use a path below it (or an absolute path or URI)")
 
 
-def _check_features(config: PipelineConfig, file: str) -> None:
+def is_numeric_type(spark_type: str) -> bool:
+    """Whether a column of this Spark SQL type (as source.schema or `DataFrame.dtypes` spell
+    it) holds numbers that a mean or a transform can take."""
+    return spark_type in ("tinyint", "smallint", "int", "bigint", "float", "double", "boolean") \
+        or spark_type.startswith("decimal")
+
+
+def _checked_features(config: PipelineConfig, file: str) -> PipelineConfig:
+    """The features section checked against the source, with `label_rate` decided."""
     spec, source = config.features, config.source
     if spec.entity is not None and source.event_time is None:
         raise ConfigError(f"{file}: features.entity: window features need the events' time; set "
@@ -630,6 +642,16 @@ def _check_features(config: PipelineConfig, file: str) -> None:
         if column in taken and (numeric.transform == "none" or column in (spec.label, source.key)):
             raise ConfigError(f"{file}: features.numeric.{column}: the column is {taken[column]} too; "
                               "a feature may not copy it (the label would leak, a key is no feature)")
+    for i, column in enumerate(spec.categorical):
+        if column in (spec.label, source.key):
+            role = "features.label" if column == spec.label else "source.key"
+            raise ConfigError(f"{file}: features.categorical[{i}]: {column!r} is {role}; a feature "
+                              "may not copy it (the label would leak, a key is no feature)")
+    label_type = source.schema.get(spec.label)
+    numeric_label = label_type is None or is_numeric_type(label_type)  # None: a column ingest adds
+    if spec.label_rate and not numeric_label:
+        raise ConfigError(f"{file}: features.label_rate: the label {spec.label!r} is {label_type}, which has "
+                          "no mean; leave label_rate out (or false), or declare the label as a number")
     for i, column in enumerate(spec.window_means):
         if spec.bound(column) is None:
             raise ConfigError(f"{file}: features.window_means[{i}]: {column!r} has transform none and no "
@@ -641,6 +663,8 @@ def _check_features(config: PipelineConfig, file: str) -> None:
             raise ConfigError(f"{file}: features.windows[{i}]: {err}") from None
     if spec.hash_buckets < 2:
         raise ConfigError(f"{file}: features.hash_buckets: must be at least 2")
+    label_rate = numeric_label if spec.label_rate is None else spec.label_rate
+    return dataclasses.replace(config, features=dataclasses.replace(spec, label_rate=label_rate))
 
 
 def _check_catalog(catalog: CatalogConfig, file: str) -> None:

@@ -38,7 +38,8 @@ def feature_columns(spec: FeaturesConfig) -> dict[str, list[str]]:
     """The model-facing columns the feature table holds, by kind."""
     aggregates = []
     for window in spec.windows if spec.entity else []:  # window features need an entity
-        aggregates += [aggregate_name(spec, "events", window), aggregate_name(spec, "label_rate", window)]
+        aggregates += [aggregate_name(spec, "events", window)]
+        aggregates += [aggregate_name(spec, "label_rate", window)] if spec.label_rate else []
         aggregates += [aggregate_name(spec, "mean", window, c) for c in spec.window_means]
     return {
         "numeric": list(numeric_names(spec).values())
@@ -53,7 +54,12 @@ def feature_columns(spec: FeaturesConfig) -> dict[str, list[str]]:
 
 def spec_fingerprint(spec: FeaturesConfig) -> str:
     """What built a feature table: the spec and the definitions' code version."""
-    return fingerprint({"spec": asdict(spec), "definitions": DEFINITIONS_VERSION})
+    spec_fields = asdict(spec)
+    # label_rate joined the spec after definitions 5, when every table had it on: only
+    # "off" enters the fingerprint, so the tables built before keep theirs.
+    if not spec_fields.pop("label_rate"):
+        spec_fields["label_rate"] = False
+    return fingerprint({"spec": spec_fields, "definitions": DEFINITIONS_VERSION})
 
 
 def processed_version(spark: SparkSession, target: str, spec_digest: str, file: str) -> int | None:

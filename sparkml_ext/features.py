@@ -18,7 +18,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window, WindowSpec
 from pyspark.sql import functions as F
 
 from sparkml_ext import lake
-from sparkml_ext.config import ConfigError, FeaturesConfig, PipelineConfig
+from sparkml_ext.config import ConfigError, FeaturesConfig, PipelineConfig, is_numeric_type
 from sparkml_ext.feature_spec import (
     JOB,
     aggregate_name,
@@ -111,21 +111,23 @@ def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str 
         F.col(spec.label),
         *[numeric_feature(spec, c).alias(name) for c, name in numeric_names(spec).items()],
         *[F.col(c).isNull().cast("int").alias(f"isnull_{c}") for c in spec.numeric],
-        *(entity_aggregates(spec, key, event_time) if windowed else []),
+        *(entity_aggregates(spec, key, event_time, dict(events.dtypes)[spec.label]) if windowed else []),
         *[_hashed_id(c, spec.hash_buckets) for c in spec.categorical],
         *[c for c in spec.categorical if c != spec.entity],  # an entity is a category too: kept once
     )
 
 
-def entity_aggregates(spec: FeaturesConfig, key: str, event_time: str) -> list[Column]:
-    """The per-entity window columns: counts, label rates, means and the gap to the last event."""
+def entity_aggregates(spec: FeaturesConfig, key: str, event_time: str, label_type: str) -> list[Column]:
+    """The per-entity window columns: counts, label rates (`spec.label_rate`), means and the
+    gap to the last event. `label_type`: the label's Spark type."""
     seconds = F.col(event_time).cast("long")
     # An event with no entity has no history: the key makes it a group of its own.
     history = [F.col(spec.entity), F.when(F.col(spec.entity).isNull(), F.col(key))]
     by_entity = Window.partitionBy(*history).orderBy(seconds)
     label = F.col(spec.label)
     labelled, rows = label.isNotNull().cast("long"), F.lit(1).cast("long")
-    positives = _fixed_point(label.cast("double"), FIXED_POINT_BITS)
+    label_bits = 0 if _is_integral(label_type) else FIXED_POINT_BITS  # 0/1 and counts: summed as they are
+    label_units = _fixed_point(label.cast("double"), label_bits) if spec.label_rate else None
     bits = {c: _fixed_point_bits(spec.bound(c)) for c in spec.window_means}
     values = {c: _fixed_point(numeric_feature(spec, c), bits[c]) for c in spec.window_means}
     columns: list[Column] = []
@@ -134,8 +136,8 @@ def entity_aggregates(spec: FeaturesConfig, key: str, event_time: str) -> list[C
         in_window = _sum_before(rows, by_entity, width)
         columns += [
             labelled_events.cast("int").alias(aggregate_name(spec, "events", name)),
-            _mean(_sum_before(positives, by_entity, width), labelled_events, FIXED_POINT_BITS)
-            .alias(aggregate_name(spec, "label_rate", name)),
+            *([_mean(_sum_before(label_units, by_entity, width), labelled_events, label_bits)
+               .alias(aggregate_name(spec, "label_rate", name))] if label_units is not None else []),
             *[_mean(_sum_before(values[c], by_entity, width), in_window, bits[c])
               .alias(aggregate_name(spec, "mean", name, c)) for c in spec.window_means],
         ]
@@ -186,6 +188,10 @@ def _fixed_point_bits(bound: float) -> int:
     return max(0, min(FIXED_POINT_BITS, 32 - math.ceil(math.log2(max(bound, 1.0)))))
 
 
+def _is_integral(spark_type: str) -> bool:
+    return spark_type in ("tinyint", "smallint", "int", "bigint", "boolean")
+
+
 def _fixed_point(value: Column, bits: int) -> Column:
     return F.round(value * float(2**bits)).cast("long")
 
@@ -214,15 +220,11 @@ def _check_spec(spec: FeaturesConfig, types: dict[str, str], file: str) -> None:
         for name in names:
             if name not in types:
                 raise ConfigError(f"{file}: features.{section}: column {name!r} is not in the bronze table")
-            if section in ("numeric", "window_means") and not _is_number(types[name]):
+            if section in ("numeric", "window_means") and not is_numeric_type(types[name]):
                 raise ConfigError(f"{file}: features.{section}: column {name!r} is {types[name]} in bronze, "
                                   "not a number; declare it as int, bigint, float or double in "
                                   "source.schema, or list it under features.categorical")
 
-
-def _is_number(spark_type: str) -> bool:
-    return spark_type in ("tinyint", "smallint", "int", "bigint", "float", "double", "boolean") \
-        or spark_type.startswith("decimal")
 
 
 def _first_run_facts(bronze: DataFrame, spec: FeaturesConfig, event_time: str | None,

@@ -75,6 +75,8 @@ def _write(tmp_path, text):
         ("features.numeric={i1: {clip: [5, 1]}}", "features.numeric.i1.clip", "low < high"),
         ("features.numeric={label: none}", "features.numeric.label", "features.label too"),
         ("features.numeric={i1: none}", "features.window_means[0]", "clip: [low, high]"),
+        ("features.categorical=[c1, label]", "features.categorical[1]", "'label' is features.label; a feature"),
+        ("features.categorical=[event_id]", "features.categorical[0]", "a key is no feature"),
     ],
 )
 def test_bad_values_name_the_file_and_key(override, key, words):
@@ -126,3 +128,22 @@ def test_cli_exits_2_with_one_clear_line(capsys):
     assert code == EXIT_CONFIG
     err = capsys.readouterr().err.strip()
     assert err == f"config error: {CLICKS}: ingest.on_bad_record: 'maybe' is not one of quarantine, fail"
+
+
+def test_the_label_rate_follows_the_labels_type_and_keeps_old_tables_fingerprints():
+    """A numeric label gets its window rate; a string label (a class name) none. Tables built
+    before label_rate existed all had it on, so "on" leaves the spec's fingerprint as it was."""
+    from dataclasses import asdict
+
+    from sparkml_ext.config import fingerprint
+    from sparkml_ext.feature_spec import DEFINITIONS_VERSION, feature_columns, spec_fingerprint
+
+    numeric = load_config(CLICKS).features
+    named = load_config(CLICKS, ["features.label=c1", "features.categorical=[c2]"]).features
+    assert numeric.label_rate is True and named.label_rate is False
+    assert "user_id_label_rate_1d" in feature_columns(numeric)["numeric"]
+    assert not [c for c in feature_columns(named)["numeric"] if "label_rate" in c]
+    before = {k: v for k, v in asdict(numeric).items() if k != "label_rate"}
+    assert spec_fingerprint(numeric) == fingerprint({"spec": before, "definitions": DEFINITIONS_VERSION})
+    off = load_config(CLICKS, ["features.label_rate=false"]).features
+    assert spec_fingerprint(off) != spec_fingerprint(numeric)

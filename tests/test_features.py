@@ -88,7 +88,7 @@ def test_window_aggregates_equal_a_brute_force_count_over_a_heavy_user(spark, tm
             rows.append((f"{user}-{i}", user, ts, rng.choice((0, 1)), *values))
     names = ["event_id", spec.entity, "ts", spec.label, *spec.window_means]
     events = spark.createDataFrame(rows, names).withColumn("event_time", F.timestamp_seconds("ts"))
-    got = {r["event_id"]: r for r in events.select("event_id", *entity_aggregates(spec, "event_id", "event_time")).collect()}
+    got = {r["event_id"]: r for r in events.select("event_id", *entity_aggregates(spec, "event_id", "event_time", "bigint")).collect()}
 
     def log(value):  # signed: sign(x) * log1p(|x|), bounded by ±clip
         return math.copysign(min(math.log1p(abs(value or 0.0)), spec.clip), value or 0.0)

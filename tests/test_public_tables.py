@@ -84,6 +84,29 @@ def test_a_continuous_label_is_refused_by_the_torch_model_with_the_fix(flights):
     assert code == EXIT_CONFIG and "train_torch: the file has no such section" in err
 
 
+def test_the_departure_airport_as_a_label_of_three_names_on_the_timestamped_table(spark, flights):
+    """A string label with an entity and windows (issue 19): the window features hold no
+    label rate (a name has no mean; casting it was a raw CAST_INVALID_INPUT), and a random
+    forest learns the three airports, judged on the later flights."""
+    root, overrides, _ = flights
+    where = [f"--pipeline={FLIGHTS}", *overrides, "--set=features.label=origin",
+             "--set=features.categorical=[carrier, dest]", "--set=tables.features=features/origin",
+             "--set=tables.models=models/origin", "--set=train_mllib.model=random_forest",
+             "--set=train_mllib.params={numTrees: 10, maxDepth: 5, seed: 7}"]
+    code, _, err = run_cli("features", *where, "--set=features.label_rate=true")
+    assert code == EXIT_CONFIG and "features.label_rate: the label 'origin' is string, which has no mean" in err
+    code, printed, err = run_cli("features", *where, "--json")
+    assert code == EXIT_OK, err[-3000:]
+    cfg = load_config(FLIGHTS, [f"lakehouse={root}/lake", "tables.features=features/origin"])
+    columns = spark.read.format("delta").load(cfg.table_path("features")).columns
+    assert "tailnum_events_7d" in columns and not [c for c in columns if "label_rate" in c]
+    code, printed, err = run_cli("train-mllib", *where, "--json")
+    assert code == EXIT_OK, err[-3000:]
+    card = json.loads(printed[printed.index("\n{") + 1:])
+    assert card["task"] == "multiclass" and card["classes"] == ["EWR", "JFK", "LGA"]
+    assert card["holdout"]["by"] == "time" and card["metrics"]["accuracy"] > 0.4  # 3 airports: 1/3 by chance
+
+
 PENGUINS = ROOT / "conf" / "pipelines" / "penguins.yaml"
 
 
