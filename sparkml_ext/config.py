@@ -261,6 +261,9 @@ class TrainTorchConfig(TrainConfig):
     max_restarts: int = 1
     embedding_rows: int | None = 4096
     checkpoint_root: str | None = None  # null = <lakehouse>/checkpoints; a path all ranks see
+    # binary (labels 0/1) | regression (any number); null = binary when every labelled value is
+    # 0 or 1, else regression. The ranks get the decided one.
+    task: Literal["binary", "regression"] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

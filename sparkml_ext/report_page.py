@@ -180,13 +180,16 @@ def _training(data: dict, colours: dict):
     if not deep:
         return None
     figure, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(12, 4))
+    metric = "val_auc"
     for name, model in deep.items():
+        # a torch card's validation series: val_auc (binary) or val_rmse (regression)
+        metric = next(k for k in model["epochs"] if k.startswith("val_") and k != "val_loss")
         epochs = range(1, len(model["epochs"]["train_loss"]) + 1)
         loss_ax.plot(epochs, model["epochs"]["train_loss"], marker="o", color=colours[name],
                      label=f"{name} train")
         loss_ax.plot(epochs, model["epochs"]["val_loss"], marker="s", linestyle="--",
                      color=colours[name], label=f"{name} validation")
-        auc_ax.plot(epochs, model["epochs"]["val_auc"], marker="o", color=colours[name],
+        auc_ax.plot(epochs, model["epochs"][metric], marker="o", color=colours[name],
                     label=f"{name} validation")
     for name, model in data["models"].items():
         scores = (model.get("search") or {}).get("scores")
@@ -196,8 +199,9 @@ def _training(data: dict, colours: dict):
     optimum = [m["bayes_optimal_auc"] for m in data["models"].values() if m["bayes_optimal_auc"]]
     if optimum:
         auc_ax.axhline(optimum[0], color=OPTIMUM, linestyle="--", label=f"{BAYES} (test)")
-    loss_ax.set(title="Loss per epoch", ylabel="binary cross-entropy")
-    auc_ax.set(title="Validation AUC per epoch", ylabel="AUC")
+    loss_ax.set(title="Loss per epoch", ylabel="log loss (binary), squared error of the standardised label")
+    name = metric.removeprefix("val_").upper()
+    auc_ax.set(title=f"Validation {name} per epoch", ylabel=name)
     for ax in (loss_ax, auc_ax):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -1,5 +1,9 @@
 """train-torch: a DLRM trained with PyTorch DDP on Arrow shards of a pinned feature-table version.
 
+The label decides its head (`train_torch.task`, inferred when null): a binary classifier
+for labels 0 and 1, a regression for any other numbers; a label of class names is
+train-mllib's (its classifiers take any classes).
+
 The driver pins the feature-table version, exports the train and validation rows (the
 hash split of train-mllib, so both models are judged on the same test rows) as Arrow
 shards cached by (table, version, columns, filter), and runs `deep.train.train_worker`
@@ -30,7 +34,7 @@ from dataclasses import asdict
 
 import pyarrow.fs as pafs
 import torch
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore, tracking
@@ -39,11 +43,12 @@ from sparkml_ext.bridge.predict import torch_predictions
 from sparkml_ext.config import ConfigError, PipelineConfig, fingerprint
 from sparkml_ext.deep.config import TrainConfig
 from sparkml_ext.deep.manifest import Manifest
-from sparkml_ext.deep.train import train_worker
+from sparkml_ext.deep.train import VALIDATION_METRIC, train_worker
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.holdout import (
     BINARY_CLASSES,
     CLASSIFICATION,
+    REGRESSION,
     TrainError,
     bayes_optimal_auc,
     evaluate,
@@ -76,14 +81,10 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     try:
         require_label(data, label, KIND)
     except TrainError as err:
-        raise TorchTrainError(str(err)) from None
+        raise TorchTrainError(f"{err} (0/1 for its binary head, any number for its regression); "
+                              "for classes by name use train-mllib's classifiers") from None
     labelled = labelled_sql(label)
-    other = data.where(F.expr(labelled) & ~F.col(label).isin(*BINARY_CLASSES)).select(label).head()
-    if other is not None:
-        raise TorchTrainError(
-            f"label column {label!r} holds {other[0]!r}: the torch model is a binary classifier "
-            f"(labels 0 and 1); for this label use train-mllib (e.g. model: gbt_regression) and "
-            f"leave the train_torch section out of {cfg.path}")
+    task = _task(data, cfg, labelled)
     split = resolve_split(data, cfg, labelled)
     shards = {s: _export(spark, cfg, table, version, f"{split.only(s)} AND {labelled}", s)
               for s in ("train", "validation")}
@@ -91,7 +92,7 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
 
     use_gpu = torch.cuda.is_available() if tt.use_gpu is None else tt.use_gpu
     checkpoints = _checkpoint_dir(cfg, version, digest)
-    config = worker_config(cfg, use_gpu, checkpoints)
+    config = worker_config(cfg, use_gpu, checkpoints, task)
     result = launch(train_worker, shards["train"].root, config, shards["validation"].root,
                     num_processes=tt.num_processes, local_mode=tt.local_mode, use_gpu=use_gpu,
                     max_restarts=tt.max_restarts)
@@ -103,17 +104,22 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     test = data.where((split.of() == "test") & F.expr(labelled))
     unlabelled = data.where(f"NOT {labelled}").count()
     scored = torch_predictions(test, f"{staged}/model.pt", key, keep=[label])
-    metrics = evaluate(scored, CLASSIFICATION, label)
-    metrics["val_auc"] = trained["val_auc"][-1]
-    optimum = bayes_optimal_auc(spark, cfg, test, label)
-    if optimum is not None:
-        metrics["bayes_optimal_auc"] = optimum
+    validation = f"val_{VALIDATION_METRIC[task]}"  # val_auc, val_rmse
+    metrics = evaluate(scored, CLASSIFICATION if task == "binary" else REGRESSION, label)
+    metrics[validation] = trained[validation][-1]
+    if task == "binary":
+        optimum = bayes_optimal_auc(spark, cfg, test, label)
+        if optimum is not None:
+            metrics["bayes_optimal_auc"] = optimum
+    else:  # RegressionEvaluator reports no row count
+        metrics["test_rows"] = test.count()
     evaluated = time.monotonic()
 
     card = {
         "model": KIND,
-        "task": CLASSIFICATION,
-        "classes": BINARY_CLASSES,  # checked above; a prediction indexes them, as in train-mllib's cards
+        "task": CLASSIFICATION if task == "binary" else REGRESSION,
+        # a binary prediction indexes the classes, as in train-mllib's cards
+        **({"classes": BINARY_CLASSES} if task == "binary" else {}),
         "feature_table": table,
         "feature_version": version,
         "label": label,
@@ -124,7 +130,7 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
         "params": asdict(config),
         "shards": {split: manifest.root for split, manifest in shards.items()},
         "metrics": metrics,
-        "epochs": {k: trained[k] for k in ("train_loss", "val_loss", "val_auc")},
+        "epochs": {k: trained[k] for k in ("train_loss", "val_loss", validation)},
         "training": {k: trained[k] for k in
                      ("steps", "stopped_early", "resumed_from_step", "world_size")},
         "attempts": [asdict(a) for a in result.attempts],
@@ -142,14 +148,27 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     return stored
 
 
-def worker_config(cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str) -> TrainConfig:
-    """The ranks' knobs from `train_torch`, with this run's device, tables and folders."""
+def _task(data: DataFrame, cfg: PipelineConfig, labelled: str) -> str:
+    """The head the label asks for: `train_torch.task`, else binary when every labelled value
+    is 0 or 1 and regression otherwise (one Spark job: the first other value)."""
+    label, declared = cfg.features.label, cfg.train_torch.task
+    other = data.where(F.expr(labelled) & ~F.col(label).isin(*BINARY_CLASSES)).select(label).head()
+    if declared == "binary" and other is not None:
+        raise TorchTrainError(
+            f"label column {label!r} holds {other[0]!r}: train_torch.task binary needs labels 0 and 1; "
+            f"set it to regression (or null) in {cfg.path} for a number, or use train-mllib for classes")
+    return declared or ("binary" if other is None else "regression")
+
+
+def worker_config(cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str, task: str) -> TrainConfig:
+    """The ranks' knobs from `train_torch`, with this run's head, device, tables and folders."""
     tt, buckets = cfg.train_torch, cfg.features.hash_buckets + 1  # ids 0 (null) .. hash_buckets
     share = max(1, (os.cpu_count() or 1) // tt.num_processes)  # of the driver's cores, in local mode
     tables = {} if tt.vocabulary else {
         "embedding_sizes": min(tt.embedding_rows or buckets, buckets), "fold_ids": True}
     return tt.for_ranks(
         **tables,
+        task=task,
         backend=pick_backend(use_gpu, tt.backend),
         device="cuda" if use_gpu else "cpu",
         num_threads=tt.num_threads or (share if tt.local_mode and not use_gpu else None),

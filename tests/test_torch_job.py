@@ -129,7 +129,7 @@ def test_refusals_name_what_to_do(spark, tmp_path):
 
 
 def test_a_vocabulary_replaces_the_folded_tables(tmp_path):
-    counted = worker_config(small(tmp_path), use_gpu=False, checkpoint_dir="ckpt")
+    counted = worker_config(small(tmp_path), use_gpu=False, checkpoint_dir="ckpt", task="binary")
     assert counted.vocabulary == 200 and counted.embedding_sizes is None and not counted.fold_ids
-    folded = worker_config(small(tmp_path, "train_torch.vocabulary=null"), False, "ckpt")
+    folded = worker_config(small(tmp_path, "train_torch.vocabulary=null"), False, "ckpt", "binary")
     assert folded.embedding_sizes == 1024 and folded.fold_ids and folded.vocabulary is None

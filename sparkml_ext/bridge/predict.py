@@ -58,14 +58,17 @@ def torch_predictions(
 def _predict_batches(
     batches: Iterator[pa.RecordBatch], *, model_uri: str, passed: list[str]
 ) -> Iterator[pa.RecordBatch]:
-    """Executor side: positive-class probability per Arrow batch, on the task's share of cores."""
+    """Executor side: each Arrow batch's predictions, on the task's share of cores. A binary
+    model's `score` is the positive class's probability and `prediction` the class (0/1); a
+    regression's both are the predicted label."""
     import torch
 
     model = predictor(model_uri)
     torch.set_num_threads(max(1, TaskContext.get().cpus()))
     for batch in batches:
         p = model.predict(batch)
+        predicted = p if model.task == "regression" else (p > 0.5).astype(np.float64)
         yield pa.RecordBatch.from_arrays(
-            [*map(batch.column, passed), pa.array(p), pa.array((p > 0.5).astype(np.float64))],
+            [*map(batch.column, passed), pa.array(p), pa.array(predicted)],
             names=[*passed, "score", "prediction"],
         )

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+# The model's heads. binary: labels 0/1, the output a logit, the prediction the positive
+# class's probability; regression: any number, the output the standardised label, the
+# prediction the label.
+TASKS = ("binary", "regression")
 # Fields set for each run by whoever launches the ranks: train-torch derives them from the
 # pipeline (paths from the checkpoint root, the device from use_gpu, table sizes from
 # features.hash_buckets), so a pipeline file cannot set them.
@@ -34,6 +38,7 @@ class TrainConfig:
     # the rest share row 0 (DLRMConfig.vocabularies); embedding_sizes and fold_ids are unused
     vocabulary: int | None = None
     normalize_numeric: bool = True  # squash + standardise numerics with training-row statistics
+    task: Literal["binary", "regression"] = "binary"  # one of TASKS
     embedding_dim: int = 16
     bottom_mlp: tuple[int, ...] = (64,)
     top_mlp: tuple[int, ...] = (64, 32)
@@ -65,6 +70,7 @@ class TrainConfig:
             "checkpoint_every": 1, "keep_checkpoints": 1, "num_threads": 1,
         })
         choices = {"backend": ("gloo", "nccl", None), "precision": ("auto", "fp32", "bf16", "fp16"),
+                   "task": (*TASKS, None),  # None: train-torch decides from the label
                    "device": ("auto", "cpu", "cuda")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -1,4 +1,5 @@
-"""Torch inference, said once: a stored model's feature columns in, positive-class probabilities out.
+"""Torch inference, said once: a stored model's feature columns in, its predictions out (the
+positive class's probability of a binary model, the label of a regression).
 
 Batch scoring (`bridge.predict`, on Spark's executors) and the MLflow pyfunc (`tracking`)
 both call `Predictor.predict`, so a stored model scores the same wherever it runs. The
@@ -27,6 +28,7 @@ class Predictor:
         self.numeric = list(config["columns"]["numeric"])
         self.categorical = list(config["columns"]["categorical"])
         self.columns = self.numeric + self.categorical
+        self.task = model.config.task
 
     @classmethod
     def load(cls, uri: str) -> Predictor:
@@ -36,7 +38,7 @@ class Predictor:
             return cls(*load_model(io.BytesIO(source.read())))
 
     def predict(self, batch: pa.RecordBatch) -> np.ndarray:
-        """Positive-class probabilities (float64) of a batch holding the model's columns."""
+        """The predictions (float64) of a batch holding the model's columns."""
         missing = sorted(set(self.columns) - set(batch.schema.names))
         if missing:
             raise ValueError(f"the torch model needs columns the input lacks: {missing}")
@@ -46,4 +48,5 @@ class Predictor:
             for j, name in enumerate(names):
                 out[:, j] = column_parts(pa.chunked_array([batch.column(name)]), name)[0]
         with torch.inference_mode():
-            return torch.sigmoid(self.model(torch.from_numpy(dense), torch.from_numpy(ids))).double().numpy()
+            output = self.model(torch.from_numpy(dense), torch.from_numpy(ids))
+            return self.model.prediction(output).double().numpy()

@@ -1,4 +1,4 @@
-"""What the model learns about its inputs before training: numeric statistics, vocabularies.
+"""What the model learns about its data before training: numeric and label statistics, vocabularies.
 
 Both come from a seeded sample of the training rows that every rank reads itself, so
 every rank computes the same values and nothing is broadcast. They travel in the model's
@@ -30,6 +30,14 @@ def numeric_stats(
     std = sample.std(0, unbiased=False)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
     return sample.mean(0).tolist(), std.tolist()
+
+
+def label_stats(manifest: Manifest, sample_rows: int = 65536, seed: int = 0) -> tuple[float, float]:
+    """Mean and std of the label over the same kind of seeded sample (std 1 for a constant):
+    a regression learns the label standardised with them."""
+    label = _sample(manifest, sample_rows, seed)["label"].double()
+    std = float(label.std(unbiased=False)) if label.numel() else 0.0
+    return (float(label.mean()) if label.numel() else 0.0), (std if std > 1e-12 else 1.0)
 
 
 def frequent_ids(

@@ -1,4 +1,4 @@
-"""Exact ROC AUC in torch, so workers need no sklearn."""
+"""Validation metrics in torch (exact ROC AUC, RMSE), so workers need no sklearn."""
 
 from __future__ import annotations
 
@@ -23,3 +23,10 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     average_rank = last_rank - (counts.double() - 1) / 2
     rank_sum = average_rank[group][positive].sum().item()
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def rmse(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Root mean squared error; NaN for no rows."""
+    if predictions.numel() == 0:
+        return math.nan
+    return float(((predictions.double().flatten() - labels.double().flatten()) ** 2).mean().sqrt())

@@ -1,4 +1,8 @@
-"""A DLRM-style binary classifier built from a plain config, so `state_dict` + config rebuild it.
+"""A DLRM-style model built from a plain config, so `state_dict` + config rebuild it.
+
+Its one output is a binary classifier's logit or, for a continuous label, the label
+standardised with the training rows' mean and std (`task`): the config says which, so the
+loss, the prediction and scoring follow it.
 
 Each categorical column has its own embedding table, and the tables are rows of one
 tensor looked up once per batch (one kernel instead of one per column, which is what
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from sparkml_ext.deep.checkpoint import atomic_save
+from sparkml_ext.deep.config import TASKS
 from sparkml_ext.deep.inputs import squash
 
 
@@ -49,8 +54,15 @@ class DLRMConfig:
     numeric_mean: tuple[float, ...] = ()  # of squash(numeric) over training rows; () = raw inputs
     numeric_std: tuple[float, ...] = ()
     vocabularies: tuple[tuple[int, ...], ...] = ()  # () = ids index the tables directly
+    task: str = "binary"  # one of TASKS
+    target_mean: float = 0.0  # regression: the output is (label - target_mean) / target_std
+    target_std: float = 1.0
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.target_std <= 0:
+            raise ValueError(f"target_std must be > 0, got {self.target_std}")
         if self.num_numeric < 0 or (self.num_numeric == 0 and not self.embedding_sizes):
             raise ValueError("the model needs at least one numeric or categorical feature")
         if any(s < 1 for s in self.embedding_sizes) or self.embedding_dim < 1:
@@ -174,6 +186,20 @@ class DLRM(nn.Module):
         if self.first_order is not None:
             logit = logit + self.first_order(ids + self.table_starts).sum(dim=(1, 2))
         return logit
+
+    def loss(self, output: torch.Tensor, label: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The training loss of `forward`'s output against the labels: log loss of the logit,
+        or squared error on the standardised label."""
+        if self.config.task == "regression":
+            target = (label - self.config.target_mean) / self.config.target_std
+            return nn.functional.mse_loss(output, target, reduction=reduction)
+        return nn.functional.binary_cross_entropy_with_logits(output, label, reduction=reduction)
+
+    def prediction(self, output: torch.Tensor) -> torch.Tensor:
+        """What `forward`'s output predicts: the positive class's probability, or the label."""
+        if self.config.task == "regression":
+            return output * self.config.target_std + self.config.target_mean
+        return torch.sigmoid(output)
 
     def _vocabulary_rows(self, categorical: torch.Tensor) -> torch.Tensor:
         """[B, columns] ids -> rows: 1 + an id's place in its column's vocabulary, else 0."""

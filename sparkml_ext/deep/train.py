@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from sparkml_ext.deep import distributed
@@ -32,13 +31,15 @@ from sparkml_ext.deep.checkpoint import (
 )
 from sparkml_ext.deep.config import TrainConfig
 from sparkml_ext.deep.dataset import Batch, ShardDataset
-from sparkml_ext.deep.inputs import frequent_ids, numeric_stats
+from sparkml_ext.deep.inputs import frequent_ids, label_stats, numeric_stats
 from sparkml_ext.deep.manifest import Manifest, assign_rows
-from sparkml_ext.deep.metrics import roc_auc
+from sparkml_ext.deep.metrics import rmse, roc_auc
 from sparkml_ext.deep.model import DLRM, DLRMConfig, save_model
 from sparkml_ext.deep.shard_reader import read_manifest
 
 log = logging.getLogger(__name__)
+# What each task is judged by on the validation rows after every epoch (`val_<name>`).
+VALIDATION_METRIC = {"binary": "auc", "regression": "rmse"}
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Progress:
     epoch_rows: float = 0.0
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
-    val_auc: list[float] = field(default_factory=list)
+    val_metric: list[float] = field(default_factory=list)  # VALIDATION_METRIC of the task
     best_val_loss: float = math.inf
     bad_epochs: int = 0
     stopped_early: bool = False
@@ -63,7 +64,7 @@ def train_worker(
 
     `cfg` is every knob (`deep.config.TrainConfig`, picklable), the same on every rank.
     Returns the metrics (the same on every rank): epochs, steps, train_loss, val_loss,
-    val_auc, best_val_loss, stopped_early, rows_per_s, resumed_from_step, world_size,
+    val_auc (binary) or val_rmse (regression), best_val_loss, stopped_early, rows_per_s, resumed_from_step, world_size,
     device (rank 0's), backend, precision (of the forward pass), model_path.
     """
     _configure_torch(cfg)
@@ -119,6 +120,7 @@ def model_config(cfg: TrainConfig, train: Manifest, numeric_width: int) -> DLRMC
     mean, std = (
         numeric_stats(train, seed=cfg.seed) if cfg.normalize_numeric and numeric_width else ([], [])
     )
+    target_mean, target_std = label_stats(train, seed=cfg.seed) if cfg.task == "regression" else (0.0, 1.0)
     vocabularies = (
         frequent_ids(train, cfg.vocabulary, seed=cfg.seed)
         if cfg.vocabulary and train.categorical
@@ -134,6 +136,9 @@ def model_config(cfg: TrainConfig, train: Manifest, numeric_width: int) -> DLRMC
         top_mlp=cfg.top_mlp,
         fold_ids=cfg.fold_ids and not vocabularies,
         vocabularies=tuple(tuple(v) for v in vocabularies),
+        task=cfg.task,
+        target_mean=target_mean,
+        target_std=target_std,
     )
 
 
@@ -280,7 +285,7 @@ class Trainer:
             "steps": progress.step,
             "train_loss": progress.train_loss,
             "val_loss": progress.val_loss,
-            "val_auc": progress.val_auc,
+            f"val_{VALIDATION_METRIC[cfg.task]}": progress.val_metric,
             "best_val_loss": progress.best_val_loss if progress.val_loss else None,
             "stopped_early": progress.stopped_early,
             "rows_per_s": rows / seconds if seconds else 0.0,
@@ -296,7 +301,7 @@ class Trainer:
         """One optimizer step; returns [loss sum, rows] of the batch."""
         with self._autocast():
             logits = ddp(batch["numeric"], batch["categorical"])
-        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"])
+        loss = self.model.loss(logits.float(), batch["label"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -324,9 +329,9 @@ class Trainer:
         p.train_loss.append(p.epoch_loss / max(p.epoch_rows, 1.0))
         p.epoch_loss, p.epoch_rows = 0.0, 0.0
         if self.val is not None:
-            loss, auc = self._evaluate()
+            loss, metric = self._evaluate()
             p.val_loss.append(loss)
-            p.val_auc.append(auc)
+            p.val_metric.append(metric)
             if loss < p.best_val_loss - self.cfg.min_delta:
                 p.best_val_loss, p.bad_epochs = loss, 0
             else:
@@ -335,12 +340,14 @@ class Trainer:
         if self.ctx.is_main:
             message = f"epoch {self.data.epoch} (step {p.step}): train loss {p.train_loss[-1]:.5f}"
             if self.val is not None:
-                message += f", val loss {p.val_loss[-1]:.5f}, val auc {p.val_auc[-1]:.4f}"
+                name = VALIDATION_METRIC[self.cfg.task]
+                message += f", val loss {p.val_loss[-1]:.5f}, val {name} {p.val_metric[-1]:.4f}"
             log.info(message)
 
     @torch.no_grad()
     def _evaluate(self) -> tuple[float, float]:
-        """Validation loss and exact AUC over every rank's share of the validation rows."""
+        """Validation loss and the task's metric (exact AUC, RMSE) over every rank's share of
+        the validation rows."""
         self.model.eval()
         self.val.set_epoch(0)
         logits, labels = [], []
@@ -351,13 +358,17 @@ class Trainer:
             labels.append(batch["label"])
         logits = torch.cat(logits) if logits else torch.zeros(0, device=self.ctx.device)
         labels = torch.cat(labels) if labels else torch.zeros(0, device=self.ctx.device)
-        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+        loss = self.model.loss(logits, labels, reduction="sum")
         loss_sum, rows = distributed.all_sum(
             self.ctx, torch.stack([loss, loss.new_tensor(len(labels))])
         ).tolist()
-        scores = distributed.all_gather_rows(self.ctx, logits)
-        auc = roc_auc(scores, distributed.all_gather_rows(self.ctx, labels))
-        return loss_sum / max(rows, 1.0), auc
+        outputs = distributed.all_gather_rows(self.ctx, logits)
+        labels = distributed.all_gather_rows(self.ctx, labels)
+        if self.cfg.task == "regression":
+            metric = rmse(self.model.prediction(outputs), labels)
+        else:
+            metric = roc_auc(outputs, labels)
+        return loss_sum / max(rows, 1.0), metric
 
     def _save_model(self) -> str | None:
         if not (self.cfg.output_dir and self.ctx.is_main):

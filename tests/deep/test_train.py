@@ -127,3 +127,32 @@ def test_trains_on_the_gpu_with_pinned_batches_and_mixed_precision(clicks, tmp_p
     assert gpu["val_auc"][-1] > 0.8
     saved = torch.load(gpu["model_path"], weights_only=True)
     assert all(t.device.type == "cpu" for t in saved["state_dict"].values())
+
+
+def test_a_continuous_label_trains_a_regression_head_in_the_labels_units(tmp_path):
+    """A label of any scale (here around 1,000, spread 200): the model learns it standardised
+    with the training rows' mean and std, is judged by RMSE in the label's units, and the
+    stored model predicts in those units, well inside the label's own spread."""
+    from sparkml_ext.deep.inference import Predictor
+
+    def shards(rows: int, seed: int, name: str) -> tuple[str, pa.Table]:
+        table = click_table(rows, seed)
+        x = table["x0"].to_numpy()
+        target = 1000 + 150 * x + 60 * np.where(table["c0"].to_numpy() % 2 == 0, 1.0, -1.0)
+        noise = np.random.default_rng(seed).normal(0, 20, rows)
+        table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(target + noise))
+        columns = {**CLICK_COLUMNS, "numeric": ("x0", "x1", "x2", "x3")}  # scalar columns, as a feature table's
+        return str(write_shards(tmp_path / name, table, **columns)), table
+
+    (train, table), (val, held_out) = shards(3000, 0, "train"), shards(1000, 1, "val")
+    config = replace(BASE, task="regression", epochs=4, lr=3e-3, output_dir=str(tmp_path / "out"))
+    result = train_worker(train, config, val)
+    assert "val_auc" not in result and len(result["val_rmse"]) == 4
+    spread = float(np.std(held_out["label"].to_numpy()))
+    assert result["val_rmse"][-1] < 0.5 * spread < result["val_rmse"][0] * 2  # learned, in label units
+    model, saved = load_model(result["model_path"])
+    assert saved["model"]["task"] == "regression"
+    assert saved["model"]["target_mean"] == pytest.approx(float(np.mean(table["label"].to_numpy())), rel=1e-6)
+    predicted = Predictor(model, saved).predict(held_out.to_batches(max_chunksize=1000)[0])
+    error = predicted - held_out["label"].to_numpy()[:1000]
+    assert float(np.sqrt(np.mean(error**2))) == pytest.approx(result["val_rmse"][-1], rel=1e-4)
