@@ -261,9 +261,10 @@ class TrainTorchConfig(TrainConfig):
     max_restarts: int = 1
     embedding_rows: int | None = 4096
     checkpoint_root: str | None = None  # null = <lakehouse>/checkpoints; a path all ranks see
-    # binary (labels 0/1) | regression (any number); null = binary when every labelled value is
-    # 0 or 1, else regression. The ranks get the decided one.
-    task: Literal["binary", "regression"] | None = None
+    # binary | multiclass (a label of classes: 2 or more) | regression (any number); null =
+    # binary for a numeric label of 0s and 1s, regression for other numbers, binary or
+    # multiclass by the count of classes for any other label. The ranks get the decided one.
+    task: Literal["binary", "multiclass", "regression"] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

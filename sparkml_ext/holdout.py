@@ -20,6 +20,7 @@ from pyspark.ml.evaluation import (
     RegressionEvaluator,
 )
 from pyspark.ml.functions import vector_to_array
+from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
@@ -225,9 +226,12 @@ def evaluate(scored: DataFrame, task: str, label: str) -> dict:
 def multiclass_metrics(scored: DataFrame, label: str) -> dict:
     """Accuracy, macro-F1 (every class weighs the same, however rare) and log loss of
     scored rows whose `label` is the class index, from one aggregate over the confusion
-    cells (at most classes² rows to the driver)."""
+    cells (at most classes² rows to the driver). `probability`: MLlib's vector, or an array
+    (a torch model's)."""
     y = F.col(label).cast("int")
-    p = F.least(F.greatest(F.get(vector_to_array("probability"), y), F.lit(1e-15)), F.lit(1.0))
+    vector = isinstance(scored.schema["probability"].dataType, VectorUDT)
+    probabilities = vector_to_array("probability") if vector else F.col("probability")
+    p = F.least(F.greatest(F.get(probabilities, y), F.lit(1e-15)), F.lit(1.0))
     cells = (scored.groupBy(y.alias("truth"), F.col("prediction").cast("int").alias("predicted"))
              .agg(F.count(F.lit(1)).alias("rows"), F.sum(-F.log(p)).alias("loss"))
              .collect())  # driver-ok: one row per (class, predicted class)

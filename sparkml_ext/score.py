@@ -59,4 +59,4 @@ def _mllib_predictions(stored: modelstore.ModelVersion, card: dict, features: Da
 def _torch_predictions(
     stored: modelstore.ModelVersion, card: dict, features: DataFrame, key: str
 ) -> DataFrame:
-    return torch_predictions(features, f"{stored.uri}/model.pt", key)
+    return torch_predictions(features, f"{stored.uri}/model.pt", key).select(key, "score", "prediction")

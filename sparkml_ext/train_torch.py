@@ -1,8 +1,9 @@
 """train-torch: a DLRM trained with PyTorch DDP on Arrow shards of a pinned feature-table version.
 
 The label decides its head (`train_torch.task`, inferred when null): a binary classifier
-for labels 0 and 1, a regression for any other numbers; a label of class names is
-train-mllib's (its classifiers take any classes).
+for labels 0 and 1, a regression for any other numbers, and for a label of classes (names,
+booleans) a binary or multiclass classifier whose classes are its sorted values, as in
+train-mllib's cards; the shards hold each label as its class's index.
 
 The driver pins the feature-table version, exports the train and validation rows (the
 hash split of train-mllib, so both models are judged on the same test rows) as Arrow
@@ -36,6 +37,7 @@ import pyarrow.fs as pafs
 import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import NumericType
 
 from sparkml_ext import lake, modelstore, tracking
 from sparkml_ext.bridge import export_table, launch, pick_backend
@@ -48,16 +50,21 @@ from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.holdout import (
     BINARY_CLASSES,
     CLASSIFICATION,
+    MULTICLASS,
     REGRESSION,
     TrainError,
     bayes_optimal_auc,
+    class_index,
     evaluate,
+    label_classes,
     labelled_sql,
     require_label,
     resolve_split,
 )
 
 KIND = "torch"
+# The card's task for each head (train-mllib's names for the same tasks).
+CARD_TASK = {"binary": CLASSIFICATION, "multiclass": MULTICLASS, "regression": REGRESSION}
 
 
 class TorchTrainError(TrainError):
@@ -78,21 +85,16 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     except FileNotFoundError:
         raise TorchTrainError(f"no feature table at {table}: run `sparkml-ext features` first") from None
     digest = config_hash(cfg, version)
-    try:
-        require_label(data, label, KIND)
-    except TrainError as err:
-        raise TorchTrainError(f"{err} (0/1 for its binary head, any number for its regression); "
-                              "for classes by name use train-mllib's classifiers") from None
     labelled = labelled_sql(label)
-    task = _task(data, cfg, labelled)
+    task, classes = _head(data, cfg, labelled)
     split = resolve_split(data, cfg, labelled)
-    shards = {s: _export(spark, cfg, table, version, f"{split.only(s)} AND {labelled}", s)
+    shards = {s: _export(spark, cfg, table, version, f"{split.only(s)} AND {labelled}", s, classes)
               for s in ("train", "validation")}
     exported = time.monotonic()
 
     use_gpu = torch.cuda.is_available() if tt.use_gpu is None else tt.use_gpu
     checkpoints = _checkpoint_dir(cfg, version, digest)
-    config = worker_config(cfg, use_gpu, checkpoints, task)
+    config = worker_config(cfg, use_gpu, checkpoints, task, len(classes or []))
     result = launch(train_worker, shards["train"].root, config, shards["validation"].root,
                     num_processes=tt.num_processes, local_mode=tt.local_mode, use_gpu=use_gpu,
                     max_restarts=tt.max_restarts)
@@ -102,24 +104,25 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     staged = modelstore.staging(cfg.table_path("models"), KIND)
     pafs.copy_files(trained["model_path"], f"{staged}/model.pt")
     test = data.where((split.of() == "test") & F.expr(labelled))
+    if classes:  # judged against the class indexes the model learnt
+        test = test.withColumn(label, class_index(label, classes))
     unlabelled = data.where(f"NOT {labelled}").count()
     scored = torch_predictions(test, f"{staged}/model.pt", key, keep=[label])
-    validation = f"val_{VALIDATION_METRIC[task]}"  # val_auc, val_rmse
-    metrics = evaluate(scored, CLASSIFICATION if task == "binary" else REGRESSION, label)
+    validation = f"val_{VALIDATION_METRIC[task]}"  # val_auc, val_accuracy, val_rmse
+    metrics = evaluate(scored, CARD_TASK[task], label)
     metrics[validation] = trained[validation][-1]
     if task == "binary":
         optimum = bayes_optimal_auc(spark, cfg, test, label)
         if optimum is not None:
             metrics["bayes_optimal_auc"] = optimum
-    else:  # RegressionEvaluator reports no row count
+    if task == "regression":  # RegressionEvaluator reports no row count
         metrics["test_rows"] = test.count()
     evaluated = time.monotonic()
 
     card = {
         "model": KIND,
-        "task": CLASSIFICATION if task == "binary" else REGRESSION,
-        # a binary prediction indexes the classes, as in train-mllib's cards
-        **({"classes": BINARY_CLASSES} if task == "binary" else {}),
+        "task": CARD_TASK[task],
+        **({"classes": classes} if classes else {}),  # a prediction indexes them
         "feature_table": table,
         "feature_version": version,
         "label": label,
@@ -148,20 +151,38 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     return stored
 
 
-def _task(data: DataFrame, cfg: PipelineConfig, labelled: str) -> str:
-    """The head the label asks for: `train_torch.task`, else binary when every labelled value
-    is 0 or 1 and regression otherwise (one Spark job: the first other value)."""
-    label, declared = cfg.features.label, cfg.train_torch.task
-    other = data.where(F.expr(labelled) & ~F.col(label).isin(*BINARY_CLASSES)).select(label).head()
-    if declared == "binary" and other is not None:
+def _head(data: DataFrame, cfg: PipelineConfig, labelled: str) -> tuple[str, list | None]:
+    """The head the label asks for, and a classifier's classes (sorted; None for a regression).
+
+    `train_torch.task` when set; else a numeric label of 0s and 1s is binary, one with other
+    numbers a regression (one Spark job: the first other value), and any other label (names,
+    booleans) binary or multiclass by its count of classes.
+    """
+    label, task = cfg.features.label, cfg.train_torch.task
+    try:
+        require_label(data, label, KIND, numeric=task == "regression")
+        if task is None and isinstance(data.schema[label].dataType, NumericType):
+            other = data.where(F.expr(labelled) & ~F.col(label).isin(*BINARY_CLASSES)).select(label).head()
+            task = "binary" if other is None else "regression"
+        if task == "regression":
+            return task, None
+        classes = label_classes(data, label, labelled, KIND)
+    except TrainError as err:
+        raise TorchTrainError(str(err)) from None
+    task = task or ("binary" if len(classes) == 2 else "multiclass")
+    if (task == "binary") != (len(classes) == 2):
         raise TorchTrainError(
-            f"label column {label!r} holds {other[0]!r}: train_torch.task binary needs labels 0 and 1; "
-            f"set it to regression (or null) in {cfg.path} for a number, or use train-mllib for classes")
-    return declared or ("binary" if other is None else "regression")
+            f"label column {label!r} has {len(classes)} classes; train_torch.task {task} needs "
+            f"{'two' if task == 'binary' else 'three or more'}: set it to "
+            f"{'multiclass or regression' if task == 'binary' else 'binary'}, or null, in {cfg.path}")
+    return task, classes
 
 
-def worker_config(cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str, task: str) -> TrainConfig:
-    """The ranks' knobs from `train_torch`, with this run's head, device, tables and folders."""
+def worker_config(
+    cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str, task: str, classes: int = 0
+) -> TrainConfig:
+    """The ranks' knobs from `train_torch`, with this run's head (a multiclass one's count of
+    classes), device, tables and folders."""
     tt, buckets = cfg.train_torch, cfg.features.hash_buckets + 1  # ids 0 (null) .. hash_buckets
     share = max(1, (os.cpu_count() or 1) // tt.num_processes)  # of the driver's cores, in local mode
     tables = {} if tt.vocabulary else {
@@ -169,6 +190,7 @@ def worker_config(cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str, task:
     return tt.for_ranks(
         **tables,
         task=task,
+        classes=classes if task == "multiclass" else 0,
         backend=pick_backend(use_gpu, tt.backend),
         device="cuda" if use_gpu else "cpu",
         num_threads=tt.num_threads or (share if tt.local_mode and not use_gpu else None),
@@ -184,14 +206,16 @@ def config_hash(cfg: PipelineConfig, version: int) -> str:
 
 
 def _export(spark: SparkSession, cfg: PipelineConfig, table: str, version: int, rows: str,
-            split: str) -> Manifest:
-    """The feature table's `rows` (SQL: the `split`'s labelled ones) as Arrow shards."""
+            split: str, classes: list | None) -> Manifest:
+    """The feature table's `rows` (SQL: the `split`'s labelled ones) as Arrow shards, a
+    classifier's label as its class's index in `classes`."""
     columns = feature_columns(cfg.features)
     try:
         return export_table(
             spark, table, version=version, numeric=columns["numeric"],
             categorical=columns["categorical_ids"], label=cfg.features.label,
             filter=rows,
+            label_classes=classes,
             cache_root=cfg.lakehouse_path("shards"),
         )
     except ValueError as err:  # missing columns, wrong types, a split without rows

@@ -84,7 +84,7 @@ def test_the_torch_model_learns_the_continuous_label_with_a_regression_head(spar
     where = [f"--pipeline={FLIGHTS}", *overrides, "--set=tables.predictions=predictions/torch"]
     section = "--set=train_torch={epochs: 4, batch_size: 128, lr: 0.01, embedding_rows: 512}"
     code, _, err = run_cli("train-torch", *where, section, "--set=train_torch.task=binary")
-    assert code == EXIT_INPUT and "train_torch.task binary needs labels 0 and 1" in err and "Traceback" not in err
+    assert code == EXIT_INPUT and "classes; train_torch.task binary needs two" in err and "Traceback" not in err
     code, printed, err = run_cli("train-torch", *where, section, "--json")
     assert code == EXIT_OK, err[-3000:]
     card = json.loads(printed[printed.index("\n{") + 1:])
@@ -237,3 +237,39 @@ def test_a_binary_label_of_two_strings_with_nulls_trains_scores_and_reports(spar
     assert code == EXIT_OK, err[-3000:]
     page = Path(json.loads(printed[printed.index("\n{") + 1:])["html"]).read_text()
     assert "test AUC" in page and "logistic_regression" in page
+
+    # The torch model's binary head takes the two names too (each label as its class's index).
+    code, printed, err = run_cli("train-torch", *where, "--set=train_torch={epochs: 10, batch_size: 32, lr: 0.01}",
+                                 "--json")
+    assert code == EXIT_OK, err[-3000:]
+    torch_card = json.loads(printed[printed.index("\n{") + 1:])
+    assert torch_card["task"] == "classification" and torch_card["classes"] == ["female", "male"]
+    assert torch_card["params"]["task"] == "binary" and torch_card["metrics"]["auc_roc"] > 0.8, torch_card["metrics"]
+
+
+def test_the_torch_model_learns_the_species_with_a_multiclass_head(spark, penguins):
+    """Three class names: train-torch infers a multiclass head (one logit per class), learns
+    the species from the measurements, names the classes on its card like train-mllib, is
+    judged by accuracy / macro-F1 / log loss, and scores every bird with its likeliest class."""
+    root, _ = penguins
+    where = [f"--pipeline={PENGUINS}", f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing",
+             "--set=tracking.mode=disabled", "--set=features.label=species", "--set=features.categorical=[island, sex]",
+             "--set=tables.features=features/species", "--set=tables.models=models/species-torch",
+             "--set=tables.predictions=predictions/species-torch"]
+    section = "--set=train_torch={epochs: 15, batch_size: 32, lr: 0.01, embedding_rows: 64}"
+    assert run_cli("features", *where)[0] == EXIT_OK
+    code, _, err = run_cli("train-torch", *where, section, "--set=train_torch.task=binary")
+    assert code == EXIT_INPUT and "has 3 classes; train_torch.task binary needs two" in err
+    code, printed, err = run_cli("train-torch", *where, section, "--json")
+    assert code == EXIT_OK, err[-3000:]
+    card = json.loads(printed[printed.index("\n{") + 1:])
+    assert card["task"] == "multiclass" and card["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
+    assert card["params"]["classes"] == 3 and len(card["epochs"]["val_accuracy"]) == 15
+    assert card["metrics"]["accuracy"] > 0.8 and card["metrics"]["macro_f1"] > 0.7, card["metrics"]  # a third by chance
+    code, _, err = run_cli("score", *where, f"--model={card['model_version']}")
+    assert code == EXIT_OK, err[-3000:]
+    cfg = load_config(PENGUINS, [f"lakehouse={root}/lake", "tables.predictions=predictions/species-torch"])
+    predictions = spark.read.format("delta").load(cfg.table_path("predictions"))
+    assert predictions.count() == 344 and "probability" not in predictions.columns
+    named = {r.predicted_class for r in predictions.select("predicted_class").distinct().collect()}
+    assert named <= set(card["classes"]) and predictions.where("score < 1.0 / 3 OR score > 1").isEmpty()

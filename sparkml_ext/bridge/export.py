@@ -34,6 +34,7 @@ from pyspark.sql import types as T
 from sparkml_ext import lake
 from sparkml_ext.config import fingerprint
 from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest, ShardFile
+from sparkml_ext.holdout import class_index
 from sparkml_ext.storage import filesystem
 
 _REPORT = pa.schema(
@@ -103,11 +104,14 @@ def export_table(
     categorical: Sequence[str],
     label: str | None,
     filter: str | None = None,  # noqa: A002 - reads like the SQL it stands for
+    label_classes: Sequence | None = None,
     cache_root: str,
 ) -> Manifest:
     """Export a pinned version of a Delta table, or reuse an earlier export of it.
 
-    The cache key is (table, version, columns, filter); a `version` of None is resolved
+    With `label_classes` (a classifier's sorted classes: names, numbers) the label is
+    exported as its class's index among them (`holdout.class_index`). The cache key is
+    (table, version, columns, filter, classes); a `version` of None is resolved
     to the table's current version first so the key is always pinned (Delta reads its
     history with one small Spark job). When the key's folder under `cache_root` holds a
     valid manifest, it is returned without reading the table: no further Spark job.
@@ -123,6 +127,7 @@ def export_table(
         "categorical": list(categorical),
         "label": label,
         "filter": filter,
+        **({"label_classes": list(label_classes)} if label_classes else {}),
     }
     key = fingerprint(source, 20)
     root = f"{cache_root.rstrip('/')}/{key}"
@@ -130,6 +135,8 @@ def export_table(
     if cached is not None:
         return cached
     df, _ = lake.read_version(spark, table_path, version)
+    if label_classes and label in df.columns:  # (a missing label is refused by name below)
+        df = df.withColumn(label, class_index(label, list(label_classes)))
     if filter:  # it may name the label: a missing column is refused by name, not by Spark
         _shard_columns(df.schema, numeric, categorical, label)
         df = df.where(filter)

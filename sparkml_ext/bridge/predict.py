@@ -1,4 +1,5 @@
-"""Torch models on Spark's executors: a DataFrame in, `key, *keep, score, prediction` out.
+"""Torch models on Spark's executors: a DataFrame in, `key, *keep, score, prediction` out
+(and a multiclass model's `probability` of each class).
 
 The Spark half of torch inference; the torch half is `deep.inference.Predictor`, which
 the MLflow pyfunc runs too. Each Python worker loads a model once (weights only) and
@@ -36,7 +37,8 @@ def predictor(uri: str) -> Predictor:
 def torch_predictions(
     features: DataFrame, model_uri: str, key: str, keep: Sequence[str] = ()
 ) -> DataFrame:
-    """`key, *keep, score, prediction` of a torch model saved by `deep.model.save_model`."""
+    """`key, *keep, score, prediction` of a torch model saved by `deep.model.save_model`, and
+    for a multiclass model `probability` (an array, one entry per class)."""
     model = predictor(model_uri)
     missing = sorted(set(model.columns + [key, *keep]) - set(features.columns))
     if missing:
@@ -51,6 +53,7 @@ def torch_predictions(
         *[features.schema[c] for c in passed],
         T.StructField("score", T.DoubleType()),
         T.StructField("prediction", T.DoubleType()),
+        *([T.StructField("probability", T.ArrayType(T.DoubleType()))] if model.task == "multiclass" else []),
     ])
     return inputs.mapInArrow(partial(_predict_batches, model_uri=model_uri, passed=passed), schema)
 
@@ -60,15 +63,19 @@ def _predict_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Executor side: each Arrow batch's predictions, on the task's share of cores. A binary
     model's `score` is the positive class's probability and `prediction` the class (0/1); a
-    regression's both are the predicted label."""
+    multiclass one's the likeliest class's probability and index; a regression's both are
+    the predicted label."""
     import torch
 
     model = predictor(model_uri)
     torch.set_num_threads(max(1, TaskContext.get().cpus()))
     for batch in batches:
         p = model.predict(batch)
-        predicted = p if model.task == "regression" else (p > 0.5).astype(np.float64)
-        yield pa.RecordBatch.from_arrays(
-            [*map(batch.column, passed), pa.array(p), pa.array(predicted)],
-            names=[*passed, "score", "prediction"],
-        )
+        columns = {name: batch.column(name) for name in passed}
+        if model.task == "multiclass":
+            columns |= {"score": pa.array(p.max(axis=1)), "prediction": pa.array(p.argmax(axis=1).astype(np.float64)),
+                        "probability": pa.ListArray.from_arrays(np.arange(0, p.size + 1, p.shape[1]), p.ravel())}
+        else:
+            predicted = p if model.task == "regression" else (p > 0.5).astype(np.float64)
+            columns |= {"score": pa.array(p), "prediction": pa.array(predicted)}
+        yield pa.RecordBatch.from_pydict(columns)

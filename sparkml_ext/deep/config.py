@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 # The model's heads. binary: labels 0/1, the output a logit, the prediction the positive
-# class's probability; regression: any number, the output the standardised label, the
-# prediction the label.
-TASKS = ("binary", "regression")
+# class's probability; multiclass: labels 0..classes-1 (class indexes), one logit per class,
+# the prediction their probabilities; regression: any number, the output the standardised
+# label, the prediction the label.
+TASKS = ("binary", "multiclass", "regression")
 # Fields set for each run by whoever launches the ranks: train-torch derives them from the
 # pipeline (paths from the checkpoint root, the device from use_gpu, table sizes from
 # features.hash_buckets), so a pipeline file cannot set them.
@@ -38,7 +39,7 @@ class TrainConfig:
     # the rest share row 0 (DLRMConfig.vocabularies); embedding_sizes and fold_ids are unused
     vocabulary: int | None = None
     normalize_numeric: bool = True  # squash + standardise numerics with training-row statistics
-    task: Literal["binary", "regression"] = "binary"  # one of TASKS
+    task: Literal["binary", "multiclass", "regression"] = "binary"  # one of TASKS
     embedding_dim: int = 16
     bottom_mlp: tuple[int, ...] = (64,)
     top_mlp: tuple[int, ...] = (64, 32)
@@ -53,6 +54,7 @@ class TrainConfig:
     # table size per categorical column: an int for all, or {column: largest id + 1}
     embedding_sizes: int | dict[str, int] | None = field(default=None, metadata=PER_RUN)
     fold_ids: bool = field(default=False, metadata=PER_RUN)  # see DLRMConfig.fold_ids
+    classes: int = field(default=0, metadata=PER_RUN)  # multiclass: how many (labels 0..classes-1)
     # auto = this rank's GPU when CUDA is available
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=PER_RUN)
     # shared by all ranks; None = no checkpoints, no resume

@@ -69,14 +69,15 @@ def all_sum(ctx: Context, values: torch.Tensor) -> torch.Tensor:
 
 
 def all_gather_rows(ctx: Context, values: torch.Tensor) -> torch.Tensor:
-    """Concatenate each rank's 1-D tensor, in rank order; lengths may differ by rank."""
+    """Concatenate each rank's rows (a tensor's first dimension), in rank order; the row
+    counts may differ by rank, the shape of a row may not."""
     if not ctx.distributed:
         return values
     values = values.to(ctx.device)
     sizes = [torch.zeros(1, dtype=torch.int64, device=ctx.device) for _ in range(ctx.world_size)]
     dist.all_gather(sizes, torch.tensor([len(values)], device=ctx.device))
     longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, dtype=values.dtype, device=ctx.device)
+    padded = torch.zeros((longest, *values.shape[1:]), dtype=values.dtype, device=ctx.device)
     padded[: len(values)] = values
     parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
     dist.all_gather(parts, padded)

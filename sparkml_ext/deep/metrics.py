@@ -1,4 +1,4 @@
-"""Validation metrics in torch (exact ROC AUC, RMSE), so workers need no sklearn."""
+"""Validation metrics in torch (exact ROC AUC, accuracy, RMSE), so workers need no sklearn."""
 
 from __future__ import annotations
 
@@ -30,3 +30,10 @@ def rmse(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     if predictions.numel() == 0:
         return math.nan
     return float(((predictions.double().flatten() - labels.double().flatten()) ** 2).mean().sqrt())
+
+
+def accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of rows whose most probable class ([N, classes]) is the label (a class index)."""
+    if labels.numel() == 0:
+        return math.nan
+    return float((probabilities.argmax(dim=1) == labels.long()).double().mean())

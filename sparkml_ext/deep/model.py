@@ -1,8 +1,8 @@
 """A DLRM-style model built from a plain config, so `state_dict` + config rebuild it.
 
-Its one output is a binary classifier's logit or, for a continuous label, the label
-standardised with the training rows' mean and std (`task`): the config says which, so the
-loss, the prediction and scoring follow it.
+Its output is a binary classifier's logit, one logit per class of a multiclass one, or, for
+a continuous label, the label standardised with the training rows' mean and std (`task`):
+the config says which, so the loss, the prediction and scoring follow it.
 
 Each categorical column has its own embedding table, and the tables are rows of one
 tensor looked up once per batch (one kernel instead of one per column, which is what
@@ -55,12 +55,16 @@ class DLRMConfig:
     numeric_std: tuple[float, ...] = ()
     vocabularies: tuple[tuple[int, ...], ...] = ()  # () = ids index the tables directly
     task: str = "binary"  # one of TASKS
+    classes: int = 0  # multiclass: how many (3 or more; labels are class indexes)
     target_mean: float = 0.0  # regression: the output is (label - target_mean) / target_std
     target_std: float = 1.0
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if (self.task == "multiclass") != (self.classes >= 3):
+            raise ValueError(f"a multiclass model needs classes >= 3 (two make a binary one), "
+                             f"any other none; got task {self.task!r} with classes {self.classes}")
         if self.target_std <= 0:
             raise ValueError(f"target_std must be > 0, got {self.target_std}")
         if self.num_numeric < 0 or (self.num_numeric == 0 and not self.embedding_sizes):
@@ -98,6 +102,11 @@ class DLRMConfig:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**{k: _tuples(v) for k, v in raw.items()})
 
+    @property
+    def outputs(self) -> int:
+        """The width of the model's output: a logit per class, else one number."""
+        return self.classes if self.task == "multiclass" else 1
+
     def to_dict(self) -> dict:
         """Plain lists and ints: safe for `torch.load(weights_only=True)` and JSON."""
         return {k: _lists(v) for k, v in asdict(self).items()}
@@ -130,7 +139,7 @@ class DLRM(nn.Module):
         d = config.embedding_dim
         sizes = torch.tensor(config.embedding_sizes, dtype=torch.int64)
         self.embedding = nn.Embedding(int(sizes.sum()), d) if len(sizes) else None
-        self.first_order = nn.Embedding(int(sizes.sum()), 1) if len(sizes) else None
+        self.first_order = nn.Embedding(int(sizes.sum()), config.outputs) if len(sizes) else None
         if self.first_order is not None:
             nn.init.zeros_(self.first_order.weight)  # start as the plain DLRM
         self.register_buffer("table_sizes", sizes, persistent=False)
@@ -164,10 +173,11 @@ class DLRM(nn.Module):
         pairs = torch.triu_indices(vectors, vectors, offset=1)
         self.register_buffer("pairs", pairs, persistent=False)
         top_in = pairs.shape[1] + (d if self.bottom is not None else 0)
-        self.top = _mlp([top_in, *config.top_mlp, 1], last_activation=False)
+        self.top = _mlp([top_in, *config.top_mlp, config.outputs], last_activation=False)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        """numeric float [B, num_numeric], categorical int [B, columns] -> logits [B]."""
+        """numeric float [B, num_numeric], categorical int [B, columns] -> outputs [B]
+        ([B, classes] for a multiclass model)."""
         if self.config.vocabularies:
             ids = self._vocabulary_rows(categorical)
         elif self.config.fold_ids:
@@ -182,21 +192,26 @@ class DLRM(nn.Module):
             parts.append(self.embedding(ids + self.table_starts))
         vectors = torch.cat(parts, dim=1)
         dots = torch.bmm(vectors, vectors.transpose(1, 2))[:, self.pairs[0], self.pairs[1]]
-        logit = self.top(torch.cat([*dense, dots], dim=1)).squeeze(1)
+        logit = self.top(torch.cat([*dense, dots], dim=1))
         if self.first_order is not None:
-            logit = logit + self.first_order(ids + self.table_starts).sum(dim=(1, 2))
-        return logit
+            logit = logit + self.first_order(ids + self.table_starts).sum(dim=1)
+        return logit if self.config.task == "multiclass" else logit.squeeze(1)
 
     def loss(self, output: torch.Tensor, label: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """The training loss of `forward`'s output against the labels: log loss of the logit,
-        or squared error on the standardised label."""
+        """The training loss of `forward`'s output against the labels: log loss of the
+        logit(s), or squared error on the standardised label."""
+        if self.config.task == "multiclass":
+            return nn.functional.cross_entropy(output, label.long(), reduction=reduction)
         if self.config.task == "regression":
             target = (label - self.config.target_mean) / self.config.target_std
             return nn.functional.mse_loss(output, target, reduction=reduction)
         return nn.functional.binary_cross_entropy_with_logits(output, label, reduction=reduction)
 
     def prediction(self, output: torch.Tensor) -> torch.Tensor:
-        """What `forward`'s output predicts: the positive class's probability, or the label."""
+        """What `forward`'s output predicts: the positive class's probability, each class's
+        [B, classes], or the label."""
+        if self.config.task == "multiclass":
+            return torch.softmax(output, dim=1)
         if self.config.task == "regression":
             return output * self.config.target_std + self.config.target_mean
         return torch.sigmoid(output)

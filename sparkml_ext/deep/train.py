@@ -33,13 +33,13 @@ from sparkml_ext.deep.config import TrainConfig
 from sparkml_ext.deep.dataset import Batch, ShardDataset
 from sparkml_ext.deep.inputs import frequent_ids, label_stats, numeric_stats
 from sparkml_ext.deep.manifest import Manifest, assign_rows
-from sparkml_ext.deep.metrics import rmse, roc_auc
+from sparkml_ext.deep.metrics import accuracy, rmse, roc_auc
 from sparkml_ext.deep.model import DLRM, DLRMConfig, save_model
 from sparkml_ext.deep.shard_reader import read_manifest
 
 log = logging.getLogger(__name__)
 # What each task is judged by on the validation rows after every epoch (`val_<name>`).
-VALIDATION_METRIC = {"binary": "auc", "regression": "rmse"}
+VALIDATION_METRIC = {"binary": "auc", "multiclass": "accuracy", "regression": "rmse"}
 
 
 @dataclass
@@ -64,7 +64,7 @@ def train_worker(
 
     `cfg` is every knob (`deep.config.TrainConfig`, picklable), the same on every rank.
     Returns the metrics (the same on every rank): epochs, steps, train_loss, val_loss,
-    val_auc (binary) or val_rmse (regression), best_val_loss, stopped_early, rows_per_s, resumed_from_step, world_size,
+    val_auc (binary), val_accuracy (multiclass) or val_rmse (regression), best_val_loss, stopped_early, rows_per_s, resumed_from_step, world_size,
     device (rank 0's), backend, precision (of the forward pass), model_path.
     """
     _configure_torch(cfg)
@@ -137,6 +137,7 @@ def model_config(cfg: TrainConfig, train: Manifest, numeric_width: int) -> DLRMC
         fold_ids=cfg.fold_ids and not vocabularies,
         vocabularies=tuple(tuple(v) for v in vocabularies),
         task=cfg.task,
+        classes=cfg.classes if cfg.task == "multiclass" else 0,
         target_mean=target_mean,
         target_std=target_std,
     )
@@ -356,7 +357,8 @@ class Trainer:
             with self._autocast():
                 logits.append(self.model(batch["numeric"], batch["categorical"]).float())
             labels.append(batch["label"])
-        logits = torch.cat(logits) if logits else torch.zeros(0, device=self.ctx.device)
+        none = (0, self.model_config.classes) if self.cfg.task == "multiclass" else (0,)  # a rank's empty share
+        logits = torch.cat(logits) if logits else torch.zeros(none, device=self.ctx.device)
         labels = torch.cat(labels) if labels else torch.zeros(0, device=self.ctx.device)
         loss = self.model.loss(logits, labels, reduction="sum")
         loss_sum, rows = distributed.all_sum(
@@ -366,6 +368,8 @@ class Trainer:
         labels = distributed.all_gather_rows(self.ctx, labels)
         if self.cfg.task == "regression":
             metric = rmse(self.model.prediction(outputs), labels)
+        elif self.cfg.task == "multiclass":
+            metric = accuracy(self.model.prediction(outputs), labels)
         else:
             metric = roc_auc(outputs, labels)
         return loss_sum / max(rows, 1.0), metric

@@ -156,3 +156,30 @@ def test_a_continuous_label_trains_a_regression_head_in_the_labels_units(tmp_pat
     predicted = Predictor(model, saved).predict(held_out.to_batches(max_chunksize=1000)[0])
     error = predicted - held_out["label"].to_numpy()[:1000]
     assert float(np.sqrt(np.mean(error**2))) == pytest.approx(result["val_rmse"][-1], rel=1e-4)
+
+
+def test_a_label_of_three_classes_trains_a_multiclass_head(tmp_path):
+    """Labels 0, 1, 2 (class indexes) learnt by one logit per class: judged by accuracy per
+    epoch, stored with its class count, and predicting each class's probability."""
+    from sparkml_ext.deep.inference import Predictor
+
+    def shards(rows: int, seed: int, name: str) -> tuple[str, pa.Table]:
+        table = click_table(rows, seed)
+        x0, c0 = table["x0"].to_numpy(), table["c0"].to_numpy()
+        label = np.where(x0 > 0.5, 2, np.where(c0 % 2 == 0, 1, 0)).astype(np.int32)  # three regions
+        table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(label))
+        columns = {**CLICK_COLUMNS, "numeric": ("x0", "x1", "x2", "x3")}
+        return str(write_shards(tmp_path / name, table, **columns)), table
+
+    (train, _), (val, held_out) = shards(3000, 0, "train"), shards(1000, 1, "val")
+    config = replace(BASE, task="multiclass", classes=3, epochs=3, lr=1e-2, output_dir=str(tmp_path / "out"))
+    result = train_worker(train, config, val)
+    assert len(result["val_accuracy"]) == 3 and result["val_accuracy"][-1] > 0.85  # a third by chance
+    model, saved = load_model(result["model_path"])
+    assert (saved["model"]["task"], saved["model"]["classes"]) == ("multiclass", 3)
+    probabilities = Predictor(model, saved).predict(held_out.to_batches(max_chunksize=1000)[0])
+    assert probabilities.shape == (1000, 3) and np.allclose(probabilities.sum(axis=1), 1.0)
+    hits = (probabilities.argmax(axis=1) == held_out["label"].to_numpy()[:1000]).mean()
+    assert hits == pytest.approx(result["val_accuracy"][-1], abs=1e-9)
+    with pytest.raises(ValueError, match="a multiclass model needs classes >= 3"):
+        train_worker(train, replace(config, classes=2), val)
