@@ -140,7 +140,7 @@ def _model_summary(card: dict) -> dict:
         "card_auc": metrics.get("auc_roc"),
         "bayes_optimal_auc": metrics.get("bayes_optimal_auc"),
         "log_loss": metrics.get("log_loss"),
-        "epochs": card.get("epochs"),  # torch: train_loss, val_loss, val_auc or val_rmse per epoch
+        "epochs": card.get("epochs"),  # torch: train_loss, val_loss, val_<VALIDATION_METRIC> per epoch
         "search": card.get("search"),  # MLlib: validation score per grid point
         "rows_per_s": card.get("rows_per_s"),
         "timings": card.get("timings"),

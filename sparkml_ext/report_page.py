@@ -182,7 +182,7 @@ def _training(data: dict, colours: dict):
     figure, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(12, 4))
     metric = "val_auc"
     for name, model in deep.items():
-        # a torch card's validation series: val_auc (binary) or val_rmse (regression)
+        # a torch card's validation series: val_auc, val_accuracy or val_rmse (by its task)
         metric = next(k for k in model["epochs"] if k.startswith("val_") and k != "val_loss")
         epochs = range(1, len(model["epochs"]["train_loss"]) + 1)
         loss_ax.plot(epochs, model["epochs"]["train_loss"], marker="o", color=colours[name],
@@ -199,7 +199,7 @@ def _training(data: dict, colours: dict):
     optimum = [m["bayes_optimal_auc"] for m in data["models"].values() if m["bayes_optimal_auc"]]
     if optimum:
         auc_ax.axhline(optimum[0], color=OPTIMUM, linestyle="--", label=f"{BAYES} (test)")
-    loss_ax.set(title="Loss per epoch", ylabel="log loss (binary), squared error of the standardised label")
+    loss_ax.set(title="Loss per epoch", ylabel="log loss, or squared error of the standardised label")
     name = metric.removeprefix("val_").upper()
     auc_ax.set(title=f"Validation {name} per epoch", ylabel=name)
     for ax in (loss_ax, auc_ax):

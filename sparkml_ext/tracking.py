@@ -106,7 +106,7 @@ class TrainingRun:
         """Params, one-off metrics and per-step series from a job's card."""
         mlflow = self.mlflow
         mlflow.log_params(_flatten(params))
-        series = dict(card.get("epochs", {}))  # torch: train_loss, val_loss, val_auc or val_rmse per epoch
+        series = dict(card.get("epochs", {}))  # torch: train_loss, val_loss, val_<VALIDATION_METRIC> per epoch
         if "scores" in card.get("search", {}):  # mllib: the validation score of each grid point
             series["search_score"] = card["search"]["scores"]
             mlflow.log_params({"search.kind": card["search"]["kind"],

@@ -64,7 +64,8 @@ def train_worker(
 
     `cfg` is every knob (`deep.config.TrainConfig`, picklable), the same on every rank.
     Returns the metrics (the same on every rank): epochs, steps, train_loss, val_loss,
-    val_auc (binary), val_accuracy (multiclass) or val_rmse (regression), best_val_loss, stopped_early, rows_per_s, resumed_from_step, world_size,
+    val_auc (binary), val_accuracy (multiclass) or val_rmse (regression), best_val_loss,
+    stopped_early, rows_per_s, resumed_from_step, world_size,
     device (rank 0's), backend, precision (of the forward pass), model_path.
     """
     _configure_torch(cfg)
@@ -347,8 +348,8 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self) -> tuple[float, float]:
-        """Validation loss and the task's metric (exact AUC, RMSE) over every rank's share of
-        the validation rows."""
+        """Validation loss and the task's metric (exact AUC, accuracy, RMSE) over every rank's
+        share of the validation rows."""
         self.model.eval()
         self.val.set_epoch(0)
         logits, labels = [], []
