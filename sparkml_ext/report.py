@@ -11,6 +11,7 @@ calibration curves are cumulative sums. `report_page` draws the page.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -60,16 +61,25 @@ def record_run(cfg: PipelineConfig, stages: dict[str, dict], job: str = "pipelin
     fs, folder = filesystem(cfg.lakehouse_path(RUNS))
     fs.create_dir(folder)
     record = {"run_id": run_id, "job": job, "pipeline": cfg.path, "name": cfg.name,
-              "created_unix": now, "stages": stages}
+              "created_unix": now, "tables": _tables(cfg), "stages": stages}
     with fs.open_output_stream(f"{folder}/{run_id}.json") as sink:  # unsorted: stage order
         sink.write(json.dumps(record, indent=2, default=str).encode())
     return run_id
 
 
+def _tables(cfg: PipelineConfig) -> dict[str, str]:
+    """The tables a run record is about. One lakehouse may hold several files' tables (a
+    second label's features, models and predictions beside the first's), and a report
+    draws only the runs of its own file's tables."""
+    return {f.name: cfg.table_path(f.name) for f in dataclasses.fields(cfg.tables)
+            if getattr(cfg.tables, f.name) is not None}
+
+
 def read_run(cfg: PipelineConfig, run_id: str | None = None) -> dict:
-    """A run record by id; by default the latest state of the lakehouse: the latest pipeline
-    run with the jobs recorded after it laid over it, each stage as its latest run left it
-    (or, with no pipeline run, every job recorded)."""
+    """A run record by id; by default the latest state of this file's tables: the latest
+    pipeline run with the jobs recorded after it laid over it, each stage as its latest run
+    left it (or, with no pipeline run, every job recorded); runs recorded for other tables
+    in the same lakehouse are not this file's."""
     where = cfg.lakehouse_path(RUNS)
     fs, folder = filesystem(where)
     infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
@@ -86,11 +96,17 @@ def read_run(cfg: PipelineConfig, run_id: str | None = None) -> dict:
 
     if run_id is not None:
         return record(run_id)
-    newest_first = []
+    newest_first, mine = [], _tables(cfg)
     for chosen in reversed(ids):
-        newest_first.append(record(chosen))
-        if newest_first[-1].get("job", "pipeline") == "pipeline":  # older records: pipeline runs
+        run = record(chosen)
+        if run.get("tables", mine) != mine:  # (records before stop 21 name no tables)
+            continue
+        newest_first.append(run)
+        if run.get("job", "pipeline") == "pipeline":  # older records: pipeline runs
             break
+    if not newest_first:
+        raise FileNotFoundError(f"no run recorded under {where} for the tables of {cfg.path}: run "
+                                "`sparkml-ext pipeline` or its jobs with this file first")
     stages: dict[str, dict] = {}
     for run in reversed(newest_first):
         stages.update(run["stages"])

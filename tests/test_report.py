@@ -90,6 +90,19 @@ def test_the_latest_run_is_the_latest_pipeline_run_with_the_jobs_run_after_it(tm
         == ["score torch", "ingest b0", "features"]
 
 
+def test_runs_of_another_files_tables_in_the_same_lakehouse_are_not_this_files(tmp_path):
+    """A second label's models beside the first's (issue 19): its score run is not laid over
+    this file's pipeline run, where the report would look for its model in the wrong table."""
+    cfg = clicks_config(tmp_path)
+    other = clicks_config(tmp_path, "tables.models=models/other", "tables.predictions=predictions/other")
+    mine = record_run(cfg, {"score torch": {"job": "score", "model": "torch/v1"}})
+    theirs = record_run(other, {"score torch": {"job": "score", "model": "torch/v7"}}, "score")
+    assert read_run(cfg)["run_id"] == mine and read_run(cfg)["stages"]["score torch"]["model"] == "torch/v1"
+    assert read_run(other)["run_id"] == theirs and list(read_run(other)["stages"]) == ["score torch"]
+    with pytest.raises(FileNotFoundError, match="for the tables of"):
+        read_run(clicks_config(tmp_path, "tables.models=models/third"))
+
+
 def test_a_job_whose_run_cannot_be_recorded_says_so_and_stands(capsys):
     cfg = clicks_config("s3a://bucket/x")  # a URI Spark opens and pyarrow does not
     _record(cfg, "features", {"job": "features"}, time.monotonic())
