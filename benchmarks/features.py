@@ -143,6 +143,15 @@ def plan_summary(df) -> tuple[str, str]:
 
 # ------------------------------------------------------------------------ bronze
 
+def the_entity(spec) -> str:
+    """The click spec's one entity: the references below compute one entity's counts, label
+    rates and means (what clicks.yaml declares), not every statistic."""
+    (entity, history), = spec.entities.items()
+    if any(set(s) != {"mean"} for s in history.aggregates.values()):
+        raise SystemExit("benchmarks/features.py: the references compute window means only")
+    return entity
+
+
 def configs(work: Path, features_table: Path):
     from sparkml_ext.config import load_config
 
@@ -216,11 +225,12 @@ def python_udf_features(events, spec, key: str, event_time: str):
     def hashed(value):
         return 0 if value is None else zlib.crc32(value.encode("utf-8")) % buckets + 1
 
+    entity = the_entity(spec)
     return events.select(
-        key, spec.entity, event_time, F.to_date(event_time).alias("event_date"), F.col(spec.label),
+        key, entity, event_time, F.to_date(event_time).alias("event_date"), F.col(spec.label),
         *[log_clip(F.col(c).cast("double")).alias(f"log_{c}") for c in spec.numeric],
         *[is_null(F.col(c)).alias(f"isnull_{c}") for c in spec.numeric],
-        *entity_aggregates(spec, key, event_time, dict(events.dtypes)[spec.label]),
+        *entity_aggregates(spec, entity, key, event_time, dict(events.dtypes)[spec.label]),
         *[hashed(F.col(c)).alias(f"{c}_id") for c in spec.categorical],
         *spec.categorical,
     )
@@ -234,25 +244,27 @@ def duckdb_sql(spec, key: str, event_time: str, files: list[str]) -> str:
         value = f"coalesce(CAST({c} AS DOUBLE), 0.0)"
         return f"least(greatest(sign({value}) * ln(1 + abs({value})), {-float(spec.clip)}), {float(spec.clip)})"
 
+    entity = the_entity(spec)
+    history = spec.entities[entity]
     windows, aggregates = [], []
-    for name, width in spec.window_seconds().items():
-        windows.append(f"w_{name} AS (PARTITION BY {spec.entity} ORDER BY _ts "
+    for name, width in history.window_seconds().items():
+        windows.append(f"w_{name} AS (PARTITION BY {entity} ORDER BY _ts "
                        f"RANGE BETWEEN {width} PRECEDING AND 1 PRECEDING)")
-        aggregates.append(f"CAST(count(_label) OVER w_{name} AS INTEGER) AS {aggregate_name(spec, 'events', name)}")
-        aggregates.append(f"coalesce(avg(_label) OVER w_{name}, 0.0) AS {aggregate_name(spec, 'label_rate', name)}")
+        aggregates.append(f"CAST(count(_label) OVER w_{name} AS INTEGER) AS {aggregate_name(entity, 'events', name)}")
+        aggregates.append(f"coalesce(avg(_label) OVER w_{name}, 0.0) AS {aggregate_name(entity, 'label_rate', name)}")
         aggregates += [f"coalesce(avg({signed_log(c)}) OVER w_{name}, 0.0) "
-                       f"AS {aggregate_name(spec, 'mean', name, c)}"
-                       for c in spec.window_means]
-    horizon = max(spec.window_seconds().values())
-    gap = f"(_ts - lag(_ts) OVER (PARTITION BY {spec.entity} ORDER BY _ts, {key}))"
+                       f"AS {aggregate_name(entity, 'mean', name, c)}"
+                       for c in history.aggregates]
+    horizon = history.horizon()
+    gap = f"(_ts - lag(_ts) OVER (PARTITION BY {entity} ORDER BY _ts, {key}))"
     recent = f"coalesce({gap} <= {horizon}, false)"
     columns = [
-        key, spec.entity, event_time, f"CAST({event_time} AS DATE) AS event_date", spec.label,
+        key, entity, event_time, f"CAST({event_time} AS DATE) AS event_date", spec.label,
         *[f"{signed_log(c)} AS log_{c}" for c in spec.numeric],
         *[f"CAST({c} IS NULL AS INTEGER) AS isnull_{c}" for c in spec.numeric],
         *aggregates,
-        f"CASE WHEN {recent} THEN ln(1 + {gap}) ELSE -1.0 END AS {aggregate_name(spec, 'log_seconds_since_prev')}",
-        f"CAST(NOT {recent} AS INTEGER) AS {aggregate_name(spec, 'no_recent_event')}",
+        f"CASE WHEN {recent} THEN ln(1 + {gap}) ELSE -1.0 END AS {aggregate_name(entity, 'log_seconds_since_prev')}",
+        f"CAST(NOT {recent} AS INTEGER) AS {aggregate_name(entity, 'no_recent_event')}",
         *[f"CAST(CASE WHEN {c} IS NULL THEN 0 ELSE hash({c}) % {spec.hash_buckets} + 1 END AS INTEGER) "
           f"AS {c}_id" for c in spec.categorical],
         *spec.categorical,
@@ -290,13 +302,13 @@ def agreement(con, spark, cfg, out: Path, sample_ids: list[str], udf_ids: list[s
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from sparkml_ext.feature_spec import aggregate_name, feature_columns
+    from sparkml_ext.feature_spec import aggregate_name, entity_columns, feature_columns
 
     key, spec = cfg.source.key, cfg.features
     cols = feature_columns(spec)
     numeric = cols["numeric"]
     ids = cols["categorical_ids"]
-    window_cols = [c for c in numeric if c.startswith("u_")]
+    window_cols = entity_columns(spec, the_entity(spec))
 
     def read(path: Path, wanted: list[str]):
         con.register("wanted_ids", pd.DataFrame({key: wanted}))
@@ -324,7 +336,7 @@ def agreement(con, spark, cfg, out: Path, sample_ids: list[str], udf_ids: list[s
                          f"ids, {len(numeric)} numeric columns + null pattern of ids (crc32 ≠ xxhash64 values)",
                          matched == len(udf_ids), problems))
     u = udf[window_cols].describe().loc[["mean", "max"]]
-    events = aggregate_name(spec, "events", "1d")
+    events = aggregate_name(the_entity(spec), "events", "1d")
     sanity = (f"sample sanity: mean/max {events} on the checked ids "
               f"{ours[events].mean():.1f}/{ours[events].max()}; UDF sample "
               f"{u.loc['mean', events]:.1f}/{u.loc['max', events]:.0f}")
@@ -347,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
     from sparkml_ext import lake
-    from sparkml_ext.feature_spec import feature_columns
+    from sparkml_ext.feature_spec import entity_columns, feature_columns
     from sparkml_ext.features import build_features, engineer
     from sparkml_ext.session import get_spark
 
@@ -377,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cols = feature_columns(spec)
     row_cols = [c for c in cols["numeric"] if c.startswith(("log_", "isnull_"))] + cols["categorical_ids"]
-    window_cols = [c for c in cols["numeric"] if c.startswith("u_")]
+    window_cols = entity_columns(spec, the_entity(spec))
 
     def noop(df):
         df.write.format("noop").mode("overwrite").save()
@@ -398,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     # --- Python UDFs on whole users, materialized first (untimed) so both sides read the same files
     every = max(1, round(n / args.udf_rows)) if args.udf_rows and args.udf_rows < n else 1
     if every > 1:
-        (bronze.where(F.pmod(F.xxhash64(spec.entity), F.lit(every)) == 0)
+        (bronze.where(F.pmod(F.xxhash64(the_entity(spec)), F.lit(every)) == 0)
          .write.parquet(str(out / "udf_sample_input")))
         sample = spark.read.parquet(str(out / "udf_sample_input"))
     else:

@@ -110,19 +110,44 @@ class NumericSpec:
             raise ValueError(f"clip: expected [low, high] with low < high, got {list(self.clip)}")
 
 
+Aggregate = Literal["count", "sum", "mean", "min", "max", "stddev"]
+AGGREGATES: tuple[str, ...] = typing.get_args(Aggregate)
+# Aggregates kept as exact sums in fixed point: their column needs bounds (features.py).
+SUMMED = ("sum", "mean", "stddev")
+
+
+@dataclass(frozen=True)
+class EntityFeatures:
+    """One entity's history as features of each of its events: over every window (the
+    entity's events strictly before the event's time, within the window), the count of
+    events, the label's rate (FeaturesConfig.label_rate), and per column of `aggregates`
+    the statistics named, of the column's feature value (a null counts as 0, as in the row
+    feature): `count` (non-null values), `sum`, `mean`, `min`, `max`, `stddev` (population).
+    `sum`, `mean` and `stddev` need the column bounded (log1p, or a clip)."""
+
+    windows: list[str]
+    aggregates: dict[str, list[Aggregate]] = field(default_factory=dict)
+
+    def window_seconds(self) -> dict[str, int]:
+        return {w: parse_duration(w) for w in self.windows}
+
+    def horizon(self) -> int:
+        """The longest window, in seconds: how far back an event's history reaches."""
+        return max(self.window_seconds().values())
+
+
 @dataclass(frozen=True)
 class FeaturesConfig:
     """The feature spec: point-in-time entity aggregates, numeric and categorical transforms.
 
-    `label` names the user's own column: no default could fit their table. `entity`: the
-    column whose history the window features summarise (`windows`, `window_means`); None:
-    no window features (a table of independent records). `numeric`: a list of columns
-    (each `log1p`) or a mapping column → NumericSpec."""
+    `label` names the user's own column: no default could fit their table. `entities`: each
+    column whose history the window features summarise (the aircraft, the airport, the
+    user), with its own windows and aggregates; none: no window features (a table of
+    independent records). `numeric`: a list of columns (each `log1p`) or a mapping column →
+    NumericSpec."""
 
     label: str
-    entity: str | None = None
-    windows: list[str] = field(default_factory=lambda: ["1h", "1d", "7d"])
-    window_means: list[str] = field(default_factory=list)
+    entities: dict[str, EntityFeatures] = field(default_factory=dict)
     numeric: list[str] | dict[str, NumericSpec] = field(default_factory=dict)
     categorical: list[str] = field(default_factory=list)
     hash_buckets: int = 1 << 20
@@ -136,11 +161,8 @@ class FeaturesConfig:
         if isinstance(self.numeric, (list, tuple)):  # every listed column the default way
             object.__setattr__(self, "numeric", {c: NumericSpec() for c in self.numeric})
 
-    def window_seconds(self) -> dict[str, int]:
-        return {w: parse_duration(w) for w in self.windows}
-
     def numeric_spec(self, column: str) -> NumericSpec:
-        """How `column` is transformed (a window mean's column need not be a feature itself)."""
+        """How `column` is transformed (an aggregated column need not be a feature itself)."""
         return self.numeric.get(column, NumericSpec())
 
     def bound(self, column: str) -> float | None:
@@ -451,6 +473,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         _apply_override(raw, item, file)
     raw = _interpolate(raw, file, "")
     raw.setdefault("path", file)
+    _refuse_one_entity_keys(raw.get("features"), file)
     config = _build(PipelineConfig, raw, file, "")
     _check_source(config.source, file)
     _check_updates(config, file)
@@ -459,6 +482,20 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     _check_tracking(config.tracking, file)
     _check_catalog(config.catalog, file)
     return config
+
+
+def _refuse_one_entity_keys(features: Any, file: str) -> None:
+    """features.entity / windows / window_means (files before entities had their own
+    windows and aggregates): name the section that replaces them, written out."""
+    if not isinstance(features, dict) or not {"entity", "windows", "window_means"} & set(features):
+        return
+    old = next(k for k in ("entity", "windows", "window_means") if k in features)
+    entity, windows = features.get("entity") or "<column>", features.get("windows", ["1h", "1d", "7d"])
+    aggregates = ", ".join(f"{c}: [mean]" for c in features.get("window_means") or [])
+    raise ConfigError(
+        f"{file}: features.{old}: replaced by features.entities, one entry per entity with its own "
+        f"windows and aggregates; write `entities: {{{entity}: {{windows: [{', '.join(map(str, windows))}]"
+        f"{f', aggregates: {{{aggregates}}}' if aggregates else ''}}}}}`")
 
 
 def _apply_override(raw: dict, item: str, file: str) -> None:
@@ -624,22 +661,22 @@ def _check_tables(config: PipelineConfig, file: str) -> None:
 def is_numeric_type(spark_type: str) -> bool:
     """Whether a column of this Spark SQL type (as source.schema or `DataFrame.dtypes` spell
     it) holds numbers that a mean or a transform can take."""
-    return spark_type in ("tinyint", "smallint", "int", "bigint", "float", "double", "boolean") \
-        or spark_type.startswith("decimal")
+    return is_integral_type(spark_type) or spark_type in ("float", "double") or spark_type.startswith("decimal")
+
+
+def is_integral_type(spark_type: str) -> bool:
+    """Whether a column of this Spark SQL type holds whole numbers (summed exactly as longs)."""
+    return spark_type in ("tinyint", "smallint", "int", "bigint", "boolean")
 
 
 def _checked_features(config: PipelineConfig, file: str) -> PipelineConfig:
     """The features section checked against the source, with `label_rate` decided."""
     spec, source = config.features, config.source
-    if spec.entity is not None and source.event_time is None:
-        raise ConfigError(f"{file}: features.entity: window features need the events' time; set "
-                          "source.event_time, or leave features.entity out")
-    if spec.entity is not None and not spec.windows:
-        raise ConfigError(f"{file}: features.windows: an entity's history needs at least one window")
-    if spec.entity is None and spec.window_means:
-        raise ConfigError(f"{file}: features.window_means: a window mean needs features.entity")
-    taken = {source.key: "source.key", source.event_time: "source.event_time",
-             spec.entity: "features.entity", spec.label: "features.label",
+    if spec.entities and source.event_time is None:
+        raise ConfigError(f"{file}: features.entities: window features need the events' time; set "
+                          "source.event_time, or leave features.entities out")
+    taken = {source.key: "source.key", source.event_time: "source.event_time", spec.label: "features.label",
+             **{c: f"features.entities.{c}" for c in spec.entities},
              **{c: f"features.categorical[{i}]" for i, c in enumerate(spec.categorical)}}
     taken.pop(None, None)
     for column, numeric in spec.numeric.items():
@@ -651,24 +688,48 @@ def _checked_features(config: PipelineConfig, file: str) -> PipelineConfig:
             role = "features.label" if column == spec.label else "source.key"
             raise ConfigError(f"{file}: features.categorical[{i}]: {column!r} is {role}; a feature "
                               "may not copy it (the label would leak, a key is no feature)")
+    for entity, history in spec.entities.items():
+        _check_entity(spec, entity, history, source, file)
     label_type = source.schema.get(spec.label)
     numeric_label = label_type is None or is_numeric_type(label_type)  # None: a column ingest adds
     if spec.label_rate and not numeric_label:
         raise ConfigError(f"{file}: features.label_rate: the label {spec.label!r} is {label_type}, which has "
                           "no mean; leave label_rate out (or false), or declare the label as a number")
-    for i, column in enumerate(spec.window_means):
-        if spec.bound(column) is None:
-            raise ConfigError(f"{file}: features.window_means[{i}]: {column!r} has transform none and no "
-                              f"clip; a window mean needs bounds: features.numeric.{column}.clip: [low, high]")
-    for i, window in enumerate(spec.windows):
-        try:
-            parse_duration(window)
-        except ValueError as err:
-            raise ConfigError(f"{file}: features.windows[{i}]: {err}") from None
     if spec.hash_buckets < 2:
         raise ConfigError(f"{file}: features.hash_buckets: must be at least 2")
     label_rate = numeric_label if spec.label_rate is None else spec.label_rate
     return dataclasses.replace(config, features=dataclasses.replace(spec, label_rate=label_rate))
+
+
+def _check_entity(spec: FeaturesConfig, entity: str, history: EntityFeatures, source: SourceConfig,
+                  file: str) -> None:
+    """One entity's windows parse, and each aggregate can be computed exactly."""
+    key = f"features.entities.{entity}"
+    if entity in (spec.label, source.key, source.event_time):
+        raise ConfigError(f"{file}: {key}: {entity!r} is the label, the key or the event time; an "
+                          "entity is a column whose values repeat over events (a user, a device)")
+    if not history.windows:
+        raise ConfigError(f"{file}: {key}.windows: an entity's history needs at least one window")
+    for i, window in enumerate(history.windows):
+        try:
+            parse_duration(window)
+        except ValueError as err:
+            raise ConfigError(f"{file}: {key}.windows[{i}]: {err}") from None
+    for column, statistics in history.aggregates.items():
+        repeated = sorted({s for s in statistics if statistics.count(s) > 1})
+        if repeated or not statistics:
+            problem = f"{repeated[0]} is listed twice" if repeated else "names no statistic"
+            raise ConfigError(f"{file}: {key}.aggregates.{column}: {problem} (one or more of "
+                              f"{', '.join(AGGREGATES)})")
+        summed = [s for s in statistics if s in SUMMED]
+        if summed and spec.bound(column) is None:
+            raise ConfigError(f"{file}: {key}.aggregates.{column}: {summed[0]} needs the column's "
+                              f"values bounded, and {column!r} has transform none and no clip: set "
+                              f"features.numeric.{column}.clip: [low, high] (or use log1p)")
+        if column in (spec.label, source.key):
+            raise ConfigError(f"{file}: {key}.aggregates.{column}: the column is "
+                              f"{'features.label' if column == spec.label else 'source.key'}; the "
+                              "label's history is features.label_rate, a key has none")
 
 
 def _check_catalog(catalog: CatalogConfig, file: str) -> None:

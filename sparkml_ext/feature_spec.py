@@ -26,27 +26,32 @@ def numeric_names(spec: FeaturesConfig) -> dict[str, str]:
     return {c: f"log_{c}" if n.transform == "log1p" else c for c, n in spec.numeric.items()}
 
 
-def aggregate_name(spec: FeaturesConfig, what: str, window: str | None = None, column: str | None = None) -> str:
-    """A window feature's name, derived from the entity (and the column and window it
-    aggregates): `<entity>_events_<w>`, `<entity>_label_rate_<w>`, `<entity>_mean_<column>_<w>`,
+def aggregate_name(entity: str, what: str, window: str | None = None, column: str | None = None) -> str:
+    """A window feature's name, derived from the entity (and the statistic, column and window):
+    `<entity>_events_<w>`, `<entity>_label_rate_<w>`, `<entity>_<statistic>_<column>_<w>`,
     `<entity>_log_seconds_since_prev`, `<entity>_no_recent_event`. The features job names its
     columns with it, and everything that reads them asks it."""
-    return "_".join(part for part in (spec.entity, what, column, window) if part)
+    return "_".join(part for part in (entity, what, column, window) if part)
+
+
+def entity_columns(spec: FeaturesConfig, entity: str) -> list[str]:
+    """One entity's window columns, in the order the features job writes them."""
+    history = spec.entities[entity]
+    columns = []
+    for window in history.windows:
+        columns += [aggregate_name(entity, "events", window)]
+        columns += [aggregate_name(entity, "label_rate", window)] if spec.label_rate else []
+        columns += [aggregate_name(entity, statistic, window, column)
+                    for column, statistics in history.aggregates.items() for statistic in statistics]
+    return columns + [aggregate_name(entity, "log_seconds_since_prev"), aggregate_name(entity, "no_recent_event")]
 
 
 def feature_columns(spec: FeaturesConfig) -> dict[str, list[str]]:
     """The model-facing columns the feature table holds, by kind."""
-    aggregates = []
-    for window in spec.windows if spec.entity else []:  # window features need an entity
-        aggregates += [aggregate_name(spec, "events", window)]
-        aggregates += [aggregate_name(spec, "label_rate", window)] if spec.label_rate else []
-        aggregates += [aggregate_name(spec, "mean", window, c) for c in spec.window_means]
     return {
         "numeric": list(numeric_names(spec).values())
         + [f"isnull_{c}" for c in spec.numeric]
-        + aggregates
-        + ([aggregate_name(spec, "log_seconds_since_prev"), aggregate_name(spec, "no_recent_event")]
-           if spec.entity else []),
+        + [column for entity in spec.entities for column in entity_columns(spec, entity)],
         "categorical_ids": [f"{c}_id" for c in spec.categorical],
         "categorical_raw": list(spec.categorical),
     }
@@ -59,7 +64,18 @@ def spec_fingerprint(spec: FeaturesConfig) -> str:
     # "off" enters the fingerprint, so the tables built before keep theirs.
     if not spec_fields.pop("label_rate"):
         spec_fields["label_rate"] = False
-    return fingerprint({"spec": spec_fields, "definitions": DEFINITIONS_VERSION})
+    return fingerprint({"spec": _as_one_entity_spec(spec_fields) or spec_fields, "definitions": DEFINITIONS_VERSION})
+
+
+def _as_one_entity_spec(spec_fields: dict) -> dict | None:
+    """A spec that the files before `entities` could state (at most one entity, means only)
+    in their fields, so that the tables they built keep their fingerprint; None for any other."""
+    entities = spec_fields["entities"]
+    if len(entities) > 1 or any(set(s) != {"mean"} for e in entities.values() for s in e["aggregates"].values()):
+        return None
+    (entity, history), = entities.items() or [(None, {"windows": ["1h", "1d", "7d"], "aggregates": {}})]
+    return {**{k: v for k, v in spec_fields.items() if k != "entities"},
+            "entity": entity, "windows": history["windows"], "window_means": list(history["aggregates"])}
 
 
 def processed_version(spark: SparkSession, target: str, spec_digest: str, file: str) -> int | None:

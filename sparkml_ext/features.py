@@ -2,14 +2,15 @@
 
 Incremental and idempotent: the feature table's commits record the bronze version they
 cover; a run reads only what bronze changed since then (Delta's change data feed:
-inserted rows, and both sides of an updated one), recomputes every event of those
-entities from the earliest change on, over the history their windows reach, and MERGEs
-by event key. A run with nothing new writes nothing. A key bronze holds twice stops the
+inserted rows, and both sides of an updated one), recomputes every event of the changed
+entities from their earliest change on, each entity's columns over the history its
+windows reach, and MERGEs by event key. A run with nothing new writes nothing. A key bronze holds twice stops the
 run (it would count as history twice). All native expressions.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,13 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window, WindowSpec
 from pyspark.sql import functions as F
 
 from sparkml_ext import lake
-from sparkml_ext.config import ConfigError, FeaturesConfig, PipelineConfig, is_numeric_type
+from sparkml_ext.config import (
+    ConfigError,
+    FeaturesConfig,
+    PipelineConfig,
+    is_integral_type,
+    is_numeric_type,
+)
 from sparkml_ext.feature_spec import (
     JOB,
     aggregate_name,
@@ -84,8 +91,7 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
         report.rows_in, report.warnings = _first_run_facts(bronze, spec, event_time, cfg.path)
     else:
         changed = _changes(spark, bronze_path, done + 1, version)
-        context, targets = _recompute_scope(bronze, changed, key, spec, event_time)
-        features = engineer(context, spec, key, event_time).join(targets, key, "left_semi")
+        features, context = _recomputed(bronze, changed, spec, key, event_time)
         report.rows_in = changed.where(F.col("_change_type") != "update_preimage").count()
     if report.rows_in == 0:
         raise FeaturesError(f"bronze gained no rows between v{done} and v{version}")
@@ -99,57 +105,87 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
     return report
 
 
-def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str | None) -> DataFrame:
-    """Every feature column, each row seeing only its entity's strictly earlier events (a
-    table without an entity or an event time has no window features, only row transforms)."""
-    windowed = spec.entity is not None and event_time is not None
+def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str | None,
+             entities: list[str] | None = None) -> DataFrame:
+    """Every feature column, each row seeing only its entities' strictly earlier events (a
+    table without entities or an event time has no window features, only row transforms).
+    `entities`: whose window columns to compute (default: every one in the spec)."""
+    label_type = dict(events.dtypes)[spec.label]
+    windowed = list(spec.entities) if entities is None else entities
     return events.select(
         key,
-        *([spec.entity] if spec.entity else []),
+        *[e for e in spec.entities if e != key],
         *([event_time] if event_time else []),
         *lake.event_date(event_time),
         F.col(spec.label),
         *[numeric_feature(spec, c).alias(name) for c, name in numeric_names(spec).items()],
         *[F.col(c).isNull().cast("int").alias(f"isnull_{c}") for c in spec.numeric],
-        *(entity_aggregates(spec, key, event_time, dict(events.dtypes)[spec.label]) if windowed else []),
+        *[c for e in windowed for c in entity_aggregates(spec, e, key, event_time, label_type)],
         *[_hashed_id(c, spec.hash_buckets) for c in spec.categorical],
-        *[c for c in spec.categorical if c != spec.entity],  # an entity is a category too: kept once
+        *[c for c in spec.categorical if c not in spec.entities],  # an entity is a category too: kept once
     )
 
 
-def entity_aggregates(spec: FeaturesConfig, key: str, event_time: str, label_type: str) -> list[Column]:
-    """The per-entity window columns: counts, label rates (`spec.label_rate`), means and the
-    gap to the last event. `label_type`: the label's Spark type."""
+def entity_aggregates(spec: FeaturesConfig, entity: str, key: str, event_time: str, label_type: str) -> list[Column]:
+    """One entity's window columns (feature_spec.entity_columns names them): counts, label
+    rates (`spec.label_rate`), each aggregated column's statistics and the gap to the last
+    event. `label_type`: the label's Spark type."""
+    history = spec.entities[entity]
     seconds = F.col(event_time).cast("long")
     # An event with no entity has no history: the key makes it a group of its own.
-    history = [F.col(spec.entity), F.when(F.col(spec.entity).isNull(), F.col(key))]
-    by_entity = Window.partitionBy(*history).orderBy(seconds)
+    by_entity = Window.partitionBy(F.col(entity), F.when(F.col(entity).isNull(), F.col(key))).orderBy(seconds)
     label = F.col(spec.label)
     labelled, rows = label.isNotNull().cast("long"), F.lit(1).cast("long")
-    label_bits = 0 if _is_integral(label_type) else FIXED_POINT_BITS  # 0/1 and counts: summed as they are
+    label_bits = 0 if is_integral_type(label_type) else FIXED_POINT_BITS  # 0/1 and counts: summed as they are
     label_units = _fixed_point(label.cast("double"), label_bits) if spec.label_rate else None
-    bits = {c: _fixed_point_bits(spec.bound(c)) for c in spec.window_means}
-    values = {c: _fixed_point(numeric_feature(spec, c), bits[c]) for c in spec.window_means}
     columns: list[Column] = []
-    for name, width in spec.window_seconds().items():
+    for name, width in history.window_seconds().items():
         labelled_events = _sum_before(labelled, by_entity, width)
         in_window = _sum_before(rows, by_entity, width)
         columns += [
-            labelled_events.cast("int").alias(aggregate_name(spec, "events", name)),
+            labelled_events.cast("int").alias(aggregate_name(entity, "events", name)),
             *([_mean(_sum_before(label_units, by_entity, width), labelled_events, label_bits)
-               .alias(aggregate_name(spec, "label_rate", name))] if label_units is not None else []),
-            *[_mean(_sum_before(values[c], by_entity, width), in_window, bits[c])
-              .alias(aggregate_name(spec, "mean", name, c)) for c in spec.window_means],
+               .alias(aggregate_name(entity, "label_rate", name))] if label_units is not None else []),
+            *[_statistic(spec, column, statistic, by_entity, width, in_window)
+              .alias(aggregate_name(entity, statistic, name, column))
+              for column, statistics in history.aggregates.items() for statistic in statistics],
         ]
     # The gap to the previous event counts only inside the longest window, so that an
     # incremental run (which sees that much history) computes exactly what a full one does.
-    horizon = max(spec.window_seconds().values())
-    gap = seconds - F.lag(seconds).over(Window.partitionBy(*history).orderBy(seconds, F.col(key)))
-    recent = F.coalesce(gap <= horizon, F.lit(False))
+    gap = seconds - F.lag(seconds).over(by_entity.orderBy(seconds, F.col(key)))
+    recent = F.coalesce(gap <= history.horizon(), F.lit(False))
     return columns + [
-        F.when(recent, F.log1p(gap)).otherwise(-1.0).alias(aggregate_name(spec, "log_seconds_since_prev")),
-        (~recent).cast("int").alias(aggregate_name(spec, "no_recent_event")),
+        F.when(recent, F.log1p(gap)).otherwise(-1.0).alias(aggregate_name(entity, "log_seconds_since_prev")),
+        (~recent).cast("int").alias(aggregate_name(entity, "no_recent_event")),
     ]
+
+
+def _statistic(spec: FeaturesConfig, column: str, statistic: str, by_entity: WindowSpec, width: int,
+               events: Column) -> Column:
+    """One statistic of a column's feature value over the entity's events in [t - width, t - 1]
+    (0 over none). Sums, means and standard deviations come from exact fixed-point sums
+    (`_sum_before`), so an incremental run equals a full one to the bit; min and max are
+    exact as they are, over a sliding frame, which Spark re-aggregates per row: their cost
+    grows with the events a window holds."""
+    value = numeric_feature(spec, column)
+    if statistic == "count":
+        return _sum_before(F.col(column).isNotNull().cast("long"), by_entity, width).cast("int")
+    if statistic in ("min", "max"):
+        frame = by_entity.rangeBetween(-width, -1)
+        return F.coalesce((F.min if statistic == "min" else F.max)(value).over(frame), F.lit(0.0))
+    bits = _fixed_point_bits(spec.bound(column))
+    units = _fixed_point(value, bits)
+    total = _sum_before(units, by_entity, width)
+    if statistic == "sum":
+        return total / F.lit(float(2**bits))
+    if statistic == "mean":
+        return _mean(total, events, bits)
+    # stddev = sqrt(n * sum(q^2) - sum(q)^2) / (n * 2^bits), the numerator in exact 38-digit
+    # integers (q^2 takes up to 64 bits): a window of one event, or of equal values, gives 0.
+    wide = "decimal(38,0)"
+    squares = _sum_before(units.cast(wide) * units.cast(wide), by_entity, width)
+    spread = events.cast(wide) * squares - total.cast(wide) * total.cast(wide)
+    return F.when(events > 0, F.sqrt(spread.cast("double")) / events / F.lit(float(2**bits))).otherwise(0.0)
 
 
 def _sum_before(value: Column, by_entity: WindowSpec, width: int) -> Column:
@@ -188,10 +224,6 @@ def _fixed_point_bits(bound: float) -> int:
     return max(0, min(FIXED_POINT_BITS, 32 - math.ceil(math.log2(max(bound, 1.0)))))
 
 
-def _is_integral(spark_type: str) -> bool:
-    return spark_type in ("tinyint", "smallint", "int", "bigint", "boolean")
-
-
 def _fixed_point(value: Column, bits: int) -> Column:
     return F.round(value * float(2**bits)).cast("long")
 
@@ -213,18 +245,20 @@ def _read_bronze(spark: SparkSession, path: str) -> tuple[DataFrame, int]:
 
 
 def _check_spec(spec: FeaturesConfig, types: dict[str, str], file: str) -> None:
-    """Every named column is in bronze, and a numeric one holds numbers."""
-    named = {"entity": [spec.entity] if spec.entity else [], "label": [spec.label], "window_means": spec.window_means,
-             "numeric": list(spec.numeric), "categorical": spec.categorical}
-    for section, names in named.items():
-        for name in names:
-            if name not in types:
-                raise ConfigError(f"{file}: features.{section}: column {name!r} is not in the bronze table")
-            if section in ("numeric", "window_means") and not is_numeric_type(types[name]):
-                raise ConfigError(f"{file}: features.{section}: column {name!r} is {types[name]} in bronze, "
-                                  "not a number; declare it as int, bigint, float or double in "
-                                  "source.schema, or list it under features.categorical")
-
+    """Every named column is in bronze, and one that is transformed or aggregated (beyond a
+    count) holds numbers."""
+    named = [("numeric", c, True) for c in spec.numeric] + [("categorical", c, False) for c in spec.categorical]
+    for entity, history in spec.entities.items():
+        named += [(f"entities.{entity}", entity, False)]
+        named += [(f"entities.{entity}.aggregates", c, set(statistics) != {"count"})
+                  for c, statistics in history.aggregates.items()]
+    for section, name, numeric in [("label", spec.label, False), *named]:
+        if name not in types:
+            raise ConfigError(f"{file}: features.{section}: column {name!r} is not in the bronze table")
+        if numeric and not is_numeric_type(types[name]):
+            raise ConfigError(f"{file}: features.{section}: column {name!r} is {types[name]} in bronze, "
+                              "not a number; declare it as int, bigint, float or double in "
+                              "source.schema, or list it under features.categorical")
 
 
 def _first_run_facts(bronze: DataFrame, spec: FeaturesConfig, event_time: str | None,
@@ -233,17 +267,18 @@ def _first_run_facts(bronze: DataFrame, spec: FeaturesConfig, event_time: str | 
     the time the events span: such a window holds all of an entity's history (a running
     count, not a recent one), which is a typo as often as a choice. Not refused: the
     first of a user's daily batches spans a day, and their 7d window is right."""
-    if spec.entity is None or event_time is None:  # no windows
+    if not spec.entities or event_time is None:  # no windows
         return bronze.count(), []
     rows, start, end = bronze.agg(F.count("*"), F.min(event_time), F.max(event_time)).first()  # driver-ok: one row
     if start is None:
         return rows, []
     span = (end - start).total_seconds()
     return rows, [
-        f"{file}: features.windows: {window} is longer than the {_duration(span)} the events in "
-        f"bronze span ({start} to {end}): until more history lands, it holds every earlier event "
-        "of an entity; shorten it if a recent window was meant"
-        for window, seconds in spec.window_seconds().items() if seconds > span
+        f"{file}: features.entities.{entity}.windows: {window} is longer than the {_duration(span)} the "
+        f"events in bronze span ({start} to {end}): until more history lands, it holds every earlier "
+        "event of an entity; shorten it if a recent window was meant"
+        for entity, history in spec.entities.items()
+        for window, seconds in history.window_seconds().items() if seconds > span
     ]
 
 
@@ -261,30 +296,50 @@ def _changes(spark: SparkSession, path: str, start: int, end: int) -> DataFrame:
         F.col("_change_type").isin("insert", "update_preimage", "update_postimage"))
 
 
-def _recompute_scope(
-    bronze: DataFrame, changed: DataFrame, key: str, spec: FeaturesConfig, event_time: str | None
+def _recomputed(
+    bronze: DataFrame, changed: DataFrame, spec: FeaturesConfig, key: str, event_time: str | None
 ) -> tuple[DataFrame, DataFrame]:
-    """What a change touches: every event of a changed entity from its earliest changed
-    event time on (a late or updated event changes the windows of the events after it),
-    and the history those events' windows reach back to (the longest window more).
+    """The feature rows a change rewrites, and the bronze events they were computed from.
 
-    Returns (the events to compute over, the keys whose rows are rewritten). A changed
-    event with no entity (or a table without entities) has no history: it alone is
-    recomputed.
+    A late or updated event changes the windows of its entities' later events: every event
+    of a changed entity value from its earliest changed time on is rewritten (with one
+    entity, the events of the changed users; with two, also the later events at a changed
+    airport). Each entity's columns of those rows are computed over that entity's history
+    of them (from each value's earliest rewritten event, less its longest window), the row
+    transforms over the rows themselves. An event with no value for an entity has no
+    history there: it alone is its group.
     """
-    entity = spec.entity
-    if entity is None or event_time is None:
-        alone = bronze.join(changed.select(key), key, "left_semi")
-        return alone, alone.select(key)
-    horizon = max(spec.window_seconds().values())
-    has_entity = F.col(entity).isNotNull()
-    since = changed.where(has_entity).groupBy(entity).agg(F.min(event_time).alias("_since"))
-    scoped = bronze.join(since, entity)
-    reach = F.col("_since") - F.make_interval(secs=F.lit(horizon))
-    alone = bronze.where(~has_entity).join(changed.where(~has_entity).select(key), key, "left_semi")
-    context = scoped.where(F.col(event_time) >= reach).drop("_since").unionByName(alone)
-    targets = scoped.where(F.col(event_time) >= F.col("_since")).select(key).unionByName(alone.select(key))
-    return context, targets
+    targets = changed.select(key)
+    for entity in spec.entities:
+        changed_values = changed.where(F.col(entity).isNotNull()).groupBy(entity).agg(F.min(event_time).alias("_since"))
+        later = bronze.join(changed_values, entity).where(F.col(event_time) >= F.col("_since")).select(key)
+        targets = targets.unionByName(later)
+    targets = targets.distinct()
+    rows = bronze.join(targets, key, "left_semi")
+    entities = list(spec.entities)
+    if not entities:
+        return engineer(rows, spec, key, event_time), rows
+    histories = {entity: _history(bronze, rows, spec, entity, event_time) for entity in entities}
+    first, *others = entities
+    features = engineer(histories[first], spec, key, event_time, [first]).join(targets, key, "left_semi")
+    label_type = dict(bronze.dtypes)[spec.label]
+    for entity in others:
+        columns = histories[entity].select(key, *entity_aggregates(spec, entity, key, event_time, label_type))
+        features = features.join(columns.join(targets, key, "left_semi"), key)
+    order = engineer(rows, spec, key, event_time).columns  # analysis only: no job
+    read = bronze.join(functools.reduce(DataFrame.unionByName, [h.select(key) for h in histories.values()]),
+                       key, "left_semi")
+    return features.select(*order), read
+
+
+def _history(bronze: DataFrame, rows: DataFrame, spec: FeaturesConfig, entity: str, event_time: str) -> DataFrame:
+    """The events `rows`' windows over `entity` reach: each value's events from its earliest
+    row's time less the entity's longest window, and the rows without a value."""
+    has_value = F.col(entity).isNotNull()
+    since = rows.where(has_value).groupBy(entity).agg(F.min(event_time).alias("_since"))
+    reach = F.col("_since") - F.make_interval(secs=F.lit(spec.entities[entity].horizon()))
+    return (bronze.join(since, entity).where(F.col(event_time) >= reach).drop("_since")
+            .unionByName(rows.where(~has_value)))
 
 
 def _refuse_duplicate_keys(events: DataFrame, key: str) -> None:

@@ -8,6 +8,7 @@ import pytest
 from sparkml_ext.cli import EXIT_CONFIG, main
 from sparkml_ext.config import ConfigError, NumericSpec, load_config
 from sparkml_ext.deep.config import TrainConfig
+from sparkml_ext.feature_spec import feature_columns, spec_fingerprint
 
 CLICKS = "conf/pipelines/clicks.yaml"
 
@@ -33,7 +34,7 @@ def test_numeric_is_a_list_of_log1p_columns_or_a_mapping_with_shorthands():
     listed = load_config(CLICKS).features
     assert listed.numeric["i1"] == NumericSpec("log1p", None) and len(listed.numeric) == 13
     mapped = load_config(CLICKS, ["features.numeric={i1: none, i2: {clip: [-5, 5.5]}}",
-                                  "features.window_means=[i2]"]).features
+                                  "features.entities.user_id.aggregates={i2: [mean]}"]).features
     assert mapped.numeric == {"i1": NumericSpec("none"), "i2": NumericSpec("log1p", (-5.0, 5.5))}
     assert mapped.bound("i2") == mapped.clip and mapped.bound("i1") is None
 
@@ -74,7 +75,16 @@ def _write(tmp_path, text):
         ("features.numeric={i1: sqrt}", "features.numeric.i1.transform", "not one of log1p, none"),
         ("features.numeric={i1: {clip: [5, 1]}}", "features.numeric.i1.clip", "low < high"),
         ("features.numeric={label: none}", "features.numeric.label", "features.label too"),
-        ("features.numeric={i1: none}", "features.window_means[0]", "clip: [low, high]"),
+        ("features.numeric={i1: none}", "features.entities.user_id.aggregates.i1", "mean needs the column's values bounded"),
+        ("features.entities.user_id.aggregates={i1: [mean, max, mean]}", "features.entities.user_id.aggregates.i1",
+         "mean is listed twice"),
+        ("features.entities.user_id.aggregates={i1: [median]}", "features.entities.user_id.aggregates.i1[0]",
+         "not one of count, sum, mean, min, max, stddev"),
+        ("features.entities.user_id.aggregates={label: [sum]}", "features.entities.user_id.aggregates.label",
+         "the label's history is features.label_rate"),
+        ("features.entities.user_id.windows=[]", "features.entities.user_id.windows", "at least one window"),
+        ("features.entities.user_id.windows=[1w]", "features.entities.user_id.windows[0]", "not a duration"),
+        ("features.entities={event_id: {windows: [1d]}}", "features.entities.event_id", "an entity is a column"),
         ("features.categorical=[c1, label]", "features.categorical[1]", "'label' is features.label; a feature"),
         ("features.categorical=[event_id]", "features.categorical[0]", "a key is no feature"),
     ],
@@ -109,18 +119,37 @@ def test_missing_section_and_broken_yaml(tmp_path):
         load_config(tmp_path / "absent.yaml")
 
 
-def test_the_label_has_no_default_and_the_entity_is_optional():
+def test_the_label_has_no_default_and_entities_are_optional():
     """No default could name a user's column; without an entity there are no window features."""
     with pytest.raises(ConfigError, match=r"clicks.yaml: features.label: required key is missing"):
-        load_config(CLICKS, ["features={entity: user_id}"])
-    assert load_config(CLICKS, ["features={label: label}"]).features.entity is None
-    with pytest.raises(ConfigError, match=r"features.window_means: a window mean needs features.entity"):
-        load_config(CLICKS, ["features={label: label, window_means: [i1]}"])
-    with pytest.raises(ConfigError, match=r"features.entity: window features need the events' time"):
+        load_config(CLICKS, ["features={categorical: [c1]}"])
+    assert load_config(CLICKS, ["features={label: label}"]).features.entities == {}
+    with pytest.raises(ConfigError, match=r"features.entities: window features need the events' time"):
         load_config(CLICKS, ["source.event_time=null"])
     with pytest.raises(ConfigError, match=r"ingest.on_existing_key: 'update' .* needs source.event_time"):
-        load_config(CLICKS, ["source.event_time=null", "features.entity=null", "features.window_means=[]",
-                             "ingest.on_existing_key=update"])
+        load_config(CLICKS, ["source.event_time=null", "features.entities={}", "ingest.on_existing_key=update"])
+
+
+def test_a_file_with_the_one_entity_keys_is_told_what_replaces_them(tmp_path):
+    """features.entity / windows / window_means, from files written before entities had their
+    own windows and aggregates: the refusal writes out the entities section they mean."""
+    with pytest.raises(ConfigError) as err:
+        load_config(CLICKS, ["features={label: label, entity: user_id, windows: [1h, 1d], window_means: [i1, i3]}"])
+    assert str(err.value) == (
+        f"{CLICKS}: features.entity: replaced by features.entities, one entry per entity with its own "
+        "windows and aggregates; write `entities: {user_id: {windows: [1h, 1d], aggregates: {i1: [mean], "
+        "i3: [mean]}}}`")
+
+
+def test_entities_have_their_own_windows_and_aggregates():
+    spec = load_config(CLICKS, [("features.entities={user_id: {windows: [1d], aggregates: {i1: [min, stddev]}}, "
+                                 "c1: {windows: [1h, 7d], aggregates: {i2: [count]}}}")]).features
+    assert spec.entities["c1"].window_seconds() == {"1h": 3600, "7d": 604800}
+    assert feature_columns(spec)["numeric"][-14:] == [
+        "user_id_events_1d", "user_id_label_rate_1d", "user_id_min_i1_1d", "user_id_stddev_i1_1d",
+        "user_id_log_seconds_since_prev", "user_id_no_recent_event",
+        "c1_events_1h", "c1_label_rate_1h", "c1_count_i2_1h", "c1_events_7d", "c1_label_rate_7d",
+        "c1_count_i2_7d", "c1_log_seconds_since_prev", "c1_no_recent_event"]
 
 
 def test_cli_exits_2_with_one_clear_line(capsys):
@@ -131,19 +160,17 @@ def test_cli_exits_2_with_one_clear_line(capsys):
 
 
 def test_the_label_rate_follows_the_labels_type_and_keeps_old_tables_fingerprints():
-    """A numeric label gets its window rate; a string label (a class name) none. Tables built
-    before label_rate existed all had it on, so "on" leaves the spec's fingerprint as it was."""
-    from dataclasses import asdict
-
-    from sparkml_ext.config import fingerprint
-    from sparkml_ext.feature_spec import DEFINITIONS_VERSION, feature_columns, spec_fingerprint
-
+    """A numeric label gets its window rate; a string label (a class name) none. The feature
+    tables built before (label_rate always on; one entity, means only, in the fields
+    features.entity / windows / window_means) keep their fingerprint: these are the values
+    the code of 6ee22ce gave for the shipped files."""
     numeric = load_config(CLICKS).features
     named = load_config(CLICKS, ["features.label=c1", "features.categorical=[c2]"]).features
     assert numeric.label_rate is True and named.label_rate is False
     assert "user_id_label_rate_1d" in feature_columns(numeric)["numeric"]
     assert not [c for c in feature_columns(named)["numeric"] if "label_rate" in c]
-    before = {k: v for k, v in asdict(numeric).items() if k != "label_rate"}
-    assert spec_fingerprint(numeric) == fingerprint({"spec": before, "definitions": DEFINITIONS_VERSION})
-    off = load_config(CLICKS, ["features.label_rate=false"]).features
-    assert spec_fingerprint(off) != spec_fingerprint(numeric)
+    assert spec_fingerprint(numeric) == "6e86d4cef73ef82d"
+    assert spec_fingerprint(load_config(CLICKS, ["features.label_rate=false"]).features) == "3e50063fa75fd8d0"
+    assert spec_fingerprint(load_config("conf/pipelines/penguins.yaml").features) == "cc7d1cd0c0d7c27e"
+    two = load_config(CLICKS, ["features.entities.c1={windows: [1d]}"]).features
+    assert len({spec_fingerprint(two), spec_fingerprint(numeric)}) == 2

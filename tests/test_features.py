@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from statistics import pstdev
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
@@ -44,7 +45,7 @@ def test_aggregates_see_only_strictly_earlier_events(spark, tmp_path):
     report = build_features(spark, cfg)
     assert (report.rows_in, report.rows_merged) == (7, 7)
     [warning] = report.warnings  # the events span 47 hours: 1h and 1d fit, 7d does not
-    assert f"{cfg.path}: features.windows: 7d is longer than the 1.9d the events in bronze span" in warning
+    assert f"{cfg.path}: features.entities.user_id.windows: 7d is longer than the 1.9d the events in bronze span" in warning
     assert "warning: " + warning in report.summary()
 
     got = _table(spark, cfg).select(
@@ -75,37 +76,58 @@ def test_aggregates_see_only_strictly_earlier_events(spark, tmp_path):
     assert u1d.user_id_mean_i1_7d == pytest.approx((math.log1p(3) + 0.0 + math.log1p(1.5)) / 3)
 
 
-def test_window_aggregates_equal_a_brute_force_count_over_a_heavy_user(spark, tmp_path):
-    """Running-sum differences give what a per-row scan of [t - width, t - 1] gives."""
-    spec = clicks_config(tmp_path).features
+EVERY_STATISTIC = ("features.entities.user_id.aggregates="
+                   "{i1: [count, sum, mean, min, max, stddev], i3: [mean, stddev]}")
+
+
+def test_window_aggregates_equal_a_brute_force_scan_over_a_heavy_user(spark, tmp_path):
+    """Running-sum differences and sliding frames give what a per-row scan of [t - width, t - 1]
+    gives, for every statistic."""
+    spec = clicks_config(tmp_path, EVERY_STATISTIC).features
+    aggregated = list(spec.entities["user_id"].aggregates)
     rng = random.Random(7)
     rows = []
     for user, events, span in (("heavy", 1500, 10 * 86400), ("light", 40, 3 * 86400), ("once", 1, 1)):
         for i in range(events):
             offset = rng.randrange(span)
             ts = 1_767_225_600 + offset - offset % rng.choice((1, 60))  # many events share a minute
-            values = [rng.choice((None, -2.0, 0.0, rng.expovariate(0.01), 1e12)) for _ in spec.window_means]
+            values = [rng.choice((None, -2.0, 0.0, rng.expovariate(0.01), 1e12)) for _ in aggregated]
             rows.append((f"{user}-{i}", user, ts, rng.choice((0, 1)), *values))
-    names = ["event_id", spec.entity, "ts", spec.label, *spec.window_means]
-    events = spark.createDataFrame(rows, names).withColumn("event_time", F.timestamp_seconds("ts"))
-    got = {r["event_id"]: r for r in events.select("event_id", *entity_aggregates(spec, "event_id", "event_time", "bigint")).collect()}
+    events = spark.createDataFrame(rows, ["event_id", "user_id", "ts", spec.label, *aggregated])
+    events = events.withColumn("event_time", F.timestamp_seconds("ts"))
+    columns = entity_aggregates(spec, "user_id", "event_id", "event_time", "bigint")
+    got = {r["event_id"]: r for r in events.select("event_id", *columns).collect()}
 
     def log(value):  # signed: sign(x) * log1p(|x|), bounded by ±clip
         return math.copysign(min(math.log1p(abs(value or 0.0)), spec.clip), value or 0.0)
 
+    def expected(statistic, values, raw):
+        if statistic == "count":
+            return sum(v is not None for v in raw)
+        if not values:
+            return 0.0
+        mean = sum(values) / len(values)
+        return {"sum": sum(values), "mean": mean, "min": min(values), "max": max(values),
+                "stddev": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}[statistic]
+
+    tolerance = {"count": 0, "sum": 1e-4, "mean": 1e-7, "min": 1e-12, "max": 1e-12, "stddev": 1e-6}
     by_user: dict[str, list[tuple]] = {}
     for row in rows:
         by_user.setdefault(row[1], []).append(row)
-    for name, width in spec.window_seconds().items():
+    for name, width in spec.entities["user_id"].window_seconds().items():
         for row in rows:
             window = [r for r in by_user[row[1]] if row[2] - width <= r[2] <= row[2] - 1]
             actual = got[row[0]]
             assert actual[f"user_id_events_{name}"] == len(window), (row[0], name)
             rate = sum(r[3] for r in window) / len(window) if window else 0.0
             assert actual[f"user_id_label_rate_{name}"] == pytest.approx(rate, abs=1e-12)
-            for i, column in enumerate(spec.window_means):
-                mean = sum(log(r[4 + i]) for r in window) / len(window) if window else 0.0
-                assert actual[f"user_id_mean_{column}_{name}"] == pytest.approx(mean, abs=1e-7), (row[0], column, name)
+            for i, (column, statistics) in enumerate(spec.entities["user_id"].aggregates.items()):
+                raw = [r[4 + i] for r in window]
+                for statistic in statistics:
+                    want = expected(statistic, [log(v) for v in raw], raw)
+                    assert actual[f"user_id_{statistic}_{column}_{name}"] == pytest.approx(
+                        want, abs=tolerance[statistic]), (row[0], column, statistic, name)
+    assert got["once-0"]["user_id_stddev_i1_7d"] == 0.0
 
 
 def test_incremental_runs_equal_one_full_run_and_rerun_writes_nothing(spark, tmp_path):
@@ -137,6 +159,45 @@ def test_incremental_runs_equal_one_full_run_and_rerun_writes_nothing(spark, tmp
     )
 
 
+def test_two_entities_incremental_equals_full_with_late_and_moved_events(spark, tmp_path):
+    """Per user and per category (c1): a late event and an event updated into another category
+    change the later events of both its users and both its categories, and of none else."""
+    two = ("source.not_null=[event_id, event_time]", "ingest.on_existing_key=update",
+           ("features.entities={user_id: {windows: [1h, 1d], aggregates: {i1: [mean, max]}}, "
+            "c1: {windows: [1h], aggregates: {i1: [sum, stddev]}}}"))
+    first = [line("a", "1", "2026-01-01 10:00:00", numeric="1", category="X"),
+             line("b", "2", "2026-01-01 10:10:00", numeric="2", category="X"),
+             line("c", "1", "2026-01-01 10:20:00", numeric="3", category="Y"),
+             line("anon-a", "", "2026-01-01 10:30:00", numeric="4", category="X"),
+             line("d", "3", "2026-01-01 11:00:00", numeric="5", category="X"),
+             line("e", "2", "2026-01-01 12:00:00", numeric="6", category="Y"),
+             line("z", "4", "2026-01-01 10:50:00", numeric="7", category="Z")]
+    second = [line("f", "3", "2026-01-01 10:05:00", numeric="8", category="Y"),   # late
+              line("b", "2", "2026-01-01 10:15:00", numeric="9", category="Y"),   # moved X → Y
+              line("anon-b", "", "2026-01-01 10:40:00", numeric="10", category="X")]
+    inc = clicks_config(tmp_path / "inc", *two)
+    _ingest(spark, inc, tmp_path / "inc", "b1", first)
+    build_features(spark, inc)
+    before = {r.event_id: r for r in _table(spark, inc).collect()}
+    _ingest(spark, inc, tmp_path / "inc", "b2", second)
+    # all but a (before every change to user 1 and category X) and z (user 4, category Z)
+    assert build_features(spark, inc).rows_merged == 7
+
+    full = clicks_config(tmp_path / "full", *two)
+    _ingest(spark, full, tmp_path / "full", "b1", first + second)  # the older b: a duplicate
+    build_features(spark, full)
+    columns = ["event_id", *feature_columns(full.features)["numeric"]]
+    assert_df_equality(_table(spark, inc).select(columns), _table(spark, full).select(columns),
+                       ignore_row_order=True, ignore_nullable=True)
+    after = {r.event_id: r for r in _table(spark, full).collect()}
+    assert (after["a"], after["z"]) == (before["a"], before["z"])
+    d = after["d"]  # category X's hour up to 11:00: a, anon-a and anon-b (b moved out)
+    x_hour = [math.log1p(1), math.log1p(4), math.log1p(10)]
+    assert d.c1_events_1h == 3 and d.c1_sum_i1_1h == pytest.approx(sum(x_hour), abs=1e-6)
+    assert d.c1_stddev_i1_1h == pytest.approx(pstdev(x_hour), abs=1e-6)
+    assert (d.user_id_events_1h, d.user_id_max_i1_1h) == (1, pytest.approx(math.log1p(8)))  # f, late
+
+
 def test_the_entity_may_also_be_a_categorical(spark, tmp_path):
     cfg = clicks_config(tmp_path, "features.categorical=[user_id, c1]")
     _ingest(spark, cfg, tmp_path, "b1", DAY1)
@@ -148,7 +209,7 @@ def test_the_entity_may_also_be_a_categorical(spark, tmp_path):
 
 def test_numeric_transforms_keep_the_sign_or_take_the_value_as_it_is(spark, tmp_path):
     spec = clicks_config(tmp_path, "features.numeric={i1: log1p, i2: none, i3: {transform: none, clip: [-10, 10]}}",
-                         "features.window_means=[i1, i3]", "features.windows=[1d]",
+                         "features.entities={user_id: {windows: [1d], aggregates: {i1: [mean], i3: [mean]}}}",
                          "features.categorical=[]").features
     rows = [("a", "u", 0, 1, -5.0, -20.0, -50.0), ("b", "u", 60, 0, 3.0, 7.5, 4.0),
             ("c", "u", 120, None, None, None, None)]
@@ -166,9 +227,9 @@ def test_numeric_transforms_keep_the_sign_or_take_the_value_as_it_is(spark, tmp_
 
 
 def test_spec_naming_a_missing_or_text_column_is_refused(spark, tmp_path):
-    cfg = clicks_config(tmp_path, "features.window_means=[i1, nope]")
+    cfg = clicks_config(tmp_path, "features.entities.user_id.aggregates={i1: [mean], nope: [max]}")
     _ingest(spark, cfg, tmp_path, "b1", DAY1)
-    with pytest.raises(ConfigError, match="features.window_means: column 'nope' is not in the bronze table"):
+    with pytest.raises(ConfigError, match="features.entities.user_id.aggregates: column 'nope' is not in the bronze table"):
         build_features(spark, cfg)
     with pytest.raises(ConfigError, match=r"features.numeric: column 'c1' is string in bronze, not a number; "
                                           r"declare it .* or list it under features.categorical"):

@@ -43,10 +43,11 @@ tables:
   models: models
   predictions: predictions
 features:
-  entity: station
   label: failed
-  windows: [1d]
-  window_means: [load]
+  entities:
+    station:
+      windows: [1d]
+      aggregates: {{load: [mean, max, stddev]}}
   numeric: {{temp: none, load: log1p}}   # a temperature is signed: taken as it is
   categorical: [kind]
   hash_buckets: 64
