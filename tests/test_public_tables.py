@@ -115,6 +115,7 @@ def test_the_departure_airport_as_a_label_of_three_names_on_the_timestamped_tabl
     root, overrides, _ = flights
     where = [f"--pipeline={FLIGHTS}", *overrides, "--set=features.label=origin",
              "--set=features.categorical=[carrier, dest]", "--set=tables.features=features/origin",
+             "--set=features.entities={tailnum: {windows: [1d, 7d], aggregates: {dep_delay: [mean]}}}",
              "--set=tables.models=models/origin", "--set=train_mllib.model=random_forest",
              "--set=train_mllib.params={numTrees: 10, maxDepth: 5, seed: 7}"]
     code, _, err = run_cli("features", *where, "--set=features.label_rate=true")
