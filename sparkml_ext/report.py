@@ -3,10 +3,12 @@
 `pipeline` records each run (its stage reports) as `<lakehouse>/_meta/runs/<run id>.json`,
 and each job run on its own records its one stage there, so a report can be drawn, or drawn
 again, from the lakehouse alone, however the jobs were run. Everything data-sized
-stays in Spark: quarantine reasons are counted per batch, and each model's test-split
+stays in Spark: quarantine reasons are counted per batch, and each classifier's test-split
 scores (beside the generator's planted probability, the Bayes-optimal score) are binned
 and counted per bin; only those few hundred rows reach the driver, where ROC and
-calibration curves are cumulative sums. `report_page` draws the page.
+calibration curves are cumulative sums. A regression's test rows are grouped by quantiles
+of its prediction, and each group's means and residual percentiles reach the driver
+(`residual_bins`). `report_page` draws the page.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sparkml_ext.config import PipelineConfig
 from sparkml_ext.holdout import (
     BAYES,
     BINARY_CLASSES,
+    REGRESSION,
     Split,
     card_split,
     class_index,
@@ -37,6 +40,8 @@ from sparkml_ext.storage import filesystem
 RUNS = "_meta/runs"
 BINS = 500  # score bins for the ROC curve (AUC within ~1e-3 of the exact one)
 CALIBRATION_BINS = 20  # equal-width groups of those bins for the calibration curve
+RESIDUAL_BINS = 20  # a regression's test rows in groups of about equal size by its prediction
+RESIDUAL_PERCENTILES = {"p10": 0.1, "median": 0.5, "p90": 0.9}  # of actual - predicted in a group
 
 
 def stage_name(result: dict) -> str:
@@ -124,7 +129,8 @@ def build_report(spark: SparkSession, cfg: PipelineConfig, run: dict, out: str |
 
 
 def gather(spark: SparkSession, cfg: PipelineConfig, run: dict) -> dict:
-    """The page's data: stage rows, quarantine reasons, curves, training and bridge figures."""
+    """The page's data: stage rows, quarantine reasons, classifiers' curves, regressions'
+    residuals, training and bridge figures."""
     stages = run["stages"]
     batches = [r["batch_id"] for r in stages.values() if r["job"] == "ingest"]
     scores = [r for r in stages.values() if r["job"] == "score"]
@@ -132,6 +138,7 @@ def gather(spark: SparkSession, cfg: PipelineConfig, run: dict) -> dict:
     cards = {r["model"]: modelstore.read_json(modelstore.resolve(models, r["model"]), "card.json")
              for r in scores}
     binary = [r for r in scores if cards[r["model"]]["metrics"].get("auc_roc") is not None]
+    regressions = [r for r in scores if cards[r["model"]].get("task") == REGRESSION]
     splits = {name: card_split(card, cfg.source.key) for name, card in cards.items()}
     classes = {name: card.get("classes") for name, card in cards.items()}
     bins = score_bins(spark, cfg, binary, splits, classes) if binary else {}
@@ -141,6 +148,7 @@ def gather(spark: SparkSession, cfg: PipelineConfig, run: dict) -> dict:
                    for name, r in stages.items()],
         "quarantine": quarantine_reasons(spark, cfg, batches),
         "curves": {name: curves(rows) for name, rows in bins.items()},
+        "residuals": residuals(spark, cfg, regressions, splits) if regressions else {},
         "models": {name: {**_model_summary(card), "holdout": splits[name].card()}
                    for name, card in cards.items()},
     }
@@ -190,16 +198,9 @@ def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict],
     Bayes-optimal curve scores the same test rows with the generator's planted probability
     where the generator's truth covers them (generated data only).
     """
-    key, label = cfg.source.key, cfg.features.label
-    predictions, _ = lake.read_version(spark, cfg.table_path("predictions"),
-                                       max(r["predictions_version"] for r in scores))
-    frames = []
-    for r in scores:
-        scored = predictions.where((F.col("model") == r["model"])
-                                   & (F.col("feature_version") == r["feature_version"]))
-        test = _test_rows(spark, cfg, r["feature_version"], splits[r["model"]])
-        positive = _positive(label, classes.get(r["model"]))
-        frames.append(test.join(scored, key).select(F.lit(r["model"]).alias("curve"), "score", positive))
+    label = cfg.features.label
+    frames = [rows.select(F.lit(name).alias("curve"), "score", _positive(label, classes.get(name)))
+              for name, rows in _judged(spark, cfg, scores, splits).items()]
     last = scores[-1]
     truth = planted(spark, cfg, _test_rows(spark, cfg, last["feature_version"], splits[last["model"]]))
     if truth is not None:
@@ -217,6 +218,61 @@ def score_bins(spark: SparkSession, cfg: PipelineConfig, scores: list[dict],
         binned.setdefault(r["curve"], []).append((r["bin"], r["rows"], r["positives"],
                                                   r["score_sum"]))
     return binned
+
+
+def residuals(spark: SparkSession, cfg: PipelineConfig, scores: list[dict],
+              splits: dict[str, Split]) -> dict[str, list[dict]]:
+    """`residual_bins` of each scored regression's test rows (see `_judged`)."""
+    label = cfg.features.label
+    frames = [rows.select(F.lit(name).alias("curve"), F.col("prediction").cast("double").alias("predicted"),
+                          F.col(label).cast("double").alias("actual"))
+              for name, rows in _judged(spark, cfg, scores, splits).items()]
+    return residual_bins(reduce(DataFrame.unionByName, frames))
+
+
+def residual_bins(rows: DataFrame) -> dict[str, list[dict]]:
+    """How a regression errs, per curve of `rows` (curve, predicted, actual), in one query.
+
+    Each curve's rows are grouped by RESIDUAL_BINS quantiles of its prediction (approximate,
+    `percentile_approx`, joined back in the same query), so every group holds about as many
+    rows wherever the predictions crowd; a group is the rows above one quantile and up to the
+    next. Per group: its rows, mean prediction, mean actual value and RESIDUAL_PERCENTILES of
+    the residual (actual - predicted). At most RESIDUAL_BINS rows per curve reach the driver.
+    """
+    fractions = [i / RESIDUAL_BINS for i in range(1, RESIDUAL_BINS)]
+    edges = rows.groupBy("curve").agg(F.percentile_approx("predicted", fractions).alias("edges"))
+    predicted = F.col("predicted")
+    bin_ = F.size(F.filter("edges", lambda edge: edge < predicted))
+    groups = (rows.join(F.broadcast(edges), "curve")
+              .groupBy("curve", bin_.alias("bin"))
+              .agg(F.count(F.lit(1)).alias("rows"),
+                   F.avg(predicted).alias("predicted"),
+                   F.avg("actual").alias("actual"),
+                   F.percentile_approx(F.col("actual") - predicted, list(RESIDUAL_PERCENTILES.values()))
+                   .alias("residual"))
+              .collect())  # driver-ok: at most RESIDUAL_BINS rows per curve
+    summary: dict[str, list[dict]] = {}
+    for g in sorted(groups, key=lambda g: (g["curve"], g["bin"])):
+        summary.setdefault(g["curve"], []).append(
+            {"rows": g["rows"], "predicted": g["predicted"], "actual": g["actual"],
+             "residual": dict(zip(RESIDUAL_PERCENTILES, g["residual"]))})
+    return summary
+
+
+def _judged(spark: SparkSession, cfg: PipelineConfig, scores: list[dict],
+            splits: dict[str, Split]) -> dict[str, DataFrame]:
+    """Each scored model's test rows (key, label) joined to its predictions (`score`,
+    `prediction`): the rows of the split its card was judged on (`splits`), the predictions
+    as the run left them in the predictions table."""
+    key = cfg.source.key
+    predictions, _ = lake.read_version(spark, cfg.table_path("predictions"),
+                                       max(r["predictions_version"] for r in scores))
+    judged = {}
+    for r in scores:
+        scored = predictions.where((F.col("model") == r["model"])
+                                   & (F.col("feature_version") == r["feature_version"]))
+        judged[r["model"]] = _test_rows(spark, cfg, r["feature_version"], splits[r["model"]]).join(scored, key)
+    return judged
 
 
 def _positive(label: str, classes: list | None) -> Column:

@@ -81,18 +81,23 @@ def _figures(data: dict) -> list[tuple[str, str, Callable, str, bool]]:
         ("ROC on the test split", "roc.png", _roc,
          f"{_split_text(data['models'])}, scores binned in Spark.{optimum}", False),
         ("Calibration on the test split", "calibration.png", _calibration,
-         "Mean predicted probability against the observed rate of positives, in 20 equal-width "
-         f"bins (bins with fewer than {MIN_CALIBRATION_ROWS} test rows are not drawn).", False),
+         ("Mean predicted probability against the observed rate of positives, in 20 equal-width "
+          f"bins (bins with fewer than {MIN_CALIBRATION_ROWS} test rows are not drawn)."), False),
+        ("Regression residuals on the test split", "residuals.png", _residuals,
+         (f"{_split_text(data['models'])}. Each regression's test rows in groups of about equal "
+          "size by its prediction (its quantiles, computed in Spark): a group's mean actual value "
+          "against its mean prediction, and the median of its residuals (actual - predicted) with "
+          "the band from their 10th to their 90th percentile."), True),
         ("Training", "training.png", _training,
-         "Torch: loss and validation AUC per epoch. MLlib: validation AUC of its best grid "
-         "point.", True),
+         ("Torch: loss and the validation metric of its task (AUC, accuracy or RMSE) per epoch. "
+          "MLlib: validation AUC of a classifier's best grid point."), True),
         ("Rows per stage", "rows.png", _rows,
          "Rows each stage read, kept or wrote in this run.", False),
         ("Quarantine reasons", "quarantine.png", _quarantine,
          "This run's quarantined records by their first reason, counted in Spark.", False),
         ("Bridge throughput", "throughput.png", _throughput,
-         "Rows per second the DDP training loop consumed from the bridge's Arrow shards (all "
-         "ranks), and where train-torch spent its time.", True),
+         ("Rows per second the DDP training loop consumed from the bridge's Arrow shards (all "
+          "ranks), and where train-torch spent its time."), True),
     ]
 
 
@@ -175,34 +180,68 @@ def _calibration(data: dict, colours: dict):
     return figure
 
 
+def _residuals(data: dict, colours: dict):
+    residuals = data["residuals"]
+    if not residuals:
+        return None
+    figure, (fit_ax, residual_ax) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for name, groups in residuals.items():
+        predicted = [g["predicted"] for g in groups]
+        fit_ax.plot(predicted, [g["actual"] for g in groups], marker="o", markersize=3,
+                    color=colours[name], label=name)
+        residual_ax.plot(predicted, [g["residual"]["median"] for g in groups], marker="o",
+                         markersize=3, color=colours[name], label=f"{name} median")
+        residual_ax.fill_between(predicted, [g["residual"]["p10"] for g in groups],
+                                 [g["residual"]["p90"] for g in groups], color=colours[name],
+                                 alpha=0.15, label=f"{name} 10th-90th percentile")
+    ends = [v for groups in residuals.values() for g in groups for v in (g["predicted"], g["actual"])]
+    fit_ax.plot([min(ends), max(ends)], [min(ends), max(ends)], color="#bbbbbb", linestyle=":",
+                label="actual = predicted", zorder=0)
+    residual_ax.axhline(0, color="#bbbbbb", linestyle=":", zorder=0)
+    fit_ax.set(title="Predicted against actual, test split", xlabel="mean prediction of a group",
+               ylabel="mean actual value of the group")
+    residual_ax.set(title="Residual against prediction, test split",
+                    xlabel="mean prediction of a group", ylabel="actual - predicted")
+    for ax in (fit_ax, residual_ax):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return figure
+
+
 def _training(data: dict, colours: dict):
     deep = {n: m for n, m in data["models"].items() if m.get("epochs")}
     if not deep:
         return None
-    figure, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(12, 4))
-    metric = "val_auc"
+    # a torch card's validation series is val_auc, val_accuracy or val_rmse (by its task):
+    # one panel per metric, so that each axis says what its lines measure
+    series = {name: next(k for k in model["epochs"] if k.startswith("val_") and k != "val_loss")
+              for name, model in deep.items()}
+    metrics = sorted(set(series.values()))
+    figure, (loss_ax, *metric_axes) = plt.subplots(1, 1 + len(metrics), figsize=(6 * (1 + len(metrics)), 4))
+    panels = dict(zip(metrics, metric_axes))
     for name, model in deep.items():
-        # a torch card's validation series: val_auc, val_accuracy or val_rmse (by its task)
-        metric = next(k for k in model["epochs"] if k.startswith("val_") and k != "val_loss")
         epochs = range(1, len(model["epochs"]["train_loss"]) + 1)
         loss_ax.plot(epochs, model["epochs"]["train_loss"], marker="o", color=colours[name],
                      label=f"{name} train")
         loss_ax.plot(epochs, model["epochs"]["val_loss"], marker="s", linestyle="--",
                      color=colours[name], label=f"{name} validation")
-        auc_ax.plot(epochs, model["epochs"][metric], marker="o", color=colours[name],
-                    label=f"{name} validation")
-    for name, model in data["models"].items():
-        scores = (model.get("search") or {}).get("scores")
-        if scores:
-            auc_ax.axhline(max(scores), color=colours[name], linestyle="-.",
-                           label=f"{name} validation (best grid point)")
-    optimum = [m["bayes_optimal_auc"] for m in data["models"].values() if m["bayes_optimal_auc"]]
-    if optimum:
-        auc_ax.axhline(optimum[0], color=OPTIMUM, linestyle="--", label=f"{BAYES} (test)")
+        panels[series[name]].plot(epochs, model["epochs"][series[name]], marker="o",
+                                  color=colours[name], label=f"{name} validation")
+    auc_ax = panels.get("val_auc")
+    if auc_ax is not None:  # the references below are AUCs
+        for name, model in data["models"].items():
+            scores = (model.get("search") or {}).get("scores")
+            if scores and model["card_auc"] is not None:  # a binary classifier's search: AUC
+                auc_ax.axhline(max(scores), color=colours[name], linestyle="-.",
+                               label=f"{name} validation (best grid point)")
+        optimum = [m["bayes_optimal_auc"] for m in data["models"].values() if m["bayes_optimal_auc"]]
+        if optimum:
+            auc_ax.axhline(optimum[0], color=OPTIMUM, linestyle="--", label=f"{BAYES} (test)")
     loss_ax.set(title="Loss per epoch", ylabel="log loss, or squared error of the standardised label")
-    name = metric.removeprefix("val_").upper()
-    auc_ax.set(title=f"Validation {name} per epoch", ylabel=name)
-    for ax in (loss_ax, auc_ax):
+    for metric, ax in panels.items():
+        name = metric.removeprefix("val_").upper()
+        ax.set(title=f"Validation {name} per epoch", ylabel=name)
+    for ax in (loss_ax, *metric_axes):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2,

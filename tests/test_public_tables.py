@@ -73,6 +73,9 @@ def test_signed_values_null_labels_and_aircraft_without_a_tail_number(spark, fli
     assert unlabelled.count() == card["rows"]["unlabelled"]  # cancelled flights are still scored
     page = Path(stages["report"]["html"]).read_text()
     assert "regression" in page and "rmse" in page and "r2" in page and "test AUC" not in page
+    assert "residuals.png" in page and "roc.png" not in page
+    groups = json.loads(Path(stages["report"]["html"]).with_name("report.json").read_text())["residuals"]
+    assert sum(g["rows"] for g in groups[card["model_version"]]) == card["rows"]["test"]  # every test row, binned
 
 
 def test_the_torch_model_learns_the_continuous_label_with_a_regression_head(spark, flights):

@@ -21,7 +21,16 @@ from PIL import Image
 
 from sparkml_ext.cli import EXIT_INPUT, EXIT_OK, _record, main
 from sparkml_ext.holdout import BAYES
-from sparkml_ext.report import BINS, curves, read_run, record_run, stage_name
+from sparkml_ext.report import (
+    BINS,
+    RESIDUAL_BINS,
+    curves,
+    read_run,
+    record_run,
+    residual_bins,
+    stage_name,
+)
+from sparkml_ext.report_page import _training, write_page
 
 PLOTS = {"roc.png", "calibration.png", "training.png", "rows.png", "quarantine.png",
          "throughput.png"}
@@ -73,6 +82,62 @@ def test_curves_from_hand_made_bins(bins, auc):
     assert curve["auc"] == pytest.approx(auc)
     assert (curve["fpr"][-1], curve["tpr"][-1]) == pytest.approx((1.0, 1.0))
     assert sum(p["rows"] for p in curve["calibration"]) == curve["rows"] == sum(b[1] for b in bins)
+
+
+def _regressions(spark):
+    """Two regressions' test rows: one predicts 0..199 for an actual of twice that, the other
+    predicts 5 (actual 4) or 6 (actual 8), so its quantiles fall on two values."""
+    rows = [("line", float(i), 2.0 * i) for i in range(200)]
+    rows += [("steps", 5.0, 4.0)] * 7 + [("steps", 6.0, 8.0)] * 3
+    return spark.createDataFrame(rows, "curve string, predicted double, actual double")
+
+
+def test_residual_bins_group_a_regressions_rows_by_quantiles_of_its_prediction(spark):
+    summary = residual_bins(_regressions(spark))
+    line, steps = summary["line"], summary["steps"]
+    assert len(line) == RESIDUAL_BINS and sum(g["rows"] for g in line) == 200
+    assert all(8 <= g["rows"] <= 12 for g in line)  # about equal groups (quantiles are approximate)
+    assert [g["predicted"] for g in line] == sorted(g["predicted"] for g in line)
+    for g in line:  # actual = 2 x predicted: the residual is the prediction itself
+        assert g["actual"] == pytest.approx(2 * g["predicted"])
+        r = g["residual"]
+        assert r["p10"] <= r["median"] <= r["p90"] and abs(r["median"] - g["predicted"]) <= 3
+    assert steps == [  # a group per distinct prediction, however many quantiles fall on it
+        {"rows": 7, "predicted": 5.0, "actual": 4.0, "residual": {"p10": -1.0, "median": -1.0, "p90": -1.0}},
+        {"rows": 3, "predicted": 6.0, "actual": 8.0, "residual": {"p10": 2.0, "median": 2.0, "p90": 2.0}}]
+
+
+def _model(kind: str, task: str, validation: str, **metrics) -> dict:
+    """A model's row of `report.gather`'s data, trained two epochs."""
+    return {"kind": kind, "task": task, "feature_version": 0, "metrics": metrics, "card_auc": metrics.get("auc_roc"),
+            "bayes_optimal_auc": None, "log_loss": None, "search": None, "rows_per_s": None, "timings": None,
+            "world_size": None, "holdout": {"by": "hash", "column": "id", "cuts": [0.7, 0.85]},
+            "epochs": {"train_loss": [0.9, 0.5], "val_loss": [0.8, 0.6], validation: [0.7, 0.8]}}
+
+
+def test_the_page_draws_the_residuals_of_its_regressions(spark, tmp_path):
+    residuals = residual_bins(_regressions(spark))
+    data = {"run": {"run_id": "r1", "pipeline": "p.yaml", "name": "p", "created_unix": 0.0},
+            "stages": [], "quarantine": {}, "curves": {}, "residuals": residuals,
+            "models": {"line": _model("torch", "regression", "val_rmse", rmse=1.0),
+                       "steps": _model("torch", "regression", "val_rmse", rmse=2.0)}}
+    page = write_page(data, str(tmp_path))
+    assert [Path(p).name for p in page["images"]] == ["residuals.png", "training.png"]  # no ROC for a regression
+    parser = _Images()
+    parser.feed((tmp_path / "index.html").read_text())
+    assert parser.sources == ["residuals.png", "training.png"]
+    assert len(_colours(tmp_path / "residuals.png")) >= 20  # lines, bands, text
+    assert json.loads((tmp_path / "report.json").read_text())["residuals"] == residuals
+
+
+def test_each_validation_metric_has_a_panel_of_its_own():
+    data = {"models": {"torch/v1": _model("torch", "classification", "val_auc", auc_roc=0.8),
+                       "torch/v2": _model("torch", "regression", "val_rmse", rmse=1.0)}}
+    figure = _training(data, {"torch/v1": "#1f77b4", "torch/v2": "#d62728"})
+    panels = {ax.get_title(): {line.get_label() for line in ax.get_lines()} for ax in figure.axes}
+    assert panels == {"Loss per epoch": {f"torch/v{n} {s}" for n in (1, 2) for s in ("train", "validation")},
+                      "Validation AUC per epoch": {"torch/v1 validation"},
+                      "Validation RMSE per epoch": {"torch/v2 validation"}}
 
 
 def test_the_latest_run_is_the_latest_pipeline_run_with_the_jobs_run_after_it(tmp_path):
