@@ -62,6 +62,12 @@ def label_classes(data: DataFrame, label: str, rows: str, model: str) -> list:
     job. Two classes make a binary task, more a multiclass one; a label with more values
     than MAX_CLASSES, or only one, is refused with what to do instead."""
     values = [r[0] for r in data.where(rows).select(label).distinct().limit(MAX_CLASSES + 1).collect()]  # driver-ok: ≤ MAX_CLASSES + 1 rows
+    return checked_classes(values, label, model)
+
+
+def checked_classes(values: list, label: str, model: str) -> list:
+    """A label's distinct `values` as a classifier's sorted classes, refused as `label_classes`
+    says; for a caller that found them with a query of its own."""
     if len(values) > MAX_CLASSES:
         raise TrainError(f"label column {label!r} has more than {MAX_CLASSES} distinct values: {model} is a "
                          "classifier; for a continuous label use linear_regression or gbt_regression")

@@ -54,6 +54,7 @@ from sparkml_ext.holdout import (
     REGRESSION,
     TrainError,
     bayes_optimal_auc,
+    checked_classes,
     class_index,
     evaluate,
     label_classes,
@@ -94,7 +95,7 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
 
     use_gpu = torch.cuda.is_available() if tt.use_gpu is None else tt.use_gpu
     checkpoints = _checkpoint_dir(cfg, version, digest)
-    config = worker_config(cfg, use_gpu, checkpoints, task, len(classes or []))
+    config = worker_config(cfg, use_gpu, checkpoints, task, classes)
     result = launch(train_worker, shards["train"].root, config, shards["validation"].root,
                     num_processes=tt.num_processes, local_mode=tt.local_mode, use_gpu=use_gpu,
                     max_restarts=tt.max_restarts)
@@ -155,18 +156,20 @@ def _head(data: DataFrame, cfg: PipelineConfig, labelled: str) -> tuple[str, lis
     """The head the label asks for, and a classifier's classes (sorted; None for a regression).
 
     `train_torch.task` when set; else a numeric label of 0s and 1s is binary, one with other
-    numbers a regression (one Spark job: the first other value), and any other label (names,
-    booleans) binary or multiclass by its count of classes.
+    numbers a regression (`_zero_one_classes`), and any other label (names, booleans) binary
+    or multiclass by its count of classes. One Spark job at most.
     """
     label, task = cfg.features.label, cfg.train_torch.task
     try:
         require_label(data, label, KIND, numeric=task == "regression")
-        if task is None and isinstance(data.schema[label].dataType, NumericType):
-            other = data.where(F.expr(labelled) & ~F.col(label).isin(*BINARY_CLASSES)).select(label).head()
-            task = "binary" if other is None else "regression"
         if task == "regression":
             return task, None
-        classes = label_classes(data, label, labelled, KIND)
+        if task is None and isinstance(data.schema[label].dataType, NumericType):
+            classes = _zero_one_classes(data, label, labelled)
+            if classes is None:
+                return "regression", None
+        else:
+            classes = label_classes(data, label, labelled, KIND)
     except TrainError as err:
         raise TorchTrainError(str(err)) from None
     task = task or ("binary" if len(classes) == 2 else "multiclass")
@@ -178,11 +181,23 @@ def _head(data: DataFrame, cfg: PipelineConfig, labelled: str) -> tuple[str, lis
     return task, classes
 
 
+def _zero_one_classes(data: DataFrame, label: str, labelled: str) -> list | None:
+    """A numeric label's classes when its `labelled` rows hold only 0s and 1s (refused as
+    `label_classes` refuses one class), else None. One aggregate, one row to the driver:
+    with no other value, the minimum and the maximum are the distinct values."""
+    y = F.col(label)
+    other, low, high = data.where(labelled).agg(
+        F.bool_or(~y.isin(*BINARY_CLASSES)), F.min(y), F.max(y)).head()  # driver-ok: one row
+    if other:
+        return None
+    return checked_classes(list({low, high} - {None}), label, KIND)
+
+
 def worker_config(
-    cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str, task: str, classes: int = 0
+    cfg: PipelineConfig, use_gpu: bool, checkpoint_dir: str, task: str, classes: list | None = None
 ) -> TrainConfig:
-    """The ranks' knobs from `train_torch`, with this run's head (a multiclass one's count of
-    classes), device, tables and folders."""
+    """The ranks' knobs from `train_torch`, with this run's head (`task` and `classes` as
+    `_head` found them; a multiclass head gets their count), device, tables and folders."""
     tt, buckets = cfg.train_torch, cfg.features.hash_buckets + 1  # ids 0 (null) .. hash_buckets
     share = max(1, (os.cpu_count() or 1) // tt.num_processes)  # of the driver's cores, in local mode
     tables = {} if tt.vocabulary else {
@@ -190,7 +205,7 @@ def worker_config(
     return tt.for_ranks(
         **tables,
         task=task,
-        classes=classes if task == "multiclass" else 0,
+        classes=len(classes or ()) if task == "multiclass" else 0,
         backend=pick_backend(use_gpu, tt.backend),
         device="cuda" if use_gpu else "cpu",
         num_threads=tt.num_threads or (share if tt.local_mode and not use_gpu else None),

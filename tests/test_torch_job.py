@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,9 @@ from pyspark.sql import functions as F
 from sparkml_ext.bridge.predict import predictor, torch_predictions
 from sparkml_ext.config import ConfigError
 from sparkml_ext.deep.model import load_model
-from sparkml_ext.holdout import CLASSIFICATION, card_split, evaluate, hash_split
+from sparkml_ext.holdout import CLASSIFICATION, card_split, evaluate, hash_split, labelled_sql
 from sparkml_ext.score import score
-from sparkml_ext.train_torch import TorchTrainError, train_torch, worker_config
+from sparkml_ext.train_torch import TorchTrainError, _head, train_torch, worker_config
 
 pytestmark = pytest.mark.slow
 SMALL = ["train_torch.epochs=2", "train_torch.batch_size=128", "train_torch.embedding_rows=1024",
@@ -126,6 +127,56 @@ def test_refusals_name_what_to_do(spark, tmp_path):
         small(tmp_path, "train_torch.vocabulary=0")
     with pytest.raises(ConfigError, match="train_torch.checkpoint_root: must be a path every rank"):
         small(tmp_path, "train_torch.checkpoint_root=s3://bucket/ckpt")
+
+
+def _jobs(spark, query) -> int:
+    """How many Spark jobs `query()` runs."""
+    tracker, group = spark.sparkContext.statusTracker(), f"jobs-{uuid.uuid4().hex}"
+    spark.sparkContext.setJobGroup(group, "counted")
+    try:
+        query()
+        return len(tracker.getJobIdsForGroup(group))
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+
+
+@pytest.mark.parametrize(("labels", "head"), [
+    ([0, 1, 1, None], ("binary", [0, 1])),
+    ([1.0, 0.0, float("nan")], ("binary", [0.0, 1.0])),
+    ([0, 1, 2], ("regression", None)),  # a number other than 0 and 1: a regression
+    ([0.5, 0.5], ("regression", None)),
+    (["b", "a", "c"], ("multiclass", ["a", "b", "c"])),
+])
+def test_the_label_decides_the_head(spark, tmp_path, labels, head):
+    kind = "string" if isinstance(labels[0], str) else "double" if isinstance(labels[0], float) else "int"
+    data = spark.createDataFrame([(v,) for v in labels], f"label {kind}")
+    assert _head(data, small(tmp_path), labelled_sql("label")) == head
+
+
+def test_a_numeric_labels_head_costs_one_aggregate(spark, tmp_path):
+    """Once a query for a value other than 0 and 1, then one for the classes; now one
+    aggregate: as many jobs as a count (two with adaptive execution, one without)."""
+    data = spark.createDataFrame([(v,) for v in (0, 1, 1, 0)], "label int")
+    cfg = small(tmp_path)
+    head = _jobs(spark, lambda: _head(data, cfg, labelled_sql("label")))
+    assert head == _jobs(spark, lambda: data.agg(F.count(F.lit(1))).head())
+
+
+@pytest.mark.parametrize(("labels", "refusal"), [
+    ([1, 1], r"has 1 distinct value\(s\) among the labelled rows \(\[1\]\)"),
+    ([None], r"has 0 distinct value\(s\) among the labelled rows \(\[\]\)"),
+])
+def test_a_label_of_one_class_or_none_is_refused(spark, tmp_path, labels, refusal):
+    data = spark.createDataFrame([(v,) for v in labels], "label int")
+    with pytest.raises(TorchTrainError, match=refusal):
+        _head(data, small(tmp_path), labelled_sql("label"))
+
+
+def test_the_ranks_count_a_multiclass_heads_classes_only(tmp_path):
+    cfg = small(tmp_path)
+    assert worker_config(cfg, False, "ckpt", "multiclass", ["a", "b", "c"]).classes == 3
+    assert worker_config(cfg, False, "ckpt", "binary", [0, 1]).classes == 0
+    assert worker_config(cfg, False, "ckpt", "regression", None).classes == 0
 
 
 def test_a_vocabulary_replaces_the_folded_tables(tmp_path):
