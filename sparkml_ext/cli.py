@@ -1,7 +1,8 @@
 """`sparkml-ext <job>`: one subcommand per job, plus `pipeline` to run them in order.
 
 `pipeline` ingests the batch folders present under source.path (or those named), after
-generating click events only when the pipeline file has a `generate` section. Every job
+generating click events only when the pipeline file has a `generate` section; over a Delta
+table source (source.format: delta) it ingests the table's versions not ingested yet. Every job
 records its result under `<lakehouse>/_meta/runs/`, and `pipeline` its whole run, which it
 ends by reporting; `report` draws an HTML page with PNG plots of a recorded run (by default
 the latest pipeline run with the jobs run after it).
@@ -89,8 +90,19 @@ def generate_into_source(spark: SparkSession, cfg: PipelineConfig, gen: Generate
 
 
 def run_ingest(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
+    """A landing batch by --batch-id; a Delta table source's next versions (their range is
+    the batch id, so none is given)."""
     from sparkml_ext.ingest import ingest_batch
+    from sparkml_ext.source_table import ingest_table
 
+    if cfg.source.format == "delta":
+        if args.batch_id or args.input:
+            raise ConfigError(f"{cfg.path}: --batch-id/--input: a delta source (source.format) ingests the "
+                              "table's versions not ingested yet, named by their range (v0-v5); give neither")
+        return _done(ingest_table(_session(cfg, args.log_level), cfg).to_dict())
+    if not args.batch_id:
+        raise ConfigError(f"{cfg.path}: --batch-id: required for a {cfg.source.format} source "
+                          "(the batch's folder under source.path)")
     return _done(ingest_batch(_session(cfg, args.log_level), cfg, args.batch_id, args.input).to_dict())
 
 
@@ -138,7 +150,7 @@ def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
         stages.append(("generate", lambda: _done(generate_into_source(spark, cfg, cfg.generate))))
     for batch in pipeline_batches(spark, cfg, args.batch_ids):
         batch_args = argparse.Namespace(**{**vars(args), "batch_id": batch, "input": None})
-        stages.append((f"ingest {batch}", lambda a=batch_args: run_ingest(a, cfg)))
+        stages.append((f"ingest {batch or 'new versions'}", lambda a=batch_args: run_ingest(a, cfg)))
     stages.append(("features", lambda: run_features(args, cfg)))
     trainers = {"mllib": run_train_mllib, "torch": run_train_torch}
     if cfg.train_torch is None:  # a file without the section trains no torch model
@@ -171,11 +183,18 @@ def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     return results
 
 
-def pipeline_batches(spark: SparkSession, cfg: PipelineConfig, named: Sequence[str] = ()) -> list[str]:
+def pipeline_batches(spark: SparkSession, cfg: PipelineConfig, named: Sequence[str] = ()) -> list[str | None]:
     """The batch ids `pipeline` ingests, checked before any stage runs: `named` (--batch-id),
-    else those the generate section lands, else every batch folder under source.path."""
+    else those the generate section lands, else every batch folder under source.path. A
+    Delta table source has one batch, its versions not ingested yet, which ingest names
+    (None here)."""
     from sparkml_ext.generate import batch_id
 
+    if cfg.source.format == "delta":
+        if named:
+            raise ConfigError(f"{cfg.path}: --batch-id: a delta source (source.format) ingests the table's "
+                              "versions not ingested yet, named by their range; give none")
+        return [None]
     root = cfg.source.path.rstrip("/")
     if cfg.generate is not None:
         landed = [batch_id(k) for k in range(cfg.generate.batches)]
@@ -239,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=run_generate)
 
     ing = jobs.add_parser("ingest", parents=[common], help="land one batch in the bronze Delta table")
-    ing.add_argument("--batch-id", required=True, help="batch id, also the folder under source.path")
+    ing.add_argument("--batch-id", help="batch id, also the folder under source.path (none for a delta "
+                                        "source: the table's new versions are the batch)")
     ing.add_argument("--input", help="read this folder instead of <source.path>/<batch-id>")
     ing.set_defaults(run=run_ingest)
 

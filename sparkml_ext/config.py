@@ -43,18 +43,21 @@ def fingerprint(described: Any, length: int = 16) -> str:
 DERIVED_KEY = "record_key"  # source.key of a table without one: ingest derives it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SourceConfig:
-    """Raw landing files of one batch and the schema they must follow.
+    """What ingest reads and the schema its records must follow: landing files (csv, json,
+    parquet: a folder per batch under `path`) or an existing Delta table (delta: its `path`,
+    or its catalog name in `table`), read by version (see `sparkml_ext.source_table`).
 
     `key` names the column that identifies an event. A table without one leaves it out:
     ingest then derives `record_key` from the record's whole content (see
     `ingest.derived_key`), so records equal in every column are one event (a re-delivery,
     quarantined as a duplicate) and records that differ anywhere are two."""
 
-    path: str
-    format: Literal["csv", "json", "parquet"]
+    path: str | None = None  # the landing root, or the source Delta table's path or URI
+    format: Literal["csv", "json", "parquet", "delta"]
     schema: dict[str, str]
+    table: str | None = None  # delta only, instead of path: a catalog table (`db.name`)
     event_time: str | None = None  # the timestamp column; None: a table of records without one
     key: str = DERIVED_KEY
     options: dict[str, str] = field(default_factory=dict)
@@ -613,7 +616,11 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+_TABLE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*){0,2}")
+
+
 def _check_source(source: SourceConfig, file: str) -> None:
+    _check_source_location(source, file)
     for column, spark_type in source.schema.items():
         if spark_type.lower() not in SPARK_TYPES:
             raise ConfigError(
@@ -629,6 +636,27 @@ def _check_source(source: SourceConfig, file: str) -> None:
             raise ConfigError(f"{file}: source.{name}: column {column!r} is not in source.schema")
     if timed and source.schema[source.event_time].lower() != "timestamp":
         raise ConfigError(f"{file}: source.event_time: column {source.event_time!r} must be a timestamp")
+
+
+def _check_source_location(source: SourceConfig, file: str) -> None:
+    """Landing files live under source.path; a Delta table is named by exactly one of
+    source.path (its location) and source.table (its catalog name)."""
+    if source.format != "delta":
+        if source.table is not None:
+            raise ConfigError(f"{file}: source.table: only a delta source is named by a catalog table; "
+                              f"a {source.format} source is a folder of batches at source.path")
+        if not source.path:
+            raise ConfigError(f"{file}: source.path: required key is missing (the folder of batch folders)")
+        return
+    if source.path and source.table:
+        raise ConfigError(f"{file}: source.table: a delta source is source.path (the table's location) "
+                          "or source.table (its catalog name), not both")
+    if not (source.path or source.table):
+        raise ConfigError(f"{file}: source.path: a delta source needs the table's path or URI here, "
+                          "or its catalog name in source.table")
+    if source.table is not None and not _TABLE_NAME.fullmatch(source.table):
+        raise ConfigError(f"{file}: source.table: {source.table!r} is not `table`, `schema.table` or "
+                          "`catalog.schema.table` (letters, digits, underscores)")
 
 
 def _check_updates(config: PipelineConfig, file: str) -> None:

@@ -1,4 +1,5 @@
-"""Ingest one landing batch into the bronze Delta table, exactly once.
+"""Ingest one landing batch into the bronze Delta table, exactly once (`land` also lands a
+Delta table source's versions: `sparkml_ext.source_table`).
 
 Every line of the input is accounted for: it is a record that lands in bronze (typed,
 partitioned by event date) or in quarantine (raw record, reasons, batch id), or it holds
@@ -17,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -36,7 +37,8 @@ SOURCE_FILE = "_source_file"
 BATCH = lake.BATCH_COLUMN
 HELD_BY = "_held_by"  # the batch that already holds the record's key in bronze
 HELD_AT = "_held_at"  # the event time bronze holds for that key
-INTERNAL = (CORRUPT, REASONS, RAW, SOURCE_FILE, HELD_BY, HELD_AT)
+SEQUENCE = "_sequence"  # optional: a source's order of changes (a table's version); the later wins in update mode
+INTERNAL = (CORRUPT, REASONS, RAW, SOURCE_FILE, HELD_BY, HELD_AT, SEQUENCE)
 # What a text reader puts where the input's bytes are not valid in its encoding.
 REPLACEMENT_CHAR = "\ufffd"
 # Control characters no text value should hold (tab, line feed and carriage return excepted).
@@ -56,17 +58,21 @@ class IngestReport:
     quarantined: int = 0
     updated: int = 0  # accepted records that replaced an older row of their key (on_existing_key: update)
     reasons: dict[str, int] = field(default_factory=dict)
-    skipped_lines: dict[str, int] = field(default_factory=dict)  # lines that hold no record
+    skipped_lines: dict[str, int] = field(default_factory=dict)  # lines (a table: change rows) that hold no record
     versions: dict[str, int | None] = field(default_factory=dict)
     already_ingested: bool = False
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step: count, stage, lookup, ...
+    source_range: list[int] | None = None  # a Delta table source: the versions [first, last] read
 
     def summary(self) -> str:
         state = " (already ingested: nothing written)" if self.already_ingested else ""
+        if self.already_ingested and self.source_range:
+            state = f" (nothing new in {self.input} after version {self.source_range[1]}: nothing written)"
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.reasons.items())) or "none"
         updated = f" ({self.updated} replacing older rows)" if self.updated else ""
-        skipped = "".join(f", {n} {kind} line(s) skipped" for kind, n in sorted(self.skipped_lines.items()) if n)
+        unit = "change row(s)" if self.source_range else "line(s)"
+        skipped = "".join(f", {n} {kind} {unit} skipped" for kind, n in sorted(self.skipped_lines.items()) if n)
         return (
             f"ingest batch {self.batch_id}{state}: read {self.rows_read}, accepted {self.accepted}{updated}, "
             f"quarantined {self.quarantined} ({reasons}){skipped}; versions {self.versions}"
@@ -97,15 +103,42 @@ class FileLines:
         return self.content + self.blank
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One batch as `land` takes it, whatever its source (landing files here, a range of a
+    Delta table's versions in `sparkml_ext.source_table`).
+
+    `count` is the independent count that the records reconcile against: the records per
+    file (or per source version) and, by kind, the lines or rows that hold none. `records`
+    gives the batch's records as `validate` returns them, from what `count` found.
+    """
+
+    id: str
+    input: str
+    fingerprint: str
+    count: Callable[[], tuple[dict[str, FileLines], dict[str, int]]]
+    records: Callable[[dict[str, FileLines]], DataFrame]
+    source_range: list[int] | None = None
+
+
 def ingest_batch(
     spark: SparkSession, cfg: PipelineConfig, batch_id: str, input_path: str | None = None
 ) -> IngestReport:
     """Land `batch_id` (by default the folder `<source.path>/<batch_id>`) in bronze."""
     started = time.monotonic()
     path = cfg.batch_path(batch_id, input_path)
-    report = IngestReport(batch_id=batch_id, input=path)
     _check_options(cfg)
-    fingerprint = batch_fingerprint(spark, path)
+    batch = Batch(batch_id, path, batch_fingerprint(spark, path),
+                  count=lambda: _counted_lines(spark, cfg.source, path),
+                  records=lambda lines: _landed_records(spark, cfg, path, lines))
+    return land(spark, cfg, batch, started)
+
+
+def land(spark: SparkSession, cfg: PipelineConfig, batch: Batch, started: float) -> IngestReport:
+    """Land `batch` in bronze and quarantine exactly once (`started`: the job's start, for
+    the report's seconds): see the module's docstring."""
+    batch_id, fingerprint = batch.id, batch.fingerprint
+    report = IngestReport(batch_id=batch_id, input=batch.input, source_range=batch.source_range)
     ledger, bronze, quarantine = (cfg.table_path(t) for t in ("batches", "bronze", "quarantine"))
 
     known = lake.ledger_record(spark, ledger, JOB, batch_id)
@@ -118,16 +151,12 @@ def ingest_batch(
         lake.require_writable(spark, table)
 
     clock = _Clock(report.timings)
-    with lake.staging_area(spark, ledger, f"{JOB}-{batch_id}") as folder, _unreadable_files_refused(path):
+    with lake.staging_area(spark, ledger, f"{JOB}-{batch_id}") as folder, _unreadable_files_refused(batch.input):
         with clock("count"):
-            lines = count_lines(spark, cfg.source, path)
+            lines, report.skipped_lines = batch.count()
         report.rows_read = sum(f.records for f in lines.values())
-        report.skipped_lines = {"header": sum(f.header for f in lines.values()),
-                                "comment": sum(f.comment for f in lines.values())}
-        if report.rows_read == 0:
-            raise IngestError(f"input {path} holds no records; nothing was written")
         with clock("stage"):
-            staged = stage(spark, cfg, path, lines, folder)
+            staged = stage(spark, batch.records(lines), folder)
         with clock("lookup"):
             staged = with_held_keys(spark, cfg, batch_id, staged, folder)
         with clock("check"):
@@ -285,6 +314,7 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
     """
     source = cfg.source
     extra = [c for c in raw.columns if c not in source.schema and c not in INTERNAL]
+    sequence = [SEQUENCE] if SEQUENCE in raw.columns else []
     typed = raw.select(
         *[_typed(F.col(c), t, source.timestamp_format).alias(c) for c, t in source.schema.items()],
         *extra,
@@ -295,7 +325,7 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
             + [(F.col(c).isNotNull() & _typed(F.col(c), t, source.timestamp_format).isNull(), f"bad_type:{c}")
                for c, t in source.schema.items()]
         ).alias("_value_errors"),
-        CORRUPT, RAW, SOURCE_FILE,
+        CORRUPT, RAW, SOURCE_FILE, *sequence,
     )
     if source.derives_key:  # from the typed values, typed once above
         typed = typed.withColumn(source.key, derived_key(source))
@@ -312,6 +342,8 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
         .otherwise(F.concat(F.col("_value_errors"), _flags(missing + checks)))
     )
     latest_first = [F.col(source.event_time).desc()] if cfg.ingest.on_existing_key == "update" else []
+    if latest_first and sequence:
+        latest_first.append(F.col(SEQUENCE).desc())
     first_of_key = Window.partitionBy(source.key).orderBy(
         F.size(REASONS) > 0, *latest_first, F.col(SOURCE_FILE), F.col(RAW)
     )
@@ -326,16 +358,18 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
     )
 
 
-def stage(
-    spark: SparkSession, cfg: PipelineConfig, path: str, lines: dict[str, FileLines], folder: str
-) -> DataFrame:
+def stage(spark: SparkSession, records: DataFrame, folder: str) -> DataFrame:
     """Parse, type and check the batch once into `folder` (Parquet); the staged records."""
-    source = cfg.source
-    records = validate(read_batch(spark, source, path, cfg.ingest.schema_evolution), cfg, path)
-    if any(f.blank for f in lines.values()):
-        records = records.unionByName(_blank_records(spark, source, path), allowMissingColumns=True)
     records.select(*[c for c in records.columns if c != CORRUPT]).write.parquet(f"{folder}/records")
     return spark.read.parquet(f"{folder}/records")
+
+
+def _landed_records(spark: SparkSession, cfg: PipelineConfig, path: str, lines: dict[str, FileLines]) -> DataFrame:
+    """A landing batch's records, validated, with the blank lines its reader drops."""
+    records = validate(read_batch(spark, cfg.source, path, cfg.ingest.schema_evolution), cfg, path)
+    if any(f.blank for f in lines.values()):
+        records = records.unionByName(_blank_records(spark, cfg.source, path), allowMissingColumns=True)
+    return records
 
 
 def with_held_keys(spark: SparkSession, cfg: PipelineConfig, batch_id: str, staged: DataFrame, folder: str) -> DataFrame:
@@ -503,6 +537,14 @@ def _quarantined(records: DataFrame, batch_id: str) -> DataFrame:
         F.col(REASONS).alias("reasons"),
         F.current_timestamp().alias("quarantined_at"),
     )
+
+
+def _counted_lines(spark: SparkSession, source: SourceConfig, path: str) -> tuple[dict[str, FileLines], dict[str, int]]:
+    """`count_lines`, and the header and comment lines; a batch of no records is refused."""
+    lines = count_lines(spark, source, path)
+    if not any(f.records for f in lines.values()):
+        raise IngestError(f"input {path} holds no records; nothing was written")
+    return lines, {"header": sum(f.header for f in lines.values()), "comment": sum(f.comment for f in lines.values())}
 
 
 def count_lines(spark: SparkSession, source: SourceConfig, path: str) -> dict[str, FileLines]:

@@ -20,7 +20,7 @@ from typing import TypeVar
 from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
 from py4j.protocol import Py4JJavaError
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 
 from sparkml_ext.storage import filesystem
@@ -122,13 +122,39 @@ def read_version(spark: SparkSession, path: str, version: int | None = None) -> 
 def read_changes(spark: SparkSession, path: str, start: int, end: int) -> DataFrame:
     """The table's change data feed over versions [start, end]: each changed row with its
     `_change_type` (insert, delete, update_preimage, update_postimage)."""
-    return (
-        spark.read.format("delta")
-        .option("readChangeFeed", "true")
-        .option("startingVersion", start)
-        .option("endingVersion", end)
-        .load(path)
-    )
+    return _change_feed(spark.read.format("delta"), start, end).load(path)
+
+
+def _change_feed(reader: DataFrameReader, start: int, end: int) -> DataFrameReader:
+    return reader.option("readChangeFeed", "true").option("startingVersion", start).option("endingVersion", end)
+
+
+def sql_name(path: str) -> str:
+    """The Delta table at `path` as Spark SQL names it (delta.`<path>`), for the verbs below
+    that take a name, so that a path and a catalog table are read the same way."""
+    return "delta.`" + path.rstrip("/").replace("`", "``") + "`"
+
+
+def table_version(spark: SparkSession, name: str) -> int:
+    """Latest version of the Delta table Spark SQL calls `name` (a catalog table, or
+    `sql_name(path)`). Asked of its history (one small Spark job), not of its log as
+    `current_version` does: a catalog table (Unity Catalog's) may have no path to open."""
+    return int(spark.sql(f"DESCRIBE HISTORY {name} LIMIT 1").head()["version"])  # driver-ok: one row
+
+
+def table_properties(spark: SparkSession, name: str) -> dict[str, str]:
+    """The table properties (`delta.enableChangeDataFeed`, ...) of the Delta table `name`."""
+    return dict(spark.sql(f"DESCRIBE DETAIL {name}").head()["properties"] or {})  # driver-ok: one row
+
+
+def read_table(spark: SparkSession, name: str, version: int) -> DataFrame:
+    """The Delta table `name` (see `table_version`) as of `version`."""
+    return spark.read.option("versionAsOf", version).table(name)
+
+
+def read_table_changes(spark: SparkSession, name: str, start: int, end: int) -> DataFrame:
+    """`read_changes` of the Delta table `name` (see `table_version`) rather than a path."""
+    return _change_feed(spark.read, start, end).table(name)
 
 
 def require_writable(spark: SparkSession, path: str) -> None:
@@ -414,12 +440,11 @@ def rows_written(spark: SparkSession, path: str, version: int) -> int:
 def ledger_record(spark: SparkSession, ledger: str, job: str, batch_id: str) -> BatchRecord | None:
     """What the ledger knows of a batch: the fingerprint it committed (else its latest
     claim) and whether it finished."""
-    if not is_delta(spark, ledger):
+    entries = ledger_entries(spark, ledger, job)
+    if entries is None:
         return None
     rows = (
-        spark.read.format("delta")
-        .load(ledger)
-        .where((F.col("job") == job) & (F.col("batch_id") == batch_id))
+        entries.where(F.col("batch_id") == batch_id)
         .orderBy(F.col("recorded_at").desc())
         .select("fingerprint", "status", "report")
         .collect()  # driver-ok: a claim per content tried and a commit row per batch
@@ -430,6 +455,14 @@ def ledger_record(spark: SparkSession, ledger: str, job: str, batch_id: str) -> 
     if done:
         return BatchRecord(done[0].fingerprint, True, json.loads(done[0].report))
     return BatchRecord(rows[0].fingerprint, False, None)
+
+
+def ledger_entries(spark: SparkSession, ledger: str, job: str) -> DataFrame | None:
+    """Every ledger row of `job` (batch_id, fingerprint, status, report as JSON text,
+    recorded_at), for a job that finds its next batch in them; None before the first."""
+    if not is_delta(spark, ledger):
+        return None
+    return spark.read.format("delta").load(ledger).where(F.col("job") == job)
 
 
 def refuse_other_content(
