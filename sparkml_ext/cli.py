@@ -232,6 +232,16 @@ def _summary_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def run_doctor(args: argparse.Namespace) -> int:
+    """`doctor` checks what the jobs need, so it needs no pipeline file and no session;
+    exit 1 when a check found a problem (warnings pass)."""
+    from sparkml_ext.doctor import as_json, failed, render, run_checks
+
+    checks = run_checks(args.pipeline)
+    print(json.dumps(as_json(checks), indent=2) if args.json else render(checks, sys.stdout.isatty()))
+    return EXIT_FAILED if failed(checks) else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparkml-ext", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -289,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ingest only this batch folder under source.path (repeatable; default: "
                            "every batch folder there, in name order, or the generated ones)")
     pipe.set_defaults(run=run_pipeline)
+
+    doc = jobs.add_parser("doctor", help="check Python, Java, Spark/Delta, the Delta jars, the "
+                                         "lakehouse and the optional extras; say what to fix")
+    doc.add_argument("--pipeline", help="also check this pipeline file and its lakehouse "
+                                        "(default: the lakehouse in $SPARKML_EXT_LAKEHOUSE, if set)")
+    doc.add_argument("--json", action="store_true", help="print the checks as JSON")
     return parser
 
 
@@ -318,6 +334,8 @@ def _record(cfg: PipelineConfig, job: str, result: dict, started: float) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.job == "doctor":  # the one command without a pipeline file
+        return run_doctor(args)
     from sparkml_ext.features import FeaturesError
     from sparkml_ext.holdout import TrainError
     from sparkml_ext.ingest import IngestError
