@@ -242,6 +242,23 @@ def run_doctor(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed(checks) else EXIT_OK
 
 
+def run_init(args: argparse.Namespace) -> int:
+    """`init` writes a pipeline file from the user's data, so it starts from no pipeline file."""
+    from sparkml_ext.scaffold import InitError, write_pipeline
+    from sparkml_ext.session import get_spark
+
+    spark = get_spark("sparkml_ext-init")
+    spark.sparkContext.setLogLevel(args.log_level)
+    try:
+        result = write_pipeline(spark, args.source, args.label, args.out or "", args.name)
+    except InitError as err:
+        print(f"init refused: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    print(json.dumps(result, indent=2, default=str) if args.json else "\n".join(
+        [result["summary"], *[f"question: {q}" for q in result["questions"]]]))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparkml-ext", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -300,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "every batch folder there, in name order, or the generated ones)")
     pipe.set_defaults(run=run_pipeline)
 
+    init = jobs.add_parser("init", help="write a pipeline file from a sample of your data")
+    init.add_argument("--from", dest="source", required=True, metavar="PATH_OR_TABLE",
+                      help="a landing root (a folder per batch of CSV, JSON or Parquet files), a Delta "
+                           "table's path, or a catalog table's name")
+    init.add_argument("--label", required=True, help="the column to predict")
+    init.add_argument("--out", help="the pipeline file to write (default: <name>.yaml here)")
+    init.add_argument("--name", help="the pipeline's name (default: from the folder or table)")
+    init.add_argument("--log-level", default="ERROR", choices=["ERROR", "WARN", "INFO", "DEBUG"],
+                      help="Spark's log level (default: %(default)s)")
+    init.add_argument("--json", action="store_true", help="print what init decided as JSON")
+
     doc = jobs.add_parser("doctor", help="check Python, Java, Spark/Delta, the Delta jars, the "
                                          "lakehouse and the optional extras; say what to fix")
     doc.add_argument("--pipeline", help="also check this pipeline file and its lakehouse "
@@ -334,8 +362,8 @@ def _record(cfg: PipelineConfig, job: str, result: dict, started: float) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.job == "doctor":  # the one command without a pipeline file
-        return run_doctor(args)
+    if args.job in ("doctor", "init"):  # the commands that start without a pipeline file
+        return run_doctor(args) if args.job == "doctor" else run_init(args)
     from sparkml_ext.features import FeaturesError
     from sparkml_ext.holdout import TrainError
     from sparkml_ext.ingest import IngestError
