@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
+from pyspark.errors import ArithmeticException
 from pyspark.sql import Column, DataFrame, SparkSession, Window, WindowSpec
 from pyspark.sql import functions as F
 
@@ -98,8 +99,18 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
     _refuse_duplicate_keys(context, key)
 
     meta = {"job": JOB, "bronze_version": version, "spec": fingerprint}
-    report.feature_version = lake.merge_by_key(features, target, key, metadata=meta,
-                                               partition_by=lake.date_partitions(event_time))
+    try:
+        report.feature_version = lake.merge_by_key(features, target, key, metadata=meta,
+                                                   partition_by=lake.date_partitions(event_time))
+    except ArithmeticException as err:
+        label_type = dict(bronze.dtypes)[spec.label]
+        if not spec.label_rate or is_integral_type(label_type):
+            raise
+        raise FeaturesError(
+            f"{cfg.path}: features.label_rate: a window's sum of the label {spec.label!r} overflowed "
+            f"({str(err).splitlines()[0]}): a {label_type} label is summed exactly in units of "
+            f"2^-{FIXED_POINT_BITS}, which holds about 5e11 of its absolute value per entity. Nothing was "
+            "written; set features.label_rate: false, or give the label in larger units") from None
     report.rows_merged = lake.rows_written(spark, target, report.feature_version)
     report.seconds = round(time.monotonic() - started, 2)
     return report

@@ -237,6 +237,17 @@ def test_spec_naming_a_missing_or_text_column_is_refused(spark, tmp_path):
     assert lake.current_version(spark, cfg.table_path("features")) is None
 
 
+def test_a_fractional_label_too_large_to_sum_is_refused_naming_the_key(spark, tmp_path):
+    """A double label's rate sums it in units of 2^-24: values near 1e12 overflow a long, and
+    the job says which key and what to do, instead of Spark's ARITHMETIC_OVERFLOW."""
+    cfg = clicks_config(tmp_path, "source.schema.label=double", "source.checks={}",
+                        "features.entities.user_id.aggregates={}")
+    _ingest(spark, cfg, tmp_path, "b1", [line(f"e{i}", "1", f"2026-01-01 10:0{i}:00", label="9e11") for i in range(3)])
+    with pytest.raises(FeaturesError, match=r"features.label_rate: a window's sum of the label 'label' overflowed"):
+        build_features(spark, cfg)
+    assert lake.current_version(spark, cfg.table_path("features")) is None
+
+
 def test_changed_spec_is_refused_and_missing_bronze_is_clear(spark, tmp_path):
     cfg = clicks_config(tmp_path)
     with pytest.raises(FeaturesError, match="no bronze table .* run `sparkml-ext ingest` first"):
