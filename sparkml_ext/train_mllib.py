@@ -162,7 +162,8 @@ def build_pipeline(cfg: PipelineConfig, label: str, task: str) -> tuple[Pipeline
         return Pipeline(stages=[*stages, estimator]), ClusteringEvaluator()
 
     ids = [f"{c}_freq" for c in raw]
-    stages = [FrequencyEncoder(inputCols=raw, outputCols=ids, maxCategories=tm.max_categories)]
+    # a table without categoricals (all measurements) has no vocabulary to learn
+    stages = [FrequencyEncoder(inputCols=raw, outputCols=ids, maxCategories=tm.max_categories)] if raw else []
     if tm.model in LINEAR:
         # Scale the numerics once and leave the one-hot columns as they are: the estimator's
         # own standardization would blow rare categories up into huge, overfitting weights.
@@ -170,7 +171,7 @@ def build_pipeline(cfg: PipelineConfig, label: str, task: str) -> tuple[Pipeline
         stages += [
             VectorAssembler(inputCols=numeric, outputCol="numeric_vector"),
             StandardScaler(inputCol="numeric_vector", outputCol="numeric_scaled", withMean=True),
-            OneHotEncoder(inputCols=ids, outputCols=hot, dropLast=False, handleInvalid="keep"),
+            *([OneHotEncoder(inputCols=ids, outputCols=hot, dropLast=False, handleInvalid="keep")] if raw else []),
             VectorAssembler(inputCols=["numeric_scaled", *hot], outputCol="features"),
         ]
         estimator.set(estimator.standardization, False)
