@@ -125,7 +125,7 @@ def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str 
     windowed = list(spec.entities) if entities is None else entities
     return events.select(
         key,
-        *[e for e in spec.entities if e != key],
+        *spec.entities,
         *([event_time] if event_time else []),
         *lake.event_date(event_time),
         F.col(spec.label),
