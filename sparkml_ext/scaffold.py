@@ -30,7 +30,7 @@ DATA_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".json": "json", "
 TIMESTAMP_FORMATS = ("yyyy-MM-dd HH:mm:ss", "yyyy-MM-dd'T'HH:mm:ssX", "yyyy-MM-dd'T'HH:mm:ss",
                      "yyyy-MM-dd'T'HH:mm:ss.SSSX", "yyyy-MM-dd HH:mm:ss.SSS", "yyyy-MM-dd HH:mm",
                      "yyyy-MM-dd", "MM/dd/yyyy HH:mm:ss", "MM/dd/yyyy HH:mm", "MM/dd/yyyy",
-                     "dd.MM.yyyy HH:mm:ss", "yyyy/MM/dd HH:mm:ss")
+                     "dd.MM.yyyy HH:mm:ss", "yyyy/MM/dd HH:mm:ss", "yyyy/MM/dd")
 NULL_TOKENS = ("NA", "N/A", "NULL", "null", "NaN", "-")
 WINDOWS = {"1h": 3600, "1d": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
 TABLE_TYPES = {"string": "string", "int": "int", "bigint": "bigint", "smallint": "int", "tinyint": "int",
@@ -265,10 +265,12 @@ class Plan:
                 "categorical": self.categorical, "questions": self.questions}
 
 
+# Each model's fixed params and the grid searched; a table the sample holds whole (small)
+# gets the grid's first point only: a search of it would cost more than it tells.
 MODEL_SETTINGS = {
-    "gbt": "{params: {maxIter: 30, stepSize: 0.1, seed: 7}, grid: {maxDepth: [3, 5]}}",
-    "gbt_regression": "{params: {maxIter: 30, stepSize: 0.1, seed: 7}, grid: {maxDepth: [3, 5]}}",
-    "random_forest": "{params: {numTrees: 50, seed: 7}, grid: {maxDepth: [5, 8]}}",
+    "gbt": ({"maxIter": 30, "stepSize": 0.1, "seed": 7}, {"maxDepth": [3, 5]}),
+    "gbt_regression": ({"maxIter": 30, "stepSize": 0.1, "seed": 7}, {"maxDepth": [3, 5]}),
+    "random_forest": ({"numTrees": 50, "seed": 7}, {"maxDepth": [5, 8]}),
 }
 
 
@@ -424,11 +426,20 @@ def render(name: str, source: Source, columns: dict[str, Facts], plan: Plan, row
     lines += [f"  hash_buckets: {plan.hash_buckets}", "", "holdout:",
               f"  by: {'time' if plan.event_time else 'hash'}"
               + ("   # train on earlier events, test on the latest" if plan.event_time else ""),
-              "", "train_mllib:", f"  model: {plan.model}",
-              f"  models: {{{plan.model}: {MODEL_SETTINGS[plan.model]}}}", "",
+              "", "train_mllib:", f"  model: {plan.model}", *_model_lines(plan.model, rows), "",
               "# A deep model too: add `train_torch: {epochs: 5}` (its head follows the label).", "",
               "tracking:", "  mode: ${SPARKML_EXT_TRACKING:-auto}", "  registered_model: null", ""]
     return "\n".join(lines)
+
+
+def _model_lines(model: str, rows: int) -> list[str]:
+    params, grid = MODEL_SETTINGS[model]
+    if rows < SAMPLE_ROWS:  # the whole table was sampled
+        grid = {name: values[:1] for name, values in grid.items()}
+        note = f"   # {rows} records: one grid point; list more values to search"
+    else:
+        note = ""
+    return [f"  models: {_flow({model: {'params': params, 'grid': grid}})}{note}"]
 
 
 def _flow(value: object) -> str:
