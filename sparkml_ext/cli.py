@@ -12,6 +12,9 @@ the same options however it is launched. Exit codes: 0 done, 2 bad config or usa
 3 input the job refused (nothing written), 1 storage that cannot be written (nothing
 written), a metastore name taken by another table (the job's writes stand) or anything
 unexpected. With `catalog.schema` set, a job that succeeded names the tables it wrote.
+
+The console shows the jobs' own lines; Spark's output goes to a log file of the run's own
+unless --verbose (see `sparkml_ext.console`), and an unexpected failure is one line there.
 """
 
 from __future__ import annotations
@@ -36,19 +39,15 @@ WRITES = {"generate": ("truth",), "ingest": ("bronze", "quarantine", "batches"),
 WRITES["pipeline"] = tuple(name for names in WRITES.values() for name in names)
 
 
-def _session(cfg: PipelineConfig, log_level: str):
-    from sparkml_ext.session import get_spark
-
-    spark = get_spark(f"sparkml_ext-{cfg.name}", cfg.spark)
-    spark.sparkContext.setLogLevel(log_level)
-    return spark
+def _session(cfg: PipelineConfig, args: argparse.Namespace) -> SparkSession:
+    return args.console.session(f"sparkml_ext-{cfg.name}", cfg.spark)
 
 
-def name_tables(cfg: PipelineConfig, names: Sequence[str], log_level: str) -> list[str]:
+def name_tables(cfg: PipelineConfig, names: Sequence[str], args: argparse.Namespace) -> list[str]:
     """Register each of `names` that exists as `<catalog.schema>.<name>`; the names made."""
     from sparkml_ext.lake import register
 
-    spark = _session(cfg, log_level)
+    spark = _session(cfg, args)
     schema = cfg.catalog.schema
     names = [name for name in names if getattr(cfg.tables, name) is not None]  # truth is optional
     named = [f"{schema}.{name}" for name in names if register(spark, schema, name, cfg.table_path(name))]
@@ -67,7 +66,7 @@ def run_generate(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.generate import generate_clicks
 
     gen = _generate_section(cfg)
-    spark = _session(cfg, args.log_level)
+    spark = _session(cfg, args)
     return _done(generate_clicks(spark, gen, gen.landing, cfg.table_path("truth")))
 
 
@@ -99,42 +98,42 @@ def run_ingest(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
         if args.batch_id or args.input:
             raise ConfigError(f"{cfg.path}: --batch-id/--input: a delta source (source.format) ingests the "
                               "table's versions not ingested yet, named by their range (v0-v5); give neither")
-        return _done(ingest_table(_session(cfg, args.log_level), cfg).to_dict())
+        return _done(ingest_table(_session(cfg, args), cfg).to_dict())
     if not args.batch_id:
         raise ConfigError(f"{cfg.path}: --batch-id: required for a {cfg.source.format} source "
                           "(the batch's folder under source.path)")
-    return _done(ingest_batch(_session(cfg, args.log_level), cfg, args.batch_id, args.input).to_dict())
+    return _done(ingest_batch(_session(cfg, args), cfg, args.batch_id, args.input).to_dict())
 
 
 def run_features(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.features import build_features
 
-    return _done(build_features(_session(cfg, args.log_level), cfg).to_dict())
+    return _done(build_features(_session(cfg, args), cfg).to_dict())
 
 
 def run_train_mllib(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.train_mllib import train_mllib
 
-    return _done(train_mllib(_session(cfg, args.log_level), cfg))
+    return _done(train_mllib(_session(cfg, args), cfg))
 
 
 def run_train_torch(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.train_torch import train_torch
 
-    return _done(train_torch(_session(cfg, args.log_level), cfg))
+    return _done(train_torch(_session(cfg, args), cfg))
 
 
 def run_score(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.score import score
 
-    return _done(score(_session(cfg, args.log_level), cfg, args.model))
+    return _done(score(_session(cfg, args), cfg, args.model))
 
 
 def run_report(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.report import build_report, read_run
 
     run = read_run(cfg, args.run_id)  # before the session: a missing run fails fast
-    return _done(build_report(_session(cfg, args.log_level), cfg, run, args.out))
+    return _done(build_report(_session(cfg, args), cfg, run, args.out))
 
 
 def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
@@ -144,7 +143,7 @@ def run_pipeline(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     """
     from sparkml_ext.report import stage_name
 
-    spark = _session(cfg, args.log_level)
+    spark = _session(cfg, args)
     stages: list[tuple[str, Callable[[], dict]]] = []
     if cfg.generate is not None:
         stages.append(("generate", lambda: _done(generate_into_source(spark, cfg, cfg.generate))))
@@ -245,10 +244,8 @@ def run_doctor(args: argparse.Namespace) -> int:
 def run_init(args: argparse.Namespace) -> int:
     """`init` writes a pipeline file from the user's data, so it starts from no pipeline file."""
     from sparkml_ext.scaffold import InitError, write_pipeline
-    from sparkml_ext.session import get_spark
 
-    spark = get_spark("sparkml_ext-init")
-    spark.sparkContext.setLogLevel(args.log_level)
+    spark = args.console.session("sparkml_ext-init")
     try:
         result = write_pipeline(spark, args.source, args.label, args.out or "", args.name)
     except InitError as err:
@@ -257,6 +254,10 @@ def run_init(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2, default=str) if args.json else "\n".join(
         [result["summary"], *[f"question: {q}" for q in result["questions"]]]))
     return EXIT_OK
+
+
+VERBOSE_HELP = ("show Spark's own output (Ivy's resolution, log4j, WARN lines) on the console "
+                "rather than only in the run's log file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print the job's report as JSON")
     common.add_argument(
         "--log-level", default="ERROR", choices=["ERROR", "WARN", "INFO", "DEBUG"],
-        help="Spark's log level (default: %(default)s)",
+        help="Spark's log level (default: %(default)s; above it, Spark's output is on the console)",
     )
+    common.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
 
     gen = jobs.add_parser("generate", parents=[common], help="generate Criteo-like click logs")
@@ -325,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", help="the pipeline file to write (default: <name>.yaml here)")
     init.add_argument("--name", help="the pipeline's name (default: from the folder or table)")
     init.add_argument("--log-level", default="ERROR", choices=["ERROR", "WARN", "INFO", "DEBUG"],
-                      help="Spark's log level (default: %(default)s)")
+                      help="Spark's log level (default: %(default)s; above it, Spark's output is on "
+                           "the console)")
+    init.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     init.add_argument("--json", action="store_true", help="print what init decided as JSON")
 
     doc = jobs.add_parser("doctor", help="check Python, Java, Spark/Delta, the Delta jars, the "
@@ -362,8 +366,23 @@ def _record(cfg: PipelineConfig, job: str, result: dict, started: float) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.job in ("doctor", "init"):  # the commands that start without a pipeline file
-        return run_doctor(args) if args.job == "doctor" else run_init(args)
+    if args.job == "doctor":  # checks what the jobs need: no pipeline file, no session
+        return run_doctor(args)
+    from sparkml_ext.console import Console
+
+    args.console = Console(args.job, args.log_level, verbose=args.verbose, as_json=args.json)
+    try:
+        return run_init(args) if args.job == "init" else _run_job(args)  # init: no pipeline file
+    except Exception as err:  # unexpected: one line here and the traceback in the run's log
+        if not args.console.failed(err):
+            raise
+        return EXIT_FAILED
+    finally:
+        args.console.close()
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    """A pipeline file's job; its refusals are one line each, with their exit codes."""
     from sparkml_ext.features import FeaturesError
     from sparkml_ext.holdout import TrainError
     from sparkml_ext.ingest import IngestError
@@ -376,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.job in RECORDED:
             _record(cfg, args.job, report, started)
         if cfg.catalog.schema and args.job in WRITES:
-            name_tables(cfg, WRITES[args.job], args.log_level)
+            name_tables(cfg, WRITES[args.job], args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG

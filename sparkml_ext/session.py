@@ -7,6 +7,9 @@ Three ways to run, one function:
 * under ``spark-submit``: whatever the submitter set (master, resources, packages) wins;
   we only add what is missing and never touch master or resources;
 * on Databricks: the existing session, untouched.
+
+Where the embedded JVM's own output goes (Ivy's report, log4j, Spark's log lines) is the
+caller's choice (`jvm_output`); `sparkml_ext.console` decides it for the CLI.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -83,11 +87,22 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def get_spark(app_name: str = "sparkml_ext", conf: Mapping[str, str] | None = None) -> SparkSession:
+def jvm_running() -> bool:
+    """Whether this process has its driver JVM already: a live session's, a stopped one's
+    (pyspark keeps the JVM for the next session), spark-submit's or Databricks'."""
+    from pyspark import SparkContext
+
+    return under_spark_submit() or on_databricks() or SparkContext._gateway is not None
+
+
+def get_spark(app_name: str = "sparkml_ext", conf: Mapping[str, str] | None = None,
+              jvm_output: Path | None = None) -> SparkSession:
     """Return the session for this process, creating it only where we own it.
 
     `conf` holds extra settings (for example from a pipeline's ``spark:`` section);
-    they never override what spark-submit or Databricks already set.
+    they never override what spark-submit or Databricks already set. `jvm_output` is a
+    file that the JVM this call starts appends its stdout and stderr to; a JVM that runs
+    already (see `jvm_running`) keeps its output where it goes.
     """
     if on_databricks():
         return SparkSession.builder.getOrCreate()
@@ -114,9 +129,30 @@ def get_spark(app_name: str = "sparkml_ext", conf: Mapping[str, str] | None = No
         wanted = {k: v for k, v in wanted.items() if not submitted.contains(k)}
     for key, value in wanted.items():
         builder = builder.config(key, value)
+    if jvm_output is not None and not jvm_running():
+        _start_jvm(app_name, wanted, jvm_output)
     spark = builder.getOrCreate()
     _require_delta(spark)
     return spark
+
+
+def _start_jvm(app_name: str, settings: Mapping[str, str], output: Path) -> None:
+    """Start the driver JVM and its SparkContext as `getOrCreate` would, but with the JVM's
+    stdout and stderr appended to `output`; the builder then finds that context.
+
+    `launch_gateway` takes Popen's arguments for this very purpose. The JVM keeps the file
+    it was born with, so log4j's console appender, Ivy's report, the launcher's warnings
+    and the Python workers it forks all write there, while this process's own stdout and
+    stderr stay as they are (no file descriptor is swapped, even for a moment).
+    """
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    spark_conf = SparkConf().setAppName(app_name).setAll(list(settings.items()))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "ab") as log:
+        gateway = launch_gateway(spark_conf, popen_kwargs={"stdout": log, "stderr": log})
+    SparkContext(conf=spark_conf, gateway=gateway)
 
 
 def _require_delta(spark: SparkSession) -> None:
