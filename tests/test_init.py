@@ -88,3 +88,24 @@ def test_what_init_cannot_use_is_refused_with_what_to_do(tmp_path):
     (tmp_path / "taken.yaml").write_text("x")
     code, _, err = run_cli("init", "--from", str(landing), "--label", "species", "--out", str(tmp_path / "taken.yaml"))
     assert code == EXIT_INPUT and "does not overwrite" in err
+
+
+def test_a_delta_table_by_its_path_keeps_the_tables_types(spark, tmp_path, monkeypatch):
+    """A table's columns come typed: init declares those types, and ingest of the file as
+    written takes every row of the table's snapshot."""
+    landing = _land("penguins", tmp_path / "landing")
+    table = str(tmp_path / "birds")
+    (spark.read.options(header="true", nullValue="NA", inferSchema="true").csv(str(landing / "2008"))
+     .write.format("delta").save(table))
+    spark.sql(f"ALTER TABLE delta.`{table}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+    monkeypatch.setenv("SPARKML_EXT_LAKEHOUSE", str(tmp_path / "lake"))
+    out = tmp_path / "birds.yaml"
+    code, printed, err = run_cli("init", "--from", table, "--label", "sex", "--out", str(out), "--json")
+    assert code == EXIT_OK, err
+    assert (json.loads(printed)["task"], json.loads(printed)["model"]) == ("binary", "gbt")
+    cfg = load_config(out)
+    assert (cfg.source.format, cfg.source.path, cfg.source.schema["year"]) == ("delta", table, "int")
+    code, printed, err = run_cli("ingest", f"--pipeline={out}", "--json")
+    assert code == EXIT_OK, err
+    report = json.loads(printed[printed.index("\n{") + 1:])
+    assert (report["rows_read"], report["accepted"]) == (114, 114)
