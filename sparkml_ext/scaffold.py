@@ -53,7 +53,6 @@ class Source:
     path: str | None = None  # the landing root (folders of batches) or the Delta table's path
     table: str | None = None  # a catalog table
     options: dict[str, str] = field(default_factory=dict)
-    batches: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -110,7 +109,8 @@ def _name(source: str, located: Source) -> str:
 
 
 def locate(spark: SparkSession, source: str) -> Source:
-    """The source's format, reader options and batches, from what is at `source`."""
+    """The source's format and reader options, from what is at `source` (a URI is taken for
+    a Delta table: landing folders on an object store are not listed here yet)."""
     path = Path(source)
     if "://" not in source and not path.exists():
         if re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*){0,2}", source) and spark.catalog.tableExists(source):
@@ -136,7 +136,7 @@ def locate(spark: SparkSession, source: str) -> Source:
         raise InitError(f"--from {source}: expected files of one format (.csv/.tsv, .json/.jsonl or .parquet) "
                         f"in its batch folders, found {found}")
     (fmt,) = formats
-    located = Source(fmt, path=str(path.resolve()), batches=batches)
+    located = Source(fmt, path=str(path.resolve()))
     if fmt == "csv":
         located.options = _csv_options(spark, located.path)
     return located
