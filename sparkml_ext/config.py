@@ -217,12 +217,15 @@ class HoldoutConfig:
             raise ValueError(f"gap: {err}") from None
 
 
-MLLIB_MODELS = ("logistic_regression", "gbt", "random_forest", "linear_regression", "gbt_regression", "kmeans")
+# xgboost, xgboost_regression: xgboost.spark estimators (the `xgboost` extra), in the same Pipeline
+MLLIB_MODELS = ("logistic_regression", "gbt", "random_forest", "linear_regression", "gbt_regression", "kmeans",
+                "xgboost", "xgboost_regression")
 
 
 @dataclass(frozen=True)
 class MllibModelConfig:
-    """One model type's fixed params and the grid searched, by MLlib param name."""
+    """One model type's fixed params and the grid searched, by the estimator's param name
+    (MLlib's `maxDepth`; xgboost.spark's `max_depth` for the xgboost types)."""
 
     params: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)

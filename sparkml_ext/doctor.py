@@ -72,7 +72,7 @@ class Extra:
 EXTRAS = (
     Extra("torch", "torch", "train-torch and scoring a torch model"),
     Extra("mlflow", "mlflow", "the tracking: section (MLflow runs, the model registry)"),
-    Extra("xgboost", None, "no job yet (the planned xgboost.spark trainer)"),
+    Extra("xgboost", "xgboost", "train-mllib's xgboost and xgboost_regression models"),
 )
 
 

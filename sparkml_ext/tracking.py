@@ -126,11 +126,13 @@ class TrainingRun:
         # Both schemas come from Spark's plan (no job runs): the input columns' types, and the
         # `prediction` column that MLflow's spark pyfunc returns.
         signature = infer_signature(example, model.transform(example).select("prediction"))
+        # an xgboost.spark stage loads only where xgboost is installed
+        xgboost = {"xgboost" for stage in model.stages if type(stage).__module__.startswith("xgboost.")}
         with _package_folder() as package:
             info = self.mlflow.spark.log_model(
                 model, MODEL_PATH, signature=signature, input_example=example.toPandas(),  # driver-ok: 5 rows
                 dfs_tmpdir=self.cfg.lakehouse_path("_tmp/mlflow"),
-                code_paths=[package], pip_requirements=_pins("pyspark"))
+                code_paths=[package], pip_requirements=_pins("pyspark", *xgboost))
         self.model_uri = info.model_uri
 
     def log_torch_model(self, model_file: str, rows: Any) -> None:

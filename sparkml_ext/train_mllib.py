@@ -4,14 +4,18 @@ The feature table is read at one pinned Delta version and split by `holdout`, so
 can be repeated exactly. Rows whose label is unknown (null or NaN: events whose outcome
 has not come yet) stay in the table for `score` but are left out of fitting, tuning and
 the metrics; the result says how many. The model store keeps every run; nothing is
-overwritten.
+overwritten. The xgboost types are xgboost.spark's estimators (pyspark.ml ones, trained
+across Spark tasks) in the same Pipeline, so tuning, storing, scoring and MLflow treat
+them as they treat MLlib's.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from functools import partial
 
 from pyspark.ml import Estimator, Pipeline, PipelineModel
 from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomForestClassifier
@@ -52,13 +56,24 @@ from sparkml_ext.holdout import (
     resolve_split,
 )
 
-ESTIMATORS = {
+
+def _xgboost(name: str) -> Estimator:
+    """An xgboost.spark estimator: xgboost is an optional extra, imported only where a run
+    uses it (an ImportError names the missing module; `_check_params` turns it into advice)."""
+    from xgboost import spark as xgboost_spark
+
+    return getattr(xgboost_spark, name)()
+
+
+ESTIMATORS: dict[str, Callable[[], Estimator]] = {
     "logistic_regression": LogisticRegression,
     "gbt": GBTClassifier,
     "random_forest": RandomForestClassifier,
     "linear_regression": LinearRegression,
     "gbt_regression": GBTRegressor,
     "kmeans": KMeans,
+    "xgboost": partial(_xgboost, "SparkXGBClassifier"),
+    "xgboost_regression": partial(_xgboost, "SparkXGBRegressor"),
 }
 TASKS = {  # what each model does (a classifier's task is binary or MULTICLASS by its label)
     "logistic_regression": CLASSIFICATION,
@@ -67,8 +82,11 @@ TASKS = {  # what each model does (a classifier's task is binary or MULTICLASS b
     "linear_regression": REGRESSION,
     "gbt_regression": REGRESSION,
     "kmeans": CLUSTERING,
+    "xgboost": CLASSIFICATION,
+    "xgboost_regression": REGRESSION,
 }
 LINEAR = {"logistic_regression", "linear_regression"}
+XGBOOST = {"xgboost", "xgboost_regression"}
 
 
 def train_mllib(spark: SparkSession, cfg: PipelineConfig) -> dict:
@@ -175,6 +193,13 @@ def build_pipeline(cfg: PipelineConfig, label: str, task: str) -> tuple[Pipeline
             VectorAssembler(inputCols=["numeric_scaled", *hot], outputCol="features"),
         ]
         estimator.set(estimator.standardization, False)
+    elif tm.model in XGBOOST:
+        # xgboost splits the frequency ids as categories of its own (feature_types "c": a
+        # partition of the ids, not one threshold on their order), the numerics as numbers.
+        stages.append(VectorAssembler(inputCols=numeric + ids, outputCol="features"))
+        estimator.set(estimator.getParam("feature_types"), ["q"] * len(numeric) + ["c"] * len(ids))
+        estimator.set(estimator.getParam("num_workers"), _task_slots())
+        estimator.set(estimator.getParam("verbose"), False)  # no log line per boosting round
     else:
         # Trees split the frequency ids as categories (nominal attributes, a bin per id).
         # Target encoding fitted on the training rows would leak: a value seen once
@@ -183,6 +208,8 @@ def build_pipeline(cfg: PipelineConfig, label: str, task: str) -> tuple[Pipeline
         estimator.setMaxBins(max(estimator.getMaxBins(), tm.max_categories + 1))
     estimator.set(estimator.labelCol, label)
     _set_params(estimator, tm.params)
+    if tm.model in XGBOOST:
+        _check_workers(estimator, cfg.path)
     if task == CLASSIFICATION:
         evaluator = BinaryClassificationEvaluator(labelCol=label, metricName="areaUnderROC")
     elif task == MULTICLASS:
@@ -195,16 +222,41 @@ def build_pipeline(cfg: PipelineConfig, label: str, task: str) -> tuple[Pipeline
 def _check_params(tm: TrainMllibConfig, file: str) -> None:
     """Refuse a param name its estimator lacks, in every model type's entry and in the
     overrides, before anything is read or fitted: a typo fails the run that meets it first."""
-    named = [(model, f"models.{model}.{what}", getattr(entry, what))
-             for model, entry in tm.models.items() for what in ("params", "grid")]
+    named = [(tm.model, "model", {})]  # the chosen type's package must import, params or not
+    named += [(model, f"models.{model}.{what}", getattr(entry, what))
+              for model, entry in tm.models.items() for what in ("params", "grid")]
     named += [(tm.model, what, getattr(tm, what)) for what in ("params", "grid")
               if getattr(tm, what) is not None]
     for model, where, values in named:
-        estimator = ESTIMATORS[model]()
+        try:
+            estimator = ESTIMATORS[model]()
+        except ImportError as err:
+            if model != tm.model:
+                continue  # another type's entry: checked where a run chooses it (and has its package)
+            raise ConfigError(f"{file}: train_mllib.model: {model} needs the {err.name} package, which "
+                              f"cannot be imported ({err}): pip install 'sparkml-ext[xgboost]'") from None
         for name in values:
             if not estimator.hasParam(name):
                 raise ConfigError(f"{file}: train_mllib.{where}.{name}: "
                                   f"{type(estimator).__name__} has no such parameter")
+
+
+def _task_slots() -> int:
+    """The tasks Spark can run at once now (xgboost.spark's own count of them): its default
+    num_workers. xgboost trains in one barrier stage of num_workers tasks, which starts only
+    when all of them can run together; at least 1, for a cluster whose executors come later."""
+    from xgboost.spark.utils import _get_max_num_concurrent_tasks
+
+    return max(1, _get_max_num_concurrent_tasks(SparkSession.active().sparkContext))
+
+
+def _check_workers(estimator: Estimator, file: str) -> None:
+    """Refuse more xgboost workers than local Spark has task slots: the barrier stage would
+    wait for them forever (a cluster may still add executors, so there it only waits)."""
+    workers, slots = estimator.getOrDefault("num_workers"), _task_slots()
+    if workers > slots and SparkSession.active().sparkContext.master.startswith("local"):
+        raise ConfigError(f"{file}: train_mllib.params.num_workers: {workers} is more than the {slots} "
+                          "task slots of this local Spark; xgboost's barrier stage would never start")
 
 
 def _set_params(estimator: Estimator, params: dict) -> None:

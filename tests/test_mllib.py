@@ -1,20 +1,27 @@
-"""The chain generate → ingest → features → train-mllib → score on small data, real Spark + Delta."""
+"""The chain generate → ingest → features → train-mllib → score on small data, real Spark + Delta;
+MLlib's models and xgboost.spark's."""
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
+import mlflow
 import pytest
-from clickdata import clicks_config
+from clickdata import CLICKS, clicks_config
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
+from shipping import run_cli
 
 from sparkml_ext import lake, modelstore
+from sparkml_ext.cli import EXIT_CONFIG, EXIT_OK
 from sparkml_ext.config import ConfigError
+from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.holdout import CLASSIFICATION, TrainError, card_split
 from sparkml_ext.score import score
+from sparkml_ext.tracking import pipeline_inputs
 from sparkml_ext.train_mllib import evaluate_model, train_mllib
 
 pytestmark = pytest.mark.slow
@@ -128,3 +135,72 @@ def test_bad_requests_are_clear_and_write_nothing(spark, lakehouse, tmp_path):
         train_mllib(spark, empty)
     assert modelstore.versions(empty.table_path("models"), "gbt") == []
     assert lake.current_version(spark, empty.table_path("predictions")) is None
+
+
+# xgboost.spark as a train_mllib model (issue 20), on this module's lakehouse: trained and
+# tuned through `sparkml-ext train-mllib`, stored, scored by `sparkml-ext score` from the
+# stored PipelineModel, logged to MLflow; a few boosting rounds.
+XGB_SMALL = ["--set=train_mllib.params={n_estimators: 5, random_state: 7}", "--set=train_mllib.grid={max_depth: [2, 3]}"]
+
+
+def _cli(job: str, root: Path, *sets: str) -> tuple[int, dict | None, str]:
+    """`sparkml-ext <job> --json` on the click demo under `root`: exit code, report, stderr."""
+    where = [f"--pipeline={CLICKS}", f"--set=lakehouse={root}/lake", f"--set=source.path={root}/landing"]
+    code, printed, err = run_cli(job, *where, *sets, "--json")
+    return code, json.loads(printed[printed.index("\n{") + 1:]) if code == EXIT_OK else None, err
+
+
+def test_xgboost_is_tuned_tracked_stored_and_scored(spark, lakehouse):
+    tracked = ["--set=tracking.mode=auto", "--set=tracking.uri=", "--set=tracking.registered_model=clicks_{model}"]
+    code, card, err = _cli("train-mllib", lakehouse, "--set=train_mllib.model=xgboost", *XGB_SMALL, *tracked)
+    assert code == EXIT_OK, err[-3000:]
+    assert card["model_version"] == "xgboost/v1" and card["task"] == "classification"
+    assert card["classes"] == [0, 1] and len(card["search"]["scores"]) == 2
+    assert card["search"]["grid"] == [{"max_depth": 2}, {"max_depth": 3}]
+    assert 0.55 < card["metrics"]["auc_roc"] <= 1 and 0 < card["metrics"]["log_loss"] < 1
+
+    # The stored model: the frequency ids are xgboost's categorical features.
+    stored = PipelineModel.load(f"{card['model_uri']}/model")
+    booster = stored.stages[-1].get_booster()
+    columns = feature_columns(clicks_config(lakehouse).features)
+    assert booster.feature_types == ["q"] * len(columns["numeric"]) + ["c"] * len(columns["categorical_raw"])
+
+    # Logged to MLflow with xgboost among its requirements; loaded back, it predicts as stored.
+    mlflow.set_tracking_uri(f"sqlite:///{lakehouse}/lake/mlflow.db")
+    run = mlflow.MlflowClient().get_run(card["mlflow"]["run_id"])
+    assert run.data.params["params.n_estimators"] == "5" and run.data.tags["model_store_version"] == "xgboost/v1"
+    assert card["mlflow"]["registered"] == {"name": "clicks_xgboost", "version": 1}
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(card["mlflow"]["model_uri"])).read_text()
+    assert "xgboost==3.2.0" in requirements.split()
+    features = spark.read.format("delta").load(clicks_config(lakehouse).table_path("features"))
+    rows = features.orderBy("event_id").limit(7).select(*pipeline_inputs(stored))
+    predicted = list(mlflow.pyfunc.load_model("models:/clicks_xgboost/1").predict(rows.toPandas()))
+    assert predicted == [r.prediction for r in stored.transform(rows).select("prediction").collect()]
+
+    code, report, err = _cli("score", lakehouse, "--model=xgboost/v1")
+    assert code == EXIT_OK, err[-3000:]
+    predictions = (spark.read.format("delta").load(clicks_config(lakehouse).table_path("predictions"))
+                   .where("model = 'xgboost/v1'"))
+    assert report["rows"] == predictions.count() == features.count()
+    assert predictions.where("score < 0 OR score > 1 OR predicted_class IS NULL").count() == 0
+
+
+def test_xgboost_regression_on_a_continuous_column(spark, lakehouse):
+    code, card, err = _cli("train-mllib", lakehouse, "--set=train_mllib.model=xgboost_regression",
+                          "--set=train_mllib.label=log_i5", *XGB_SMALL[:1], "--set=train_mllib.grid={}")
+    assert code == EXIT_OK, err[-3000:]
+    assert card["model_version"] == "xgboost_regression/v1" and card["task"] == "regression"
+    assert card["metrics"]["rmse"] > 0 and "classes" not in card
+
+
+def test_bad_xgboost_settings_name_the_key(spark, lakehouse, monkeypatch):
+    code, _, err = _cli("train-mllib", lakehouse, "--set=train_mllib.model=xgboost",
+                       "--set=train_mllib.params={max_dpth: 3}")
+    assert code == EXIT_CONFIG
+    assert "clicks.yaml: train_mllib.params.max_dpth: SparkXGBClassifier has no such parameter" in err
+    code, _, err = _cli("train-mllib", lakehouse, "--set=train_mllib.model=xgboost",
+                       "--set=train_mllib.params={num_workers: 64}")
+    assert code == EXIT_CONFIG and "train_mllib.params.num_workers: 64 is more than the 2 task slots" in err
+    monkeypatch.setitem(sys.modules, "xgboost", None)  # as where the extra is not installed
+    with pytest.raises(ConfigError, match=r"clicks.yaml: train_mllib.model: xgboost needs the xgboost package"):
+        train_mllib(spark, clicks_config(lakehouse, "train_mllib.model=xgboost"))
