@@ -24,16 +24,16 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from sparkkit import plain_write, scratch_run
 
 from sparkml_ext.config import GenerateConfig, PipelineConfig, load_config
 from sparkml_ext.features import build_features
 from sparkml_ext.generate import generate_clicks
 from sparkml_ext.ingest import ingest_batch
-from sparkml_ext.session import get_spark
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "data" / "generated" / "bench" / "engine"
@@ -54,14 +54,6 @@ def timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def plain_write(spark, cfg: PipelineConfig, target: str) -> None:
-    """The reference for ingest: the declared schema, the reader options, one Delta append."""
-    source = cfg.source
-    ddl = ", ".join(f"`{c}` {t}" for c, t in source.schema.items())
-    (spark.read.schema(ddl).options(**source.options).csv(f"{source.path}/{BATCH}")
-     .write.format("delta").save(target))
-
-
 def plain_copy(spark, cfg: PipelineConfig, target: str) -> None:
     """The reference for features: bronze read and written to a new Delta table."""
     spark.read.format("delta").load(cfg.table_path("bronze")).write.format("delta").save(target)
@@ -70,9 +62,9 @@ def plain_copy(spark, cfg: PipelineConfig, target: str) -> None:
 def one_round(spark, landing: Path, lake: Path, ours_first: bool) -> dict[str, float]:
     cfg = load_config(ROOT / "conf" / "pipelines" / "clicks.yaml",
                       [f"lakehouse={lake}", f"source.path={landing}"])
-    pairs = [("ingest", lambda: ingest_batch(spark, cfg, BATCH)),
-             ("plain write", lambda: plain_write(spark, cfg, f"{lake}/plain_write"))]
-    seconds = {name: timed(run) for name, run in (pairs if ours_first else pairs[::-1])}
+    pairs = [("ingest", lambda: timed(lambda: ingest_batch(spark, cfg, BATCH))),
+             ("plain write", lambda: plain_write(spark, cfg, BATCH, f"{lake}/plain_write"))]
+    seconds = {name: run() for name, run in (pairs if ours_first else pairs[::-1])}
     pairs = [("features", lambda: build_features(spark, cfg)),
              ("plain copy", lambda: plain_copy(spark, cfg, f"{lake}/plain_copy"))]
     seconds.update({name: timed(run) for name, run in (pairs if ours_first else pairs[::-1])})
@@ -81,11 +73,7 @@ def one_round(spark, landing: Path, lake: Path, ours_first: bool) -> dict[str, f
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work))
-    spark = get_spark("bench-engine", {"spark.ui.enabled": "false"})
-    spark.sparkContext.setLogLevel("ERROR")
-    try:
+    with scratch_run("bench-engine", args.work) as (spark, work):
         landing = work / "landing"
         generate_clicks(spark, GenerateConfig(rows=args.rows, batches=1), str(landing), str(work / "truth"))
         print(f"engine benchmark: {args.rows:,} click events in one CSV batch, {args.rounds} rounds", flush=True)
@@ -99,9 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         median = {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
         print(f"RATIO ingest_vs_plain_write {median['ingest'] / median['plain write']:.2f}")
         print(f"RATIO features_vs_plain_copy {median['features'] / median['plain copy']:.2f}")
-    finally:
-        spark.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
+
+from sparkkit import plain_write, scratch_run
 
 from sparkml_ext.config import GenerateConfig, load_config
 from sparkml_ext.generate import generate_clicks
 from sparkml_ext.ingest import IngestReport, ingest_batch
-from sparkml_ext.session import get_spark
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "data" / "generated" / "bench" / "ingest"
@@ -56,30 +55,16 @@ def timed_ingest(spark, cfg, batch: str) -> IngestReport:
     return report
 
 
-def plain_write(spark, cfg, batch: str, target: str) -> float:
-    source = cfg.source
-    ddl = ", ".join(f"`{c}` {t}" for c, t in source.schema.items())
-    started = time.perf_counter()
-    (spark.read.schema(ddl).options(**source.options).csv(f"{source.path}/{batch}")
-     .write.format("delta").mode("append").save(target))
-    seconds = time.perf_counter() - started
-    print(f"  .. plain read.csv → Delta of {batch}: {seconds:.1f} s", flush=True)
-    return seconds
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work))
-    spark = get_spark("bench-ingest", {"spark.ui.enabled": "false"})
-    spark.sparkContext.setLogLevel("ERROR")
-    try:
+    with scratch_run("bench-ingest", args.work) as (spark, work):
         cfg = load_config(ROOT / "conf" / "pipelines" / "clicks.yaml",
                           [f"lakehouse={work}/lake", f"source.path={work}/landing"])
         generate_clicks(spark, GenerateConfig(rows=args.rows, batches=2), f"{work}/landing", cfg.table_path("truth"))
         print(f"ingest benchmark: {args.rows} generated click events in 2 CSV batches", flush=True)
         timed_ingest(spark, cfg, "batch-00000")
         plain = plain_write(spark, cfg, "batch-00001", f"{work}/plain")
+        print(f"  .. plain read.csv → Delta of batch-00001: {plain:.1f} s", flush=True)
         second = timed_ingest(spark, cfg, "batch-00001")
         shutil.copytree(f"{work}/landing/batch-00000", f"{work}/landing/redelivered")
         again = timed_ingest(spark, cfg, "redelivered")
@@ -87,9 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RATIO ingest_vs_plain_delta_write {second.seconds / plain:.2f}")
         print(f"RATIO key_lookup_share {second.timings['lookup'] / second.seconds:.3f}")
         print(f"RATIO redelivery_vs_first_ingest {again.seconds / second.seconds:.2f}")
-    finally:
-        spark.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
