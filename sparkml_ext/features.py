@@ -87,16 +87,17 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
         return report
 
     if done is None:  # a first run: every bronze row is new, so no rows to select
-        context = bronze
-        features = engineer(context, spec, key, event_time)
+        histories = [bronze]
+        features = engineer(bronze, spec, key, event_time)
         report.rows_in, report.warnings = _first_run_facts(bronze, spec, event_time, cfg.path)
     else:
         changed = _changes(spark, bronze_path, done + 1, version)
-        features, context = _recomputed(bronze, changed, spec, key, event_time)
+        features, histories = _recomputed(bronze, changed, spec, key, event_time)
         report.rows_in = changed.where(F.col("_change_type") != "update_preimage").count()
     if report.rows_in == 0:
         raise FeaturesError(f"bronze gained no rows between v{done} and v{version}")
-    _refuse_duplicate_keys(context, key)
+    for history in histories:  # what each entity's windows counted
+        _refuse_duplicate_keys(history, key)
 
     meta = {"job": JOB, "bronze_version": version, "spec": fingerprint}
     try:
@@ -309,8 +310,9 @@ def _changes(spark: SparkSession, path: str, start: int, end: int) -> DataFrame:
 
 def _recomputed(
     bronze: DataFrame, changed: DataFrame, spec: FeaturesConfig, key: str, event_time: str | None
-) -> tuple[DataFrame, DataFrame]:
-    """The feature rows a change rewrites, and the bronze events they were computed from.
+) -> tuple[DataFrame, list[DataFrame]]:
+    """The feature rows a change rewrites, and the bronze events each entity's columns of
+    them were computed from.
 
     A late or updated event changes the windows of its entities' later events: every event
     of a changed entity value from its earliest changed time on is rewritten (with one
@@ -320,37 +322,44 @@ def _recomputed(
     transforms over the rows themselves. An event with no value for an entity has no
     history there: it alone is its group.
     """
-    targets = changed.select(key)
+    if not spec.entities:
+        rows = bronze.join(changed.select(key), key, "left_semi")
+        return engineer(rows, spec, key, event_time), [rows]
+    # Each changed entity value's events from its earliest change on are rewritten; the
+    # windows of an entity's values reach back from the earliest of them, which the other
+    # entities' rewritten events can move (one entity: the changes alone say it). An event
+    # may be counted twice here: only minima and keys are taken.
+    changes = changed.select(*bronze.columns)  # both sides of an update
+    later = {}
     for entity in spec.entities:
-        changed_values = changed.where(F.col(entity).isNotNull()).groupBy(entity).agg(F.min(event_time).alias("_since"))
-        later = bronze.join(changed_values, entity).where(F.col(event_time) >= F.col("_since")).select(key)
-        targets = targets.unionByName(later)
-    targets = targets.distinct()
-    rows = bronze.join(targets, key, "left_semi")
-    entities = list(spec.entities)
-    if not entities:
-        return engineer(rows, spec, key, event_time), rows
-    histories = {entity: _history(bronze, rows, spec, entity, event_time) for entity in entities}
-    first, *others = entities
+        since = changed.where(F.col(entity).isNotNull()).groupBy(entity).agg(F.min(event_time).alias("_since"))
+        later[entity] = bronze.join(since, entity).where(F.col(event_time) >= F.col("_since")).drop("_since")
+    targets = functools.reduce(DataFrame.unionByName, [changes, *later.values()]).select(key)
+    histories = {
+        entity: _history(bronze, functools.reduce(DataFrame.unionByName, [changes] + [
+            rows for other, rows in later.items() if other != entity]), targets, spec, entity, key, event_time)
+        for entity in spec.entities
+    }
+    first, *others = histories
     features = engineer(histories[first], spec, key, event_time, [first]).join(targets, key, "left_semi")
     label_type = dict(bronze.dtypes)[spec.label]
     for entity in others:
         columns = histories[entity].select(key, *entity_aggregates(spec, entity, key, event_time, label_type))
         features = features.join(columns.join(targets, key, "left_semi"), key)
-    order = engineer(rows, spec, key, event_time).columns  # analysis only: no job
-    read = bronze.join(functools.reduce(DataFrame.unionByName, [h.select(key) for h in histories.values()]),
-                       key, "left_semi")
-    return features.select(*order), read
+    order = engineer(bronze, spec, key, event_time).columns  # analysis only: no job
+    return features.select(*order), list(histories.values())
 
 
-def _history(bronze: DataFrame, rows: DataFrame, spec: FeaturesConfig, entity: str, event_time: str) -> DataFrame:
-    """The events `rows`' windows over `entity` reach: each value's events from its earliest
-    row's time less the entity's longest window, and the rows without a value."""
+def _history(bronze: DataFrame, touched: DataFrame, targets: DataFrame, spec: FeaturesConfig, entity: str,
+             key: str, event_time: str) -> DataFrame:
+    """The events the rewritten events' windows over `entity` reach: each value's events from
+    its earliest time in `touched` less the entity's longest window, and the targets without
+    a value (as bronze holds them now)."""
     has_value = F.col(entity).isNotNull()
-    since = rows.where(has_value).groupBy(entity).agg(F.min(event_time).alias("_since"))
+    since = touched.where(has_value).groupBy(entity).agg(F.min(event_time).alias("_since"))
     reach = F.col("_since") - F.make_interval(secs=F.lit(spec.entities[entity].horizon()))
     return (bronze.join(since, entity).where(F.col(event_time) >= reach).drop("_since")
-            .unionByName(rows.where(~has_value)))
+            .unionByName(bronze.where(~has_value).join(targets, key, "left_semi")))
 
 
 def _refuse_duplicate_keys(events: DataFrame, key: str) -> None:
