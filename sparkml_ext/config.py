@@ -51,7 +51,7 @@ class SourceConfig:
 
     `key` names the column that identifies an event. A table without one leaves it out:
     ingest then derives `record_key` from the record's whole content (see
-    `ingest.derived_key`), so records equal in every column are one event (a re-delivery,
+    `landing.derived_key`), so records equal in every column are one event (a re-delivery,
     quarantined as a duplicate) and records that differ anywhere are two."""
 
     path: str | None = None  # the landing root, or the source Delta table's path or URI

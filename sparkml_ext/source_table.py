@@ -12,7 +12,7 @@ Why ids named by their range: they keep every guarantee of the landing ledger wi
 new one. The next range starts after the highest version that a committed batch of this
 source recorded (its report's `source_range`), so two runs never ingest a version twice. A
 run that claimed its range and died before its ledger commit left a claim: the next run
-retries that same range (same id, same fingerprint), which `ingest.land` completes as it
+retries that same range (same id, same fingerprint), which `landing.land` completes as it
 completes a half-done landing batch, never a wider one that would read some versions
 twice. The fingerprint is the source's name and the range, so the same range of another
 table (a source renamed or replaced) is refused as a reused id, nothing written.
@@ -35,7 +35,7 @@ from pyspark.sql.utils import AnalysisException
 
 from sparkml_ext import lake
 from sparkml_ext.config import PipelineConfig
-from sparkml_ext.ingest import (
+from sparkml_ext.landing import (
     CORRUPT,
     JOB,
     RAW,
