@@ -36,7 +36,8 @@ BATCH = lake.BATCH_COLUMN
 HELD_BY = "_held_by"  # the batch that already holds the record's key in bronze
 HELD_AT = "_held_at"  # the event time bronze holds for that key
 SEQUENCE = "_sequence"  # optional: a source's order of changes (a table's version); the later wins in update mode
-INTERNAL = (CORRUPT, REASONS, RAW, SOURCE_FILE, HELD_BY, HELD_AT, SEQUENCE)
+ROW = "_row"  # a staged record's id: which of a key's records are its duplicates
+INTERNAL = (CORRUPT, REASONS, RAW, SOURCE_FILE, HELD_BY, HELD_AT, SEQUENCE, ROW)
 # What a text reader puts where the input's bytes are not valid in its encoding.
 REPLACEMENT_CHAR = "\ufffd"
 # Control characters no text value should hold (tab, line feed and carriage return excepted).
@@ -142,6 +143,8 @@ def land(spark: SparkSession, cfg: PipelineConfig, batch: Batch, started: float)
         report.rows_read = sum(f.records for f in lines.values())
         with clock("stage"):
             staged = stage(spark, batch.records(lines), folder)
+        with clock("duplicates"):
+            staged = with_duplicates_marked(spark, cfg, staged, folder)
         with clock("lookup"):
             staged = with_held_keys(spark, cfg, batch_id, staged, folder)
         with clock("check"):
@@ -210,9 +213,9 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
 
     Reasons, first one wins for reporting: too_long (over ingest.max_record_chars),
     malformed, bad_encoding (bytes not valid in the reader's encoding), control_char:<col>,
-    bad_type:<col>, missing:<col>, check:<name>, duplicate_key (a key seen earlier in the
-    same batch; with on_existing_key: update, the batch's latest event of a key is kept).
-    Columns outside source.schema pass through.
+    bad_type:<col>, missing:<col>, check:<name>. Row by row (no shuffle): a key repeated
+    in the batch is found on the staged records (`with_duplicates_marked`). Columns outside
+    source.schema pass through.
     """
     source = cfg.source
     extra = [c for c in raw.columns if c not in source.schema and c not in INTERNAL]
@@ -243,27 +246,47 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
         .when(F.col(CORRUPT).isNotNull(), F.array(F.lit("malformed")))
         .otherwise(F.concat(F.col("_value_errors"), _flags(missing + checks)))
     )
-    latest_first = [F.col(source.event_time).desc()] if cfg.ingest.on_existing_key == "update" else []
-    if latest_first and sequence:
-        latest_first.append(F.col(SEQUENCE).desc())
-    first_of_key = Window.partitionBy(source.key).orderBy(
-        F.size(REASONS) > 0, *latest_first, F.col(SOURCE_FILE), F.col(RAW)
-    )
-    duplicate = (F.size(REASONS) == 0) & (F.row_number().over(first_of_key) > 1)
-    return (
-        typed.withColumn(REASONS, reasons)
-        .withColumn(
-            REASONS,
-            F.when(duplicate, F.array(F.lit("duplicate_key"))).otherwise(F.col(REASONS)),
-        )
-        .drop("_value_errors")
-    )
+    return typed.withColumn(REASONS, reasons).drop("_value_errors")
 
 
 def stage(spark: SparkSession, records: DataFrame, folder: str) -> DataFrame:
-    """Parse, type and check the batch once into `folder` (Parquet); the staged records."""
-    records.select(*[c for c in records.columns if c != CORRUPT]).write.parquet(f"{folder}/records")
+    """Parse, type and check the batch once into `folder` (Parquet), each record with an id;
+    the staged records."""
+    (records.select(*[c for c in records.columns if c != CORRUPT], F.monotonically_increasing_id().alias(ROW))
+     .write.parquet(f"{folder}/records"))
     return spark.read.parquet(f"{folder}/records")
+
+
+def with_duplicates_marked(spark: SparkSession, cfg: PipelineConfig, staged: DataFrame, folder: str) -> DataFrame:
+    """The staged records with each good record whose key an earlier good record of the batch
+    holds quarantined as duplicate_key. "Earlier": by source file, then raw text; with
+    on_existing_key: update the key's latest event is kept (a source's later change on a tie).
+
+    Found from the keys alone: an aggregate of the key column finds the repeated keys
+    (usually none) and only their records are ranked, so a batch of unique keys shuffles
+    its keys, not its records. The ids of the records that lose are written to `folder`:
+    a small table the staged records are joined with by broadcast.
+    """
+    key = cfg.source.key
+    good = staged.where(F.size(REASONS) == 0)
+    repeated = good.groupBy(F.col(key).alias("_repeated")).count().where(F.col("count") > 1)
+    order = [F.col(cfg.source.event_time).desc()] if cfg.ingest.on_existing_key == "update" else []
+    if order and SEQUENCE in staged.columns:
+        order.append(F.col(SEQUENCE).desc())
+    first_of_key = Window.partitionBy(key).orderBy(*order, F.col(SOURCE_FILE), F.col(RAW))
+    (
+        good.join(repeated, F.col(key).eqNullSafe(F.col("_repeated")), "left_semi")  # a null key too
+        .select(ROW, F.row_number().over(first_of_key).alias("_rank"))
+        .where(F.col("_rank") > 1)
+        .select(ROW)
+        .write.parquet(f"{folder}/duplicates")
+    )
+    duplicate = F.col("_duplicate").isNotNull()
+    return (
+        staged.join(spark.read.parquet(f"{folder}/duplicates").withColumn("_duplicate", F.lit(True)), ROW, "left")
+        .withColumn(REASONS, F.when(duplicate, F.array(F.lit("duplicate_key"))).otherwise(F.col(REASONS)))
+        .drop("_duplicate")
+    )
 
 
 def with_held_keys(spark: SparkSession, cfg: PipelineConfig, batch_id: str, staged: DataFrame, folder: str) -> DataFrame:
