@@ -308,22 +308,24 @@ def merge_by_key(
     app_id: str | None = None,
     attempts: int = 3,
 ) -> int | None:
-    """Upsert `df` by `key` (creating the table on first use); returns the version written.
+    """Upsert `df`, which holds each `key` once, by `key` (creating the table on first use);
+    returns the version written.
 
-    The source is deduplicated by key first (MERGE refuses several matches per target
-    row), `metadata` lands in the commit atomically with the data, and a conflict with a
+    Both callers prove their rows' keys unique before they write (ingest marks a batch's
+    repeated keys, features refuses a bronze that repeats one), so no dedup shuffle of the
+    whole source runs here; a MERGE would refuse a repeat anyway. `metadata` lands in the
+    commit atomically with the data, and a conflict with a
     concurrent writer is retried a bounded number of times. With `app_id` the MERGE is
     exactly-once like `append_once` (Delta's session-level txnAppId/txnVersion): a repeat
     is skipped and returns None.
     """
     spark = df.sparkSession
     require_writable(spark, path)
-    source = df.dropDuplicates([key])
     metadata = {**metadata, "app_id": app_id} if app_id else metadata
 
     def upsert() -> int | None:
         before = current_version(spark, path)
-        _upsert(source, path, key, metadata, partition_by, app_id)
+        _upsert(df, path, key, metadata, partition_by, app_id)
         if app_id:
             return _committed_by(spark, path, app_id, before)
         return current_version(spark, path)
