@@ -162,9 +162,14 @@ def entity_aggregates(spec: FeaturesConfig, entity: str, key: str, event_time: s
               .alias(aggregate_name(entity, statistic, name, column))
               for column, statistics in history.aggregates.items() for statistic in statistics],
         ]
-    # The gap to the previous event counts only inside the longest window, so that an
+    # The gap to the previous event in (time, key) order: 0 after an event of the same second
+    # and a smaller key, else to the latest earlier second. Said with frames over the time
+    # order the sums use, so that one sort serves every column (a lag over (time, key) sorted
+    # the wide rows a second time). It counts only inside the longest window, so that an
     # incremental run (which sees that much history) computes exactly what a full one does.
-    gap = seconds - F.lag(seconds).over(by_entity.orderBy(seconds, F.col(key)))
+    tied_before = F.min(F.col(key)).over(by_entity.rangeBetween(0, 0)) < F.col(key)
+    latest_before = F.max(seconds).over(by_entity.rangeBetween(Window.unboundedPreceding, -1))
+    gap = F.when(tied_before, F.lit(0).cast("long")).otherwise(seconds - latest_before)
     recent = F.coalesce(gap <= history.horizon(), F.lit(False))
     return columns + [
         F.when(recent, F.log1p(gap)).otherwise(-1.0).alias(aggregate_name(entity, "log_seconds_since_prev")),

@@ -128,6 +128,16 @@ def test_window_aggregates_equal_a_brute_force_scan_over_a_heavy_user(spark, tmp
                     assert actual[f"user_id_{statistic}_{column}_{name}"] == pytest.approx(
                         want, abs=tolerance[statistic]), (row[0], column, statistic, name)
     assert got["once-0"]["user_id_stddev_i1_7d"] == 0.0
+    # the gap to the previous event in (time, key) order: 0 after a same-second event of a smaller key
+    horizon = spec.entities["user_id"].horizon()
+    for user_rows in by_user.values():
+        ordered = sorted(user_rows, key=lambda r: (r[2], r[0]))
+        for previous, row in zip([None, *ordered], ordered):
+            gap = None if previous is None else row[2] - previous[2]
+            recent = gap is not None and gap <= horizon
+            actual = got[row[0]]
+            assert actual["user_id_log_seconds_since_prev"] == pytest.approx(math.log1p(gap) if recent else -1.0, abs=1e-12), row[0]
+            assert actual["user_id_no_recent_event"] == int(not recent), row[0]
 
 
 def test_incremental_runs_equal_one_full_run_and_rerun_writes_nothing(spark, tmp_path):
