@@ -143,10 +143,8 @@ def land(spark: SparkSession, cfg: PipelineConfig, batch: Batch, started: float)
         report.rows_read = sum(f.records for f in lines.values())
         with clock("stage"):
             staged = stage(spark, batch.records(lines), folder)
-        with clock("duplicates"):
-            staged = with_duplicates_marked(spark, cfg, staged, folder)
         with clock("lookup"):
-            staged = with_held_keys(spark, cfg, batch_id, staged, folder)
+            staged = with_keys_looked_up(spark, cfg, batch_id, staged, folder)
         with clock("check"):
             _refuse_in_fail_modes(staged, cfg.ingest, cfg.source.key)
             records = route(staged, cfg.ingest, cfg.source.event_time)
@@ -214,7 +212,7 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
     Reasons, first one wins for reporting: too_long (over ingest.max_record_chars),
     malformed, bad_encoding (bytes not valid in the reader's encoding), control_char:<col>,
     bad_type:<col>, missing:<col>, check:<name>. Row by row (no shuffle): a key repeated
-    in the batch is found on the staged records (`with_duplicates_marked`). Columns outside
+    in the batch is found on the staged records (`with_keys_looked_up`). Columns outside
     source.schema pass through.
     """
     source = cfg.source
@@ -252,69 +250,67 @@ def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
 def stage(spark: SparkSession, records: DataFrame, folder: str) -> DataFrame:
     """Parse, type and check the batch once into `folder` (Parquet), each record with an id;
     the staged records."""
+    # No dictionary pages: they cost a quarter of this write (the raw text is near unique)
+    # and spare little when the file is read once or twice.
     (records.select(*[c for c in records.columns if c != CORRUPT], F.monotonically_increasing_id().alias(ROW))
-     .write.parquet(f"{folder}/records"))
+     .write.option("parquet.enable.dictionary", "false").parquet(f"{folder}/records"))
     return spark.read.parquet(f"{folder}/records")
 
 
-def with_duplicates_marked(spark: SparkSession, cfg: PipelineConfig, staged: DataFrame, folder: str) -> DataFrame:
-    """The staged records with each good record whose key an earlier good record of the batch
-    holds quarantined as duplicate_key. "Earlier": by source file, then raw text; with
-    on_existing_key: update the key's latest event is kept (a source's later change on a tie).
+def with_keys_looked_up(spark: SparkSession, cfg: PipelineConfig, batch_id: str, staged: DataFrame,
+                        folder: str) -> DataFrame:
+    """The staged records with what the batch and bronze say of each good record's key.
 
-    Found from the keys alone: an aggregate of the key column finds the repeated keys
-    (usually none) and only their records are ranked, so a batch of unique keys shuffles
-    its keys, not its records. The ids of the records that lose are written to `folder`:
-    a small table the staged records are joined with by broadcast.
+    * A key that several good records of the batch hold: all but the first are quarantined
+      as duplicate_key. "First": by source file, then raw text; with on_existing_key:
+      update, the key's latest event (a source's later change on a tie).
+    * A key bronze already holds: `_held_by` (the batch that holds it; null for a new key)
+      and `_held_at` (that row's event time), for `route`.
+
+    Both come from the keys alone, as one small table written to `folder` and joined back
+    by broadcast: an aggregate of the staged keys finds the repeated ones (usually none) and
+    only their records are ranked; bronze is read in its key, event time and batch columns
+    (Parquet column pruning) and kept to the batch's keys before it aggregates. A batch of
+    unique keys shuffles its keys, not its records. Bronze rows of this batch are left out,
+    so that a re-run after a crash between bronze's commit and the ledger's routes every
+    record as the first run did. (Joined into the validation plan, the lookup exhausted the
+    driver's heap on a wide schema through Spark's constraint inference: it stays a step of
+    its own over the staged Parquet.)
     """
-    key = cfg.source.key
+    key, bronze = cfg.source.key, cfg.table_path("bronze")
     good = staged.where(F.size(REASONS) == 0)
     repeated = good.groupBy(F.col(key).alias("_repeated")).count().where(F.col("count") > 1)
     order = [F.col(cfg.source.event_time).desc()] if cfg.ingest.on_existing_key == "update" else []
     if order and SEQUENCE in staged.columns:
         order.append(F.col(SEQUENCE).desc())
     first_of_key = Window.partitionBy(key).orderBy(*order, F.col(SOURCE_FILE), F.col(RAW))
-    (
+    keys = (
         good.join(repeated, F.col(key).eqNullSafe(F.col("_repeated")), "left_semi")  # a null key too
-        .select(ROW, F.row_number().over(first_of_key).alias("_rank"))
-        .where(F.col("_rank") > 1)
-        .select(ROW)
-        .write.parquet(f"{folder}/duplicates")
+        .select(key, ROW, F.row_number().over(first_of_key).alias("_rank"))
+        .where(F.col("_rank") == 1)
+        .select(key, F.col(ROW).alias("_first"))
     )
-    duplicate = F.col("_duplicate").isNotNull()
+    if lake.is_delta(spark, bronze):
+        table, _ = lake.read_version(spark, bronze)
+        event_time = cfg.source.event_time  # only update mode reads it, and that needs one
+        held = (
+            table.where(F.col(BATCH) != batch_id)
+            .join(good.select(key), key, "left_semi")
+            .groupBy(key)
+            .agg(F.min(BATCH).alias(HELD_BY),
+                 (F.max(event_time) if event_time else F.lit(None).cast("timestamp")).alias(HELD_AT))
+        )
+        keys = keys.join(held, key, "full")  # a null key is never held: it keeps its own row
+    else:
+        keys = keys.select("*", F.lit(None).cast("string").alias(HELD_BY), F.lit(None).cast("timestamp").alias(HELD_AT))
+    keys.withColumnRenamed(key, "_looked_up").write.parquet(f"{folder}/keys")
+    looked_up = spark.read.parquet(f"{folder}/keys")
+    duplicate = (F.size(REASONS) == 0) & (F.col(ROW) != F.col("_first"))  # null (no repeat): false
     return (
-        staged.join(spark.read.parquet(f"{folder}/duplicates").withColumn("_duplicate", F.lit(True)), ROW, "left")
+        staged.join(looked_up, F.col(key).eqNullSafe(F.col("_looked_up")), "left")
         .withColumn(REASONS, F.when(duplicate, F.array(F.lit("duplicate_key"))).otherwise(F.col(REASONS)))
-        .drop("_duplicate")
+        .drop("_looked_up", "_first")
     )
-
-
-def with_held_keys(spark: SparkSession, cfg: PipelineConfig, batch_id: str, staged: DataFrame, folder: str) -> DataFrame:
-    """The staged records with the batch that already holds each good record's key in
-    bronze (`_held_by`, null for a new key) and that row's event time (`_held_at`).
-
-    The lookup reads bronze's key, event time and batch columns only (Parquet column
-    pruning) and keeps only the batch's keys before it aggregates: one narrow scan of
-    bronze, not a shuffle of it. It is its own step over the staged Parquet: joined into
-    the validation plan, Spark's constraint inference exhausted the driver's heap on a
-    wide schema. Bronze rows of this batch are left out, so that a re-run after a crash
-    between bronze's commit and the ledger's routes every record as the first run did.
-    """
-    key, bronze = cfg.source.key, cfg.table_path("bronze")
-    if not lake.is_delta(spark, bronze):
-        return staged.select("*", F.lit(None).cast("string").alias(HELD_BY),
-                             F.lit(None).cast("timestamp").alias(HELD_AT))
-    table, _ = lake.read_version(spark, bronze)
-    event_time = cfg.source.event_time  # only update mode reads it, and that needs one
-    held_at = F.max(event_time) if event_time else F.lit(None).cast("timestamp")
-    (
-        table.where(F.col(BATCH) != batch_id)
-        .join(staged.where(F.size(REASONS) == 0).select(key), key, "left_semi")
-        .groupBy(key)
-        .agg(F.min(BATCH).alias(HELD_BY), held_at.alias(HELD_AT))
-        .write.parquet(f"{folder}/held")
-    )
-    return staged.join(spark.read.parquet(f"{folder}/held"), key, "left")
 
 
 def route(staged: DataFrame, ingest: IngestConfig, event_time: str | None) -> DataFrame:
