@@ -25,6 +25,7 @@ from sparkml_ext.landing import (
     IngestError,
     IngestReport,
     land,
+    unreadable_files_refused,
     validate,
 )
 
@@ -36,9 +37,12 @@ def ingest_batch(
     started = time.monotonic()
     path = cfg.batch_path(batch_id, input_path)
     _check_options(cfg)
-    batch = Batch(batch_id, path, batch_fingerprint(spark, path),
-                  count=lambda: _counted_lines(spark, cfg.source, path),
-                  records=lambda lines: _landed_records(spark, cfg, path, lines))
+    with unreadable_files_refused(path):
+        lines, skipped, fingerprint = scan_batch(spark, cfg, path)
+    batch = Batch(batch_id, path, fingerprint, count=lambda: (lines, skipped),
+                  records=lambda lines: _landed_records(spark, cfg, path, lines),
+                  timings={"scan": round(time.monotonic() - started, 2)},
+                  fingerprint_as=lambda recorded: _fingerprint_as(recorded, fingerprint, spark, path))
     return land(spark, cfg, batch, started)
 
 
@@ -50,13 +54,47 @@ def _check_options(cfg: PipelineConfig) -> None:
         )
 
 
-def batch_fingerprint(spark: SparkSession, path: str) -> str:
-    """SHA-256 over each file's name and content hash, computed on the executors.
+def scan_batch(spark: SparkSession, cfg: PipelineConfig, path: str) -> tuple[dict[str, FileLines], dict[str, int], str]:
+    """Each file's lines (`count_lines`), the lines that hold no record by kind, and the
+    batch's fingerprint; a missing batch, or one of no records, is refused.
 
-    Also the place where a missing or empty batch is refused, before anything is read.
+    A CSV or JSON batch read as UTF-8 is read once, for both (`_lines_fingerprint` says
+    why its fingerprint is safe); a Parquet batch or another encoding is also hashed byte
+    by byte, in a second read.
     """
+    source = cfg.source
     if not _path_exists(spark, path):
         raise IngestError(f"input path {path} does not exist; nothing was written")
+    by_lines = source.format != "parquet" and _reads_utf8(source)
+    lines, fingerprint = count_lines(spark, source, path, fingerprint=by_lines)
+    if not any(f.records for f in lines.values()):
+        raise IngestError(f"input {path} holds no records (or no data files); nothing was written")
+    if not by_lines:
+        fingerprint = _bytes_fingerprint(spark, path)
+    skipped = {"header": sum(f.header for f in lines.values()), "comment": sum(f.comment for f in lines.values())}
+    return lines, skipped, fingerprint
+
+
+LINES_SCHEME = "lines:"  # a fingerprint over a batch's lines; one without a scheme hashes its bytes
+
+
+def _reads_utf8(source: SourceConfig) -> bool:
+    encoding = source.options.get("encoding", source.options.get("charset", "UTF-8"))
+    return encoding.replace("-", "").replace("_", "").upper() == "UTF8"
+
+
+def _fingerprint_as(recorded: str, fingerprint: str, spark: SparkSession, path: str) -> str:
+    """The batch's fingerprint in the scheme the ledger `recorded` it in: a batch recorded by
+    its bytes (every batch before the one-pass scan) is compared that way, so a re-run
+    after an upgrade is not taken for other content."""
+    if fingerprint.startswith(LINES_SCHEME) and not recorded.startswith(LINES_SCHEME):
+        return _bytes_fingerprint(spark, path)
+    return fingerprint
+
+
+def _bytes_fingerprint(spark: SparkSession, path: str) -> str:
+    """SHA-256 over each file's name and content hash, computed on the executors (Spark's
+    binary reader holds a file in one array: files up to 2 GiB)."""
     files = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
@@ -64,8 +102,6 @@ def batch_fingerprint(spark: SparkSession, path: str) -> str:
         .select("path", "length", F.sha2("content", 256).alias("sha"))
         .collect()  # driver-ok: one small row per file
     )
-    if not files or sum(f.length for f in files) == 0:
-        raise IngestError(f"input path {path} has no data files (or only empty ones); nothing was written")
     root = path.rstrip("/").split("://")[-1]
     entries = sorted(f"{f.path.split(root, 1)[-1]}:{f.length}:{f.sha}" for f in files)
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()
@@ -133,16 +169,10 @@ def _landed_records(spark: SparkSession, cfg: PipelineConfig, path: str, lines: 
     return records
 
 
-def _counted_lines(spark: SparkSession, source: SourceConfig, path: str) -> tuple[dict[str, FileLines], dict[str, int]]:
-    """`count_lines`, and the header and comment lines; a batch of no records is refused."""
-    lines = count_lines(spark, source, path)
-    if not any(f.records for f in lines.values()):
-        raise IngestError(f"input {path} holds no records; nothing was written")
-    return lines, {"header": sum(f.header for f in lines.values()), "comment": sum(f.comment for f in lines.values())}
-
-
-def count_lines(spark: SparkSession, source: SourceConfig, path: str) -> dict[str, FileLines]:
-    """Each input file's lines, read as plain text, independently of the format's parser.
+def count_lines(spark: SparkSession, source: SourceConfig, path: str,
+                fingerprint: bool = False) -> tuple[dict[str, FileLines], str | None]:
+    """Each input file's lines, read as plain text, independently of the format's parser,
+    and with `fingerprint` the batch's `_lines_fingerprint` from the same read.
 
     The rules follow the readers': CSV drops lines of characters up to U+0020 only (Spark
     trims them away) and lines starting with the `comment` option, and takes the first
@@ -153,15 +183,19 @@ def count_lines(spark: SparkSession, source: SourceConfig, path: str) -> dict[st
         rows = (spark.read.option("recursiveFileLookup", "true").parquet(path)
                 .groupBy(F.col("_metadata.file_path").alias("file")).count()
                 .collect())  # driver-ok: one row per file
-        return {r.file: FileLines(content=r["count"]) for r in rows}
+        return {r.file: FileLines(content=r["count"]) for r in rows}, None
     blank = _blank_line(source)
     prefix = source.options.get("comment") if source.format == "csv" else None
     comment = F.col("value").startswith(prefix) if prefix else F.lit(False)
+    content = ~blank & ~comment
     rows = (
         _text_lines(spark, source, path)
-        .groupBy(F.col("_metadata.file_path").alias("file"))
+        .select("value", F.col("_metadata.file_path").alias("file"), F.col("_metadata.file_size").alias("size"),
+                F.struct(F.col("_metadata.file_block_start"), F.monotonically_increasing_id()).alias("at"))
+        .groupBy("file")
         .agg(F.count_if(blank).alias("blank"), F.count_if(~blank & comment).alias("comment"),
-             F.count_if(~blank & ~comment).alias("content"))
+             F.count_if(content).alias("content"),
+             *(_line_hashes(content) if fingerprint else []))
         .collect()  # driver-ok: one row per file
     )
     header = source.format == "csv" and str(source.options.get("header", "false")).lower() == "true"
@@ -170,7 +204,38 @@ def count_lines(spark: SparkSession, source: SourceConfig, path: str) -> dict[st
         has_header = int(header and r.content > 0)
         files[r.file] = FileLines(content=r.content - has_header, blank=r.blank, header=has_header,
                                   comment=r.comment)
-    return files
+    return files, _lines_fingerprint(path, rows) if fingerprint else None
+
+
+def _line_hashes(content: Column) -> list[Column]:
+    """Per file: its size, the sums of two 64-bit hashes of its lines (xxhash64 of the line
+    and of the line with a salt; exact in 38-digit decimals) and the hashes of its first
+    content line (the header of a CSV that has one)."""
+    hashes = F.concat_ws(":", F.xxhash64("value"), F.xxhash64("value", F.lit("sparkml-ext")))
+    sums = [F.sum(h.cast("decimal(38,0)")).cast("string")
+            for h in (F.xxhash64("value"), F.xxhash64("value", F.lit("sparkml-ext")))]
+    return [F.max("size").alias("size"), F.concat_ws(":", *sums).alias("sums"),
+            F.min_by(hashes, F.when(content, F.col("at"))).alias("first")]
+
+
+def _lines_fingerprint(path: str, files: list) -> str:
+    """LINES_SCHEME + SHA-256 over each file's name, size, line counts, the sums of its lines'
+    hashes and its first content line's hashes.
+
+    Safe as a batch's identity because it fixes everything the ingest of a line-per-record
+    batch depends on: which records a file holds is the multiset of its lines (a record
+    is one line; the reader is UTF-8, as the text read that hashes them), plus which line
+    is the header; the order of the other lines changes nothing ingest writes (within-batch
+    duplicates are ranked by file and raw text, not by position). Two batches with equal
+    fingerprints land the same rows. It also needs no file in one array (Spark's binary
+    reader stops at 2 GiB) and no second read. A sum of 2 x 64-bit line hashes guards
+    against accidents (a batch id landed again with other content), not an adversary who
+    crafts colliding lines.
+    """
+    root = path.rstrip("/").split("://")[-1]
+    entries = sorted(f"{r.file.split(root, 1)[-1]}:{r['size']}:{r.blank}:{r.comment}:{r.content}:{r.sums}:{r.first}"
+                     for r in files)
+    return LINES_SCHEME + hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
 def _text_lines(spark: SparkSession, source: SourceConfig, path: str) -> DataFrame:

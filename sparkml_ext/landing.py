@@ -118,16 +118,23 @@ class Batch:
     count: Callable[[], tuple[dict[str, FileLines], dict[str, int]]]
     records: Callable[[dict[str, FileLines]], DataFrame]
     source_range: list[int] | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # what the front measured before `land`
+    # The fingerprint in the scheme of the one the ledger recorded for this id (a front that
+    # changed how it fingerprints); None: the front has one scheme.
+    fingerprint_as: Callable[[str], str] | None = None
 
 
 def land(spark: SparkSession, cfg: PipelineConfig, batch: Batch, started: float) -> IngestReport:
     """Land `batch` in bronze and quarantine exactly once (`started`: the job's start, for
     the report's seconds): see the module's docstring."""
     batch_id, fingerprint = batch.id, batch.fingerprint
-    report = IngestReport(batch_id=batch_id, input=batch.input, source_range=batch.source_range)
+    report = IngestReport(batch_id=batch_id, input=batch.input, source_range=batch.source_range,
+                          timings=dict(batch.timings))
     ledger, bronze, quarantine = (cfg.table_path(t) for t in ("batches", "bronze", "quarantine"))
 
     known = lake.ledger_record(spark, ledger, JOB, batch_id)
+    if known and batch.fingerprint_as:
+        fingerprint = batch.fingerprint_as(known.fingerprint)
     if known and known.committed and known.fingerprint == fingerprint:
         done = IngestReport(**{**known.report, "already_ingested": True})
         done.seconds = round(time.monotonic() - started, 2)
@@ -137,7 +144,7 @@ def land(spark: SparkSession, cfg: PipelineConfig, batch: Batch, started: float)
         lake.require_writable(spark, table)
 
     clock = _Clock(report.timings)
-    with lake.staging_area(spark, ledger, f"{JOB}-{batch_id}") as folder, _unreadable_files_refused(batch.input):
+    with lake.staging_area(spark, ledger, f"{JOB}-{batch_id}") as folder, unreadable_files_refused(batch.input):
         with clock("count"):
             lines, report.skipped_lines = batch.count()
         report.rows_read = sum(f.records for f in lines.values())
@@ -187,7 +194,7 @@ _FAILED_READ = re.compile(r"\[FAILED_READ_FILE[.\w]*\] Encountered error while r
 
 
 @contextmanager
-def _unreadable_files_refused(path: str) -> Iterator[None]:
+def unreadable_files_refused(path: str) -> Iterator[None]:
     """A corrupt or truncated input file is refused by name, not shown as a Spark stack trace.
 
     Spark reads files lazily, so this covers the whole job up to the last table write

@@ -99,6 +99,39 @@ def test_reused_batch_id_with_new_content_is_refused(spark, cfg_for, tmp_path):
     assert _versions(spark, cfg) == versions
 
 
+def test_the_fingerprint_is_the_lines_a_batch_lands_whatever_their_order(spark, cfg_for, tmp_path):
+    """A batch is hashed from its lines in the one read that counts them: the same lines in
+    another order land the same rows (it is the batch already ingested), a CSV's header is
+    part of its identity, and a change of one character is other content."""
+    cfg = cfg_for("source.options.header='true'")
+    header = "\t".join(cfg.source.schema)
+    folder = write_batch(tmp_path / "landing" / "b1", [header, *GOOD])
+    first = ingest_batch(spark, cfg, "b1")
+    assert first.accepted == len(GOOD) and first.skipped_lines["header"] == 1
+    versions = _versions(spark, cfg)
+    write_batch(folder, [header, *reversed(GOOD)])
+    assert ingest_batch(spark, cfg, "b1").already_ingested
+    for other in ([GOOD[0], header, *GOOD[1:]], [header, *GOOD[:-1], GOOD[-1].replace("\t1\t", "\t0\t", 1)]):
+        write_batch(folder, other)
+        with pytest.raises(lake.BatchConflict, match="'b1' was already used by ingest for different content"):
+            ingest_batch(spark, cfg, "b1")
+    assert _versions(spark, cfg) == versions
+
+
+def test_a_batch_recorded_by_its_bytes_is_compared_by_its_bytes(spark, cfg_for, tmp_path):
+    """A batch whose ledger entry hashes its bytes (another encoding here; every batch before
+    the one-pass scan) is compared that way on a re-run, not taken for other content."""
+    folder = write_batch(tmp_path / "landing" / "b1", GOOD)
+    ingest_batch(spark, cfg_for("source.options.encoding=ISO-8859-1"), "b1")
+    [recorded] = [r.fingerprint for r in lake.ledger_entries(spark, cfg_for().table_path("batches"), "ingest").collect()
+                  if r.status == "committed"]
+    assert not recorded.startswith("lines:")
+    assert ingest_batch(spark, cfg_for(), "b1").already_ingested
+    write_batch(folder, GOOD + [line("e-new")])
+    with pytest.raises(lake.BatchConflict, match="different content"):
+        ingest_batch(spark, cfg_for(), "b1")
+
+
 def test_fail_fast_names_the_first_bad_record_and_writes_nothing(spark, cfg_for, tmp_path):
     cfg = cfg_for("ingest.on_bad_record=fail")
     write_batch(tmp_path / "landing" / "b1", GOOD + [BAD["bad_type:i1"]])
