@@ -12,11 +12,11 @@ data/generated/bench/ingest/ (deleted afterwards), then in one SparkSession:
 4. ingests batch-00000's files again under a new batch id (a re-delivery: every key is
    found, 0 rows land).
 
-Each ingest prints its report's ``timings`` (count: the independent line count; stage:
-parse, type, check and write the staged Parquet; lookup: keys bronze already holds;
-check: fail modes and the per-file reconciliation; commit: ledger claim, bronze and
-quarantine appends) and its total, which also holds the fingerprint and the ledger's
-final commit. Ratios:
+Each ingest prints its report's ``timings`` (count: the independent line count and, in the
+same read, a CSV or JSON batch's fingerprint; stage: parse, type, check and write the
+staged Parquet; lookup: the batch's repeated keys and those bronze already holds; check:
+fail modes and the per-file reconciliation; commit: ledger claim, bronze and quarantine
+appends) and its total, which also holds the ledger's reads and final commit. Ratios:
 
 * ``RATIO ingest_vs_plain_delta_write``: step 3's total over step 2's;
 * ``RATIO key_lookup_share``: step 3's lookup over its total;
