@@ -12,7 +12,9 @@ the AUC of the planted click probabilities on the same test rows.
 
 Targets: GBT within 0.02 of the optimum, logistic regression with the library's
 encoders within 0.03 (issue #3), the DLRM within 0.02 (issue #4), xgboost.spark (the
-`xgboost` extra; not run by default) within 0.02 like the GBT. The last lines are ``GAP <model> <optimum - auc>``.
+`xgboost` extra; not run by default) within 0.015 (issue #20). The last lines are
+``GAP <model> <optimum - auc>`` and, when both ran, ``RATIO xgboost_vs_gbt_fit <xgboost's
+fit seconds / GBT's>`` (issue #20: ≤ 0.2).
 
        python benchmarks/quality.py --table flights [--days 365]
        python benchmarks/quality.py --table penguins
@@ -38,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "conf" / "pipelines" / "clicks.yaml"
 WORK = ROOT / "data" / "generated" / "bench" / "quality"
-TARGETS = {"gbt": 0.02, "logistic_regression": 0.03, "torch": 0.02, "xgboost": 0.02}
+TARGETS = {"gbt": 0.02, "logistic_regression": 0.03, "torch": 0.02, "xgboost": 0.015}
 DEFAULT_MODELS = ["gbt", "logistic_regression", "torch"]
 
 # Settings for 1M rows (the pipeline file is sized for the 100k-row demo).
@@ -155,18 +157,21 @@ def main(argv: list[str] | None = None) -> int:
             print(report.summary())
         marker.write_text(json.dumps({"rows": args.rows, "seconds": round(time.perf_counter() - started)}))
 
-    gaps = {}
+    gaps, fit_seconds = {}, {}
     for model in args.models:
         model_cfg = load_config(PIPELINE, [*base, *MODEL_OVERRIDES[model], *args.overrides])
         started = time.perf_counter()
         card = (train_torch if model == "torch" else train_mllib)(spark, model_cfg)
         metrics = card["metrics"]
         gaps[model] = metrics["bayes_optimal_auc"] - metrics["auc_roc"]
+        fit_seconds[model] = (card.get("timings") or {}).get("fit_seconds")
         print(f"{model:<20} auc {metrics['auc_roc']:.4f}  optimum {metrics['bayes_optimal_auc']:.4f}  "
               f"gap {gaps[model]:.4f} (target ≤ {TARGETS[model]})  log_loss {metrics['log_loss']:.4f}  "
               f"{time.perf_counter() - started:.0f} s  {card['model_version']} params {json.dumps(card['params'])}")
     for model, gap in gaps.items():
         print(f"GAP {model} {gap:.4f}")
+    if fit_seconds.get("xgboost") and fit_seconds.get("gbt"):  # the fits alone: same rows, same split
+        print(f"RATIO xgboost_vs_gbt_fit {fit_seconds['xgboost'] / fit_seconds['gbt']:.4f}")
     return 0
 
 
