@@ -68,7 +68,7 @@ def scan_batch(spark: SparkSession, cfg: PipelineConfig, path: str) -> tuple[dic
     by_lines = source.format != "parquet" and _reads_utf8(source)
     lines, fingerprint = count_lines(spark, source, path, fingerprint=by_lines)
     if not any(f.records for f in lines.values()):
-        raise IngestError(f"input {path} holds no records (or no data files); nothing was written")
+        raise IngestError(f"input {path} holds no records; nothing was written")
     if not by_lines:
         fingerprint = _bytes_fingerprint(spark, path)
     skipped = {"header": sum(f.header for f in lines.values()), "comment": sum(f.comment for f in lines.values())}
