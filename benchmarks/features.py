@@ -7,7 +7,7 @@ data/generated/bench/features/ (parquet landing → ``ingest_batch``, timed), th
 one after the other in this one process:
 
 * ours: ``engineer`` into Parquet (compute without the MERGE) and ``build_features`` into
-  a fresh feature table (the whole job: change detection, semi-join, dedup, Delta write);
+  a fresh feature table (the whole job: version check, duplicate-key check, Delta write);
   with --parts also into a no-op sink, whole and by parts (scan, row transforms, windows);
 * the same features with one row-at-a-time (pickled, non-Arrow) Python ``@udf`` per
   column transform — log1p/clip and null indicator per numeric, a hash per categorical —
