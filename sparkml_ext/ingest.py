@@ -65,11 +65,10 @@ def scan_batch(spark: SparkSession, cfg: PipelineConfig, path: str) -> tuple[dic
     source = cfg.source
     if not _path_exists(spark, path):
         raise IngestError(f"input path {path} does not exist; nothing was written")
-    by_lines = source.format != "parquet" and _reads_utf8(source)
-    lines, fingerprint = count_lines(spark, source, path, fingerprint=by_lines)
+    lines, fingerprint = count_lines(spark, source, path)
     if not any(f.records for f in lines.values()):
         raise IngestError(f"input {path} holds no records; nothing was written")
-    if not by_lines:
+    if fingerprint is None or not _reads_utf8(source):
         fingerprint = _bytes_fingerprint(spark, path)
     skipped = {"header": sum(f.header for f in lines.values()), "comment": sum(f.comment for f in lines.values())}
     return lines, skipped, fingerprint
@@ -102,9 +101,13 @@ def _bytes_fingerprint(spark: SparkSession, path: str) -> str:
         .select("path", "length", F.sha2("content", 256).alias("sha"))
         .collect()  # driver-ok: one small row per file
     )
-    root = path.rstrip("/").split("://")[-1]
-    entries = sorted(f"{f.path.split(root, 1)[-1]}:{f.length}:{f.sha}" for f in files)
+    entries = sorted(f"{_relative(path, f.path)}:{f.length}:{f.sha}" for f in files)
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def _relative(path: str, file: str) -> str:
+    """A file's name below the batch folder: a fingerprint does not depend on where the batch lies."""
+    return file.split(path.rstrip("/").split("://")[-1], 1)[-1]
 
 
 def _path_exists(spark: SparkSession, path: str) -> bool:
@@ -169,10 +172,9 @@ def _landed_records(spark: SparkSession, cfg: PipelineConfig, path: str, lines: 
     return records
 
 
-def count_lines(spark: SparkSession, source: SourceConfig, path: str,
-                fingerprint: bool = False) -> tuple[dict[str, FileLines], str | None]:
+def count_lines(spark: SparkSession, source: SourceConfig, path: str) -> tuple[dict[str, FileLines], str | None]:
     """Each input file's lines, read as plain text, independently of the format's parser,
-    and with `fingerprint` the batch's `_lines_fingerprint` from the same read.
+    and for a text format the batch's `_lines_fingerprint` from the same read (None for Parquet).
 
     The rules follow the readers': CSV drops lines of characters up to U+0020 only (Spark
     trims them away) and lines starting with the `comment` option, and takes the first
@@ -194,8 +196,7 @@ def count_lines(spark: SparkSession, source: SourceConfig, path: str,
                 F.struct(F.col("_metadata.file_block_start"), F.monotonically_increasing_id()).alias("at"))
         .groupBy("file")
         .agg(F.count_if(blank).alias("blank"), F.count_if(~blank & comment).alias("comment"),
-             F.count_if(content).alias("content"),
-             *(_line_hashes(content) if fingerprint else []))
+             F.count_if(content).alias("content"), *_line_hashes(content))
         .collect()  # driver-ok: one row per file
     )
     header = source.format == "csv" and str(source.options.get("header", "false")).lower() == "true"
@@ -204,18 +205,17 @@ def count_lines(spark: SparkSession, source: SourceConfig, path: str,
         has_header = int(header and r.content > 0)
         files[r.file] = FileLines(content=r.content - has_header, blank=r.blank, header=has_header,
                                   comment=r.comment)
-    return files, _lines_fingerprint(path, rows) if fingerprint else None
+    return files, _lines_fingerprint(path, rows)
 
 
 def _line_hashes(content: Column) -> list[Column]:
     """Per file: its size, the sums of two 64-bit hashes of its lines (xxhash64 of the line
     and of the line with a salt; exact in 38-digit decimals) and the hashes of its first
     content line (the header of a CSV that has one)."""
-    hashes = F.concat_ws(":", F.xxhash64("value"), F.xxhash64("value", F.lit("sparkml-ext")))
-    sums = [F.sum(h.cast("decimal(38,0)")).cast("string")
-            for h in (F.xxhash64("value"), F.xxhash64("value", F.lit("sparkml-ext")))]
+    hashes = [F.xxhash64("value"), F.xxhash64("value", F.lit("sparkml-ext"))]
+    sums = [F.sum(h.cast("decimal(38,0)")).cast("string") for h in hashes]
     return [F.max("size").alias("size"), F.concat_ws(":", *sums).alias("sums"),
-            F.min_by(hashes, F.when(content, F.col("at"))).alias("first")]
+            F.min_by(F.concat_ws(":", *hashes), F.when(content, F.col("at"))).alias("first")]
 
 
 def _lines_fingerprint(path: str, files: list) -> str:
@@ -232,8 +232,7 @@ def _lines_fingerprint(path: str, files: list) -> str:
     against accidents (a batch id landed again with other content), not an adversary who
     crafts colliding lines.
     """
-    root = path.rstrip("/").split("://")[-1]
-    entries = sorted(f"{r.file.split(root, 1)[-1]}:{r['size']}:{r.blank}:{r.comment}:{r.content}:{r.sums}:{r.first}"
+    entries = sorted(f"{_relative(path, r.file)}:{r['size']}:{r.blank}:{r.comment}:{r.content}:{r.sums}:{r.first}"
                      for r in files)
     return LINES_SCHEME + hashlib.sha256("\n".join(entries).encode()).hexdigest()
 

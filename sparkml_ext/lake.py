@@ -313,9 +313,9 @@ def merge_by_key(
 
     Both callers prove their rows' keys unique before they write (ingest marks a batch's
     repeated keys, features refuses a bronze that repeats one), so no dedup shuffle of the
-    whole source runs here; a MERGE would refuse a repeat anyway. `metadata` lands in the
-    commit atomically with the data, and a conflict with a
-    concurrent writer is retried a bounded number of times. With `app_id` the MERGE is
+    whole source runs here; a MERGE would refuse a repeat anyway (a table's first write, an
+    append, would not). `metadata` lands in the commit atomically with the data, and a
+    conflict with a concurrent writer is retried a bounded number of times. With `app_id` the MERGE is
     exactly-once like `append_once` (Delta's session-level txnAppId/txnVersion): a repeat
     is skipped and returns None.
     """
