@@ -1,8 +1,12 @@
-"""A folder of model versions: `<root>/<kind>/v<N>/`, each written once and never replaced.
+"""A folder of model versions per kind, each written once and never replaced.
 
-A version is assembled under a hidden staging folder and published by one rename, so
-a reader never sees half a model and a crashed run leaves no version behind. Works on
-any filesystem pyarrow reaches (local, file://, s3://, hdfs://). No Spark, no torch.
+A version's files are assembled under `<root>/<kind>/_data/<id>/`, and it is published by
+creating one small pointer, `<root>/<kind>/v<N>.json`, that names that folder, last and
+exclusively (`storage.create_once`). No rename, so the same code path is atomic on a
+local disk and on S3, which has none: a reader trusts only what a pointer names, a run
+killed before its pointer leaves nothing a reader would take, and of two runs racing for
+v<N> one gets it and the other takes the next number. A version published by rename (a
+`v<N>/` folder, before pointers) is read as it is. No Spark, no torch.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from sparkml_ext.storage import filesystem
+from sparkml_ext.storage import create_once, filesystem
 
-_VERSION = re.compile(r"v(\d+)$")
+_FOLDER = re.compile(r"v(\d+)$")  # a version published by rename
+_POINTER = re.compile(r"v(\d+)\.json$")
+_DATA = "_data"
+_ID = re.compile(r"[0-9a-f]{32}$")  # what a pointer may name: never a path of its own
 
 
 @dataclass(frozen=True)
@@ -31,11 +38,23 @@ class ModelVersion:
 
 
 def versions(root: str, kind: str) -> list[ModelVersion]:
-    fs, base = filesystem(f"{root.rstrip('/')}/{kind}")
-    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-    found = [(int(m.group(1)), i) for i in infos if i.type == pafs.FileType.Directory
-             and (m := _VERSION.match(i.base_name))]
-    return [ModelVersion(kind, n, f"{root.rstrip('/')}/{kind}/v{n}") for n, _ in sorted(found)]
+    folder = f"{root.rstrip('/')}/{kind}"
+    fs, base = filesystem(folder)
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and (m := _FOLDER.match(info.base_name)):
+            found.append(ModelVersion(kind, int(m.group(1)), f"{folder}/{info.base_name}"))
+        elif info.type == pafs.FileType.File and (m := _POINTER.match(info.base_name)):
+            found.append(ModelVersion(kind, int(m.group(1)), f"{folder}/{_DATA}/{_pointed(fs, info.path)}"))
+    return sorted(found, key=lambda v: v.version)
+
+
+def _pointed(fs: pafs.FileSystem, path: str) -> str:
+    with fs.open_input_stream(path) as src:
+        folder = json.loads(src.read()).get("folder", "")
+    if not _ID.match(folder):
+        raise ValueError(f"model pointer {path} names {folder!r}, not a version folder")
+    return folder
 
 
 def resolve(root: str, reference: str) -> ModelVersion:
@@ -65,26 +84,25 @@ def _subfolders(root: str) -> list[str]:
 
 
 def staging(root: str, kind: str) -> str:
-    """A fresh hidden folder to assemble the next version in."""
-    uri = f"{root.rstrip('/')}/{kind}/_staging-{uuid.uuid4().hex[:12]}"
+    """A fresh folder to assemble the next version in; no reader looks at it until `publish`."""
+    uri = f"{root.rstrip('/')}/{kind}/{_DATA}/{uuid.uuid4().hex}"
     fs, path = filesystem(uri)
     fs.create_dir(path)
     return uri
 
 
 def publish(root: str, kind: str, staged: str) -> ModelVersion:
-    """Rename the staging folder to the next free version; never replace an existing one."""
-    fs, source = filesystem(staged)
-    for _ in range(5):
+    """Point the next free version number at the `staging` folder; never replace a version."""
+    parent, _, folder = staged.rstrip("/").rpartition("/")
+    if parent != f"{root.rstrip('/')}/{kind}/{_DATA}" or not _ID.match(folder):
+        raise ValueError(f"{staged} is not a staging folder of {kind} under {root}")
+    for _ in range(20):
         taken = versions(root, kind)
         number = taken[-1].version + 1 if taken else 1
-        target = ModelVersion(kind, number, f"{root.rstrip('/')}/{kind}/v{number}")
-        _, destination = filesystem(target.uri)
-        if fs.get_file_info(destination).type != pafs.FileType.NotFound:
-            continue  # a concurrent run took this number
-        fs.move(source, destination)
-        return target
-    raise RuntimeError(f"could not publish a new {kind} version under {root}")
+        pointer = json.dumps({"folder": folder}).encode()
+        if create_once(f"{root.rstrip('/')}/{kind}/v{number}.json", pointer):
+            return ModelVersion(kind, number, staged.rstrip("/"))
+    raise RuntimeError(f"could not publish a new {kind} version under {root}: 20 numbers taken meanwhile")
 
 
 def write_json(uri: str, payload: dict) -> None:

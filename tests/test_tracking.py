@@ -149,7 +149,7 @@ def test_without_mlflow_the_job_says_so_once_and_trains(spark, trained, monkeypa
     assert card["model_version"] == "logistic_regression/v1" and card["mlflow"] is None
     said = [r.getMessage() for r in caplog.records if "MLflow cannot be imported" in r.getMessage()]
     assert len(said) == 1 and "train-mllib runs untracked" in said[0]
-    stored = json.loads(Path(root, "lake/models/clicks/logistic_regression/v1/card.json").read_text())
+    stored = json.loads(Path(card["model_uri"], "card.json").read_text())
     assert stored["mlflow"] is None
     monkeypatch.undo()
     assert len(client.search_runs([client.get_experiment_by_name("clicks").experiment_id])) == runs
