@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # are most of the 6 GiB): about 1 minute instead of 4.5 on this machine.
 UV     := $(VENV)/bin/uv
 
-.PHONY: venv demo test clean chromium airflow-venv dist cluster-start cluster-stop cluster-demo
+.PHONY: venv demo test clean chromium airflow-venv dist cluster-start cluster-stop cluster-demo s3-server
 
 venv: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv
-	$(UV) pip install --python $(PY) --quiet -e ".[spark,torch,test,report,mlflow,xgboost]"
+	$(UV) pip install --python $(PY) --quiet -e ".[spark,torch,test,report,mlflow,xgboost,s3]"
 	@echo "fetching the Delta jars (Maven Central, cached by Spark's Ivy in ~/.ivy2.5.2)"
 	$(PY) -m sparkml_ext.session
 	touch $(STAMP)
@@ -57,6 +57,11 @@ cluster-stop:
 cluster-demo: dist
 	$(PY) scripts/cluster.py submit jobs/pipeline.py --pipeline conf/pipelines/clicks.yaml \
 	    --set train_torch.local_mode=false
+
+# A real S3 server (moto's) on 127.0.0.1:9000 with a bucket `lake`, in the foreground: it
+# prints the environment that points the jobs at it (README, "On object storage").
+s3-server: venv
+	$(PY) scripts/s3_server.py --port 9000 --bucket lake
 
 # The report test loads the page in headless Chromium (Debian's package; needs root or sudo).
 chromium:

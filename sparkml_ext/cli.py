@@ -40,7 +40,9 @@ WRITES["pipeline"] = tuple(name for names in WRITES.values() for name in names)
 
 
 def _session(cfg: PipelineConfig, args: argparse.Namespace) -> SparkSession:
-    return args.console.session(f"sparkml_ext-{cfg.name}", cfg.spark)
+    from sparkml_ext.object_store import spark_settings
+
+    return args.console.session(f"sparkml_ext-{cfg.name}", {**spark_settings(cfg.locations()), **cfg.spark})
 
 
 def name_tables(cfg: PipelineConfig, names: Sequence[str], args: argparse.Namespace) -> list[str]:

@@ -432,6 +432,12 @@ class PipelineConfig:
             return where
         return self.lakehouse_path(where)
 
+    def locations(self) -> list[str]:
+        """Every place the jobs read or write: the lakehouse, the source, each table."""
+        tables = [self.table_path(f.name) for f in dataclasses.fields(self.tables)
+                  if getattr(self.tables, f.name) is not None]
+        return [self.lakehouse_root, *([self.source.path] if self.source.path else []), *tables]
+
     def batch_path(self, batch_id: str, input_path: str | None = None) -> str:
         """The landing folder of one batch, confined to `source.path`.
 

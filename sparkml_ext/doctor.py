@@ -73,6 +73,7 @@ EXTRAS = (
     Extra("torch", "torch", "train-torch and scoring a torch model"),
     Extra("mlflow", "mlflow", "the tracking: section (MLflow runs, the model registry)"),
     Extra("xgboost", "xgboost", "train-mllib's xgboost and xgboost_regression models"),
+    Extra("boto3", "s3", "a lakehouse on S3 (the model store publishes with a conditional put)"),
 )
 
 

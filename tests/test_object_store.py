@@ -1,0 +1,169 @@
+"""The lakehouse on S3: a real S3 server (moto's, started on loopback by the test), Spark
+through Hadoop's S3A connector, pyarrow and boto3 for the files the jobs write without Spark.
+
+The pipeline test runs `sparkml-ext pipeline` as a user does, in a process of its own with
+nothing but the environment pointing it at the server; the model store's tests publish
+on S3 and on a local disk through the one rename-free code path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+from s3_server import s3_server
+
+from sparkml_ext import modelstore
+from sparkml_ext.object_store import HADOOP_AWS_PACKAGE, spark_settings
+from sparkml_ext.session import DELTA_PACKAGE
+from sparkml_ext.storage import create_once, filesystem
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "lake"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """The server's environment, also set in this process (pyarrow and boto3 read it)."""
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with s3_server(BUCKET, log=str(log)) as env, pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        yield env
+
+
+def test_s3a_is_the_hadoop_release_pyspark_ships():
+    import pyspark
+
+    (client,) = (Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar")
+    assert HADOOP_AWS_PACKAGE.rsplit(":", 1)[1] == client.stem.removeprefix("hadoop-client-api-")
+
+
+def test_only_a_pipeline_on_s3a_gets_the_connector_and_its_endpoint_from_the_environment(monkeypatch):
+    assert spark_settings(["/data/lake", "file:///x", "s3://bucket/plain-s3-is-not-hadoop"]) == {}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    settings = spark_settings(["/data/lake", "s3a://bucket/lake"])
+    assert HADOOP_AWS_PACKAGE in settings["spark.jars.packages"].split(",")
+    assert settings["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
+    assert settings["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert settings["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
+    assert not any("secret" in key.lower() or "access.key" in key for key in settings)  # never a setting
+
+
+@pytest.fixture(params=["local", "s3"])
+def model_root(request, tmp_path):
+    if request.param == "s3":
+        request.getfixturevalue("s3")
+        return f"s3a://{BUCKET}/models-{tmp_path.name}"
+    return str(tmp_path / "models")
+
+
+def _stage(root: str, payload: str) -> str:
+    staged = modelstore.staging(root, "gbt")
+    modelstore.write_json(f"{staged}/card.json", {"payload": payload})
+    return staged
+
+
+def test_racing_publishers_each_get_a_version_of_their_own(model_root):
+    staged = [_stage(model_root, f"run {n}") for n in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        published = list(pool.map(lambda s: modelstore.publish(model_root, "gbt", s), staged))
+    assert sorted(v.version for v in published) == [1, 2, 3, 4]
+    found = modelstore.versions(model_root, "gbt")
+    assert [v.name for v in found] == ["gbt/v1", "gbt/v2", "gbt/v3", "gbt/v4"]
+    for version in published:  # each number names the run that took it
+        (same,) = [v for v in found if v.version == version.version]
+        assert modelstore.read_json(same, "card.json") == modelstore.read_json(version, "card.json")
+    assert modelstore.resolve(model_root, "gbt/latest").version == 4
+
+
+def test_a_run_killed_before_its_pointer_leaves_no_version(model_root):
+    _stage(model_root, "killed before publishing")  # all its files, no pointer
+    assert modelstore.versions(model_root, "gbt") == []
+    kept = modelstore.publish(model_root, "gbt", _stage(model_root, "published"))
+    assert [v.name for v in modelstore.versions(model_root, "gbt")] == ["gbt/v1"]
+    assert modelstore.read_json(kept, "card.json") == {"payload": "published"}
+
+
+def test_a_pointer_names_a_version_folder_and_nothing_else(model_root):
+    fs, path = filesystem(f"{model_root}/gbt/v1.json")
+    fs.create_dir(path.rsplit("/", 1)[0])
+    with fs.open_output_stream(path) as out:
+        out.write(json.dumps({"folder": "../../elsewhere"}).encode())
+    with pytest.raises(ValueError, match="not a version folder"):
+        modelstore.versions(model_root, "gbt")
+    with pytest.raises(ValueError, match="not a staging folder"):
+        modelstore.publish(model_root, "gbt", f"{model_root}/gbt/anything")
+
+
+def test_a_version_published_by_rename_is_still_read(tmp_path):
+    root = tmp_path / "models"
+    (root / "gbt" / "v1").mkdir(parents=True)
+    (root / "gbt" / "v1" / "card.json").write_text('{"created_unix": 1}')
+    newer = modelstore.publish(str(root), "gbt", _stage(str(root), "after the upgrade"))
+    assert newer.version == 2
+    assert [v.uri for v in modelstore.versions(str(root), "gbt")] == [str(root / "gbt" / "v1"), newer.uri]
+
+
+def test_create_once_refuses_a_second_writer(model_root):
+    uri = f"{model_root}/marker.json"
+    assert create_once(uri, b"first") and not create_once(uri, b"second")
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as src:
+        assert src.read() == b"first"
+    if "://" not in model_root:  # nothing left aside
+        assert sorted(p.name for p in Path(model_root).iterdir()) == ["marker.json"]
+
+
+@pytest.mark.slow
+def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_model(s3):
+    lakehouse, landing = f"s3a://{BUCKET}/lakehouse", f"s3a://{BUCKET}/landing"
+    env = {**os.environ, **s3, "SPARKML_EXT_LAKEHOUSE": lakehouse, "SPARKML_EXT_TRACKING": "disabled",
+           "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    cli = [str(Path(sys.executable).parent / "sparkml-ext")]
+    # as a cluster user submits a job: the profile's Delta package plus the S3A connector
+    submit = [str(Path(sys.executable).parent / "spark-submit"), "--properties-file", "conf/spark/local.conf",
+              "--packages", f"{DELTA_PACKAGE},{HADOOP_AWS_PACKAGE}", "jobs/ingest.py"]
+    common = ["--pipeline", "conf/pipelines/clicks.yaml", f"--set=source.path={landing}", "--json"]
+    tiny = [f"--set={s}" for s in ("train_torch=null", "generate.rows=3000", "generate.batches=2",
+                                   "generate.malformed_rate=0.01", "train_mllib.params={maxIter: 3, seed: 7}",
+                                   "train_mllib.grid={}")]
+
+    def run(command: list[str], *args: str) -> dict:
+        done = subprocess.run([*command, *common, *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=900, check=False)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        printed = done.stdout if done.stdout.startswith("{") else done.stdout[done.stdout.index("\n{") + 1:]
+        return json.loads(printed)
+
+    stages = run([*cli, "pipeline"], *tiny)
+    generated = stages["generate"]
+    ingested = [report for name, report in stages.items() if name.startswith("ingest ")]
+    assert len(ingested) == 2
+    assert sum(i["rows_read"] for i in ingested) == generated["rows"]
+    assert sum(i["accepted"] + i["quarantined"] for i in ingested) == generated["rows"]
+    assert sum(i["quarantined"] for i in ingested) == generated["malformed"] > 0
+    accepted = sum(i["accepted"] for i in ingested)
+    assert stages["features"]["rows_merged"] == accepted
+    assert stages["train-mllib"]["model_version"] == "gbt/v1"
+    assert stages["score mllib"]["rows"] == accepted
+    assert stages["report"]["html"].startswith(f"{lakehouse}/reports/")
+
+    again = run(submit, *tiny, f"--batch-id={ingested[0]['batch_id']}")  # exactly once
+    assert again["already_ingested"] and again["accepted"] == ingested[0]["accepted"]
+
+    fs, models = filesystem(f"{lakehouse}/models")
+    files = [i.path.removeprefix(models) for i in fs.get_file_info(pafs.FileSelector(models, recursive=True))
+             if i.type == pafs.FileType.File]
+    assert [f for f in files if f.endswith(".json") and "/_data/" not in f] == ["/clicks/gbt/v1.json"]
+    (version,) = modelstore.versions(f"{lakehouse}/models/clicks", "gbt")
+    assert modelstore.read_json(version, "card.json")["rows"]["test"] > 0
+    fs, reports = filesystem(stages["report"]["html"])
+    assert fs.get_file_info(reports).size > 0
