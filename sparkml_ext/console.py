@@ -64,11 +64,18 @@ def cause(err: BaseException) -> str:
             chain = [err.java_exception]
             while chain[-1].getCause() is not None and len(chain) < 20:  # 20: a loop ends too
                 chain.append(chain[-1].getCause())
-            said = [chain[0].toString()] + [chain[-1].toString()] * (len(chain) > 1)
+            innermost = chain[-1]
+            if len(chain) > 2 and _message(innermost) and _message(chain[-2]).endswith(_message(innermost)):
+                innermost = chain[-2]  # it restates the innermost with where ("Connect to host:port failed: …")
+            said = [chain[0].toString()] + [innermost.toString()] * (len(chain) > 1)
         except Py4JError:  # the JVM is gone: py4j's message is all there is
             said = [str(err)]
     lines = [next((line.strip() for line in text.splitlines() if line.strip()), "") for text in said]
     return "; caused by ".join(line for line in lines if line) or type(err).__name__
+
+
+def _message(java_exception: Any) -> str:
+    return str(java_exception.getMessage() or "")
 
 
 class Console:

@@ -192,3 +192,76 @@ def retry_job(lakehouse: str, markers: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "retry-job":
         retry_job(sys.argv[2], sys.argv[3])
+
+
+class CuttableLink:
+    """A TCP relay on loopback in front of a server, that a test cuts and restores: cut, every
+    open connection is reset and new ones are refused, as if the server had gone away, while
+    the server itself (and what it stores) lives on."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+        import threading
+
+        self._socket, self._threading = socket, threading
+        self.upstream = upstream_port
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._lock = threading.Lock()
+        self._open: list = []
+        self._listener = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = self._socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        with self._lock:
+            self._listener = listener
+        self._threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            live, self._open = self._open, []
+        if listener is not None:
+            listener.close()
+        for conn in live:
+            try:  # a reset, not a polite close: the client sees the connection die
+                conn.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                conn.close()
+            except OSError:
+                pass
+
+    def _accept(self, listener) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                server = self._socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close(), server.close()
+                    return
+                self._open += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                self._threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.close()
+                except OSError:
+                    pass

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -140,8 +141,7 @@ def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_model(s3):
         done = subprocess.run([*command, *common, *args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=900, check=False)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        printed = done.stdout if done.stdout.startswith("{") else done.stdout[done.stdout.index("\n{") + 1:]
-        return json.loads(printed)
+        return _report(done.stdout)
 
     stages = run([*cli, "pipeline"], *tiny)
     generated = stages["generate"]
@@ -167,3 +167,76 @@ def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_model(s3):
     assert modelstore.read_json(version, "card.json")["rows"]["test"] > 0
     fs, reports = filesystem(stages["report"]["html"])
     assert fs.get_file_info(reports).size > 0
+
+
+def _report(stdout: str) -> dict:
+    """The job's --json report: the last thing it prints, after its progress lines."""
+    return json.loads(stdout if stdout.startswith("{") else stdout[stdout.index("\n{") + 1:])
+
+
+def _keys(env: dict[str, str], prefix: str) -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def _commits(env: dict[str, str], table: str) -> list[str]:
+    return sorted(k for k in _keys(env, f"{table}/_delta_log/") if k.endswith(".json"))
+
+
+@pytest.mark.slow
+def test_s3_lost_in_the_middle_of_an_ingest_write_leaves_nothing_and_the_rerun_lands_it_once(s3):
+    """The S3 server unreachable while ingest writes (a relay in front of it is cut: every
+    connection reset, new ones refused): the job fails naming the endpoint, no table moves,
+    and once the server is back the same batch lands exactly, reconciled."""
+    from faultkit import CuttableLink
+
+    link = CuttableLink(int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
+    through = f"http://127.0.0.1:{link.port}"
+    lake = "faults/lakehouse"
+    env = {**os.environ, **s3, "SPARKML_EXT_LAKEHOUSE": f"s3a://{BUCKET}/{lake}", "SPARKML_EXT_TRACKING": "disabled",
+           "SPARKML_EXT_LANDING": f"s3a://{BUCKET}/faults/landing",  # generate's and ingest's
+           "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    common = ["--pipeline", "conf/pipelines/clicks.yaml", "--set=train_torch=null", "--json"]
+    cli = str(Path(sys.executable).parent / "sparkml-ext")
+
+    def run(*args: str, endpoint: str = s3["AWS_ENDPOINT_URL"]) -> subprocess.CompletedProcess:
+        return subprocess.run([*args, *common], cwd=REPO, env={**env, "AWS_ENDPOINT_URL": endpoint},
+                              capture_output=True, text=True, timeout=900, check=False)
+
+    generated = run(cli, "generate", "--rows=20000", "--batches=2")
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    first = run(cli, "ingest", "--batch-id=batch-00000")
+    assert first.returncode == 0, first.stderr[-3000:]
+    tables = [f"{lake}/bronze/clicks", f"{lake}/quarantine/clicks", f"{lake}/_meta/ingest_batches"]
+    before = {t: _commits(s3, t) for t in tables}
+
+    # few retries (S3A's defaults retry for minutes), so that the lost server fails the job soon
+    retries = "--set=spark={spark.hadoop.fs.s3a.retry.limit: '1', spark.hadoop.fs.s3a.attempts.maximum: '1'}"
+    job = subprocess.Popen([cli, "ingest", "--batch-id=batch-00001", retries, *common], cwd=REPO,
+                           env={**env, "AWS_ENDPOINT_URL": through}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    deadline = time.monotonic() + 300
+    while not any("/_staging/" in k and not k.endswith("/") for k in _keys(s3, lake)):
+        assert job.poll() is None and time.monotonic() < deadline, "ingest ended before it wrote"
+        time.sleep(0.05)
+    link.cut()  # the staged records are being written
+    _, said = job.communicate(timeout=600)
+    assert job.returncode != 0
+    (failure,) = [line for line in said.splitlines() if line.startswith("ingest failed:")]
+    assert f"s3a://{BUCKET}/{lake}/" in failure and f"127.0.0.1:{link.port}" in failure, said[-3000:]
+    assert "Traceback" not in said, said[-3000:]
+    assert {t: _commits(s3, t) for t in tables} == before  # no table moved
+
+    link.restore()
+    rerun = run(cli, "ingest", "--batch-id=batch-00001", endpoint=through)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    report = _report(rerun.stdout)
+    assert not report["already_ingested"] and report["rows_read"] == report["accepted"] + report["quarantined"] > 0
+    after = {t: _commits(s3, t) for t in tables}
+    grown = [len(after[t]) - len(before[t]) for t in tables]
+    assert grown[:2] == [1, int(report["quarantined"] > 0)] and grown[2] > 0  # one commit each, the ledger's
+    again = run(cli, "ingest", "--batch-id=batch-00001", endpoint=through)
+    assert _report(again.stdout)["already_ingested"]
