@@ -55,7 +55,8 @@ def cause(err: BaseException) -> str:
     """One line of what went wrong. py4j's own message names only the JVM call ("An error
     occurred while calling o42.save"), so a JVM error says it in its own words, followed by
     its innermost cause (a wrapper says where, the innermost cause what: "... is not a
-    Parquet file")."""
+    Parquet file"), or the cause above it where that one restates it with where ("Connect to
+    host:port failed: Connection refused" over "Connection refused")."""
     from py4j.protocol import Py4JError, Py4JJavaError
 
     said = [f"{type(err).__name__}: {err}"]

@@ -199,7 +199,7 @@ def staging_area(spark: SparkSession, near: str, name: str) -> Iterator[str]:
             fs.delete(folder, True)
         except Py4JJavaError as err:  # the store is gone: the job's own error is the one to tell
             log.warning("could not remove %s (%s); the next %s run removes it",
-                        folder.toString(), err.java_exception.toString().splitlines()[0][:300], name.split("-")[0])
+                        folder.toString(), err.java_exception.toString().splitlines()[0][:300], name)
 
 
 def register(spark: SparkSession, schema: str, name: str, path: str) -> bool:

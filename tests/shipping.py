@@ -87,6 +87,21 @@ def report_of(result: subprocess.CompletedProcess) -> dict:
     return json.loads(result.stdout[result.stdout.index("\n{") + 1:])
 
 
+def reconciled_ingests(stages: dict) -> tuple[list[dict], int]:
+    """A `pipeline` run's ingest reports and the rows they accepted, after checking them
+    against what its generate stage landed: every row read once, read = accepted +
+    quarantined, the malformed ones quarantined, and the features merged every accepted row."""
+    generated = stages["generate"]
+    ingested = [report for name, report in stages.items() if name.startswith("ingest ")]
+    assert len(ingested) == generated["batches"]
+    assert sum(i["rows_read"] for i in ingested) == generated["rows"]
+    assert sum(i["accepted"] + i["quarantined"] for i in ingested) == generated["rows"]
+    assert sum(i["quarantined"] for i in ingested) == generated["malformed"] > 0
+    accepted = sum(i["accepted"] for i in ingested)
+    assert stages["features"]["rows_merged"] == accepted
+    return ingested, accepted
+
+
 def build_wheel(out: Path) -> Path:
     """The wheel of the working tree (as `make dist` builds it), and beside it the same bytes
     as `sparkml_ext.zip` for `--py-files`; returns the wheel."""

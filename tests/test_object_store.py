@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 from s3_server import s3_server
+from shipping import QUICK_JVMS, reconciled_ingests, report_of
 
 from sparkml_ext import modelstore
 from sparkml_ext.object_store import HADOOP_AWS_PACKAGE, spark_settings
@@ -126,7 +127,7 @@ def test_create_once_refuses_a_second_writer(model_root):
 @pytest.mark.slow
 def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_model(s3):
     lakehouse, landing = f"s3a://{BUCKET}/lakehouse", f"s3a://{BUCKET}/landing"
-    env = {**os.environ, **s3, "SPARKML_EXT_LAKEHOUSE": lakehouse, "SPARKML_EXT_TRACKING": "disabled",
+    env = {**os.environ, **QUICK_JVMS, **s3, "SPARKML_EXT_LAKEHOUSE": lakehouse, "SPARKML_EXT_TRACKING": "disabled",
            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     cli = [str(Path(sys.executable).parent / "sparkml-ext")]
     # as a cluster user submits a job: the profile's Delta package plus the S3A connector
@@ -138,20 +139,11 @@ def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_model(s3):
                                    "train_mllib.grid={}")]
 
     def run(command: list[str], *args: str) -> dict:
-        done = subprocess.run([*command, *common, *args], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=900, check=False)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        return _report(done.stdout)
+        return report_of(subprocess.run([*command, *common, *args], cwd=REPO, env=env,
+                                        capture_output=True, text=True, timeout=900, check=False))
 
     stages = run([*cli, "pipeline"], *tiny)
-    generated = stages["generate"]
-    ingested = [report for name, report in stages.items() if name.startswith("ingest ")]
-    assert len(ingested) == 2
-    assert sum(i["rows_read"] for i in ingested) == generated["rows"]
-    assert sum(i["accepted"] + i["quarantined"] for i in ingested) == generated["rows"]
-    assert sum(i["quarantined"] for i in ingested) == generated["malformed"] > 0
-    accepted = sum(i["accepted"] for i in ingested)
-    assert stages["features"]["rows_merged"] == accepted
+    ingested, accepted = reconciled_ingests(stages)
     assert stages["train-mllib"]["model_version"] == "gbt/v1"
     assert stages["score mllib"]["rows"] == accepted
     assert stages["report"]["html"].startswith(f"{lakehouse}/reports/")
@@ -169,11 +161,6 @@ def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_model(s3):
     assert fs.get_file_info(reports).size > 0
 
 
-def _report(stdout: str) -> dict:
-    """The job's --json report: the last thing it prints, after its progress lines."""
-    return json.loads(stdout if stdout.startswith("{") else stdout[stdout.index("\n{") + 1:])
-
-
 def _keys(env: dict[str, str], prefix: str) -> list[str]:
     import boto3
 
@@ -189,34 +176,25 @@ def _commits(env: dict[str, str], table: str) -> list[str]:
 @pytest.mark.slow
 def test_s3_lost_in_the_middle_of_an_ingest_write_leaves_nothing_and_the_rerun_lands_it_once(s3):
     """The S3 server unreachable while ingest writes (a relay in front of it is cut: every
-    connection reset, new ones refused): the job fails naming the endpoint, no table moves,
-    and once the server is back the same batch lands exactly, reconciled."""
-    from faultkit import CuttableLink
+    connection reset, new ones refused): the job fails naming the object and the endpoint,
+    nothing becomes visible, and once the server is back the same batch lands once, reconciled."""
+    import boto3
+    from faultkit import CuttableLink, click_lines
 
+    lake, landing = "faults/lakehouse", "faults/landing"
+    records = click_lines("s3", 20_000) + ["not\ta\trecord"]  # one to quarantine
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=f"{landing}/b1/part-00000.tsv",
+                                  Body="".join(f"{r}\n" for r in records).encode())
     link = CuttableLink(int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
-    through = f"http://127.0.0.1:{link.port}"
-    lake = "faults/lakehouse"
-    env = {**os.environ, **s3, "SPARKML_EXT_LAKEHOUSE": f"s3a://{BUCKET}/{lake}", "SPARKML_EXT_TRACKING": "disabled",
-           "SPARKML_EXT_LANDING": f"s3a://{BUCKET}/faults/landing",  # generate's and ingest's
-           "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    common = ["--pipeline", "conf/pipelines/clicks.yaml", "--set=train_torch=null", "--json"]
-    cli = str(Path(sys.executable).parent / "sparkml-ext")
-
-    def run(*args: str, endpoint: str = s3["AWS_ENDPOINT_URL"]) -> subprocess.CompletedProcess:
-        return subprocess.run([*args, *common], cwd=REPO, env={**env, "AWS_ENDPOINT_URL": endpoint},
-                              capture_output=True, text=True, timeout=900, check=False)
-
-    generated = run(cli, "generate", "--rows=20000", "--batches=2")
-    assert generated.returncode == 0, generated.stderr[-3000:]
-    first = run(cli, "ingest", "--batch-id=batch-00000")
-    assert first.returncode == 0, first.stderr[-3000:]
-    tables = [f"{lake}/bronze/clicks", f"{lake}/quarantine/clicks", f"{lake}/_meta/ingest_batches"]
-    before = {t: _commits(s3, t) for t in tables}
-
+    env = {**os.environ, **QUICK_JVMS, **s3, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{link.port}",
+           "SPARKML_EXT_LAKEHOUSE": f"s3a://{BUCKET}/{lake}", "SPARKML_EXT_LANDING": f"s3a://{BUCKET}/{landing}",
+           "SPARKML_EXT_TRACKING": "disabled", "PYSPARK_PYTHON": sys.executable}
     # few retries (S3A's defaults retry for minutes), so that the lost server fails the job soon
     retries = "--set=spark={spark.hadoop.fs.s3a.retry.limit: '1', spark.hadoop.fs.s3a.attempts.maximum: '1'}"
-    job = subprocess.Popen([cli, "ingest", "--batch-id=batch-00001", retries, *common], cwd=REPO,
-                           env={**env, "AWS_ENDPOINT_URL": through}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ingest = [str(Path(sys.executable).parent / "sparkml-ext"), "ingest", "--batch-id=b1",
+              "--pipeline", "conf/pipelines/clicks.yaml", "--json"]
+
+    job = subprocess.Popen([*ingest, retries], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
     deadline = time.monotonic() + 300
     while not any("/_staging/" in k and not k.endswith("/") for k in _keys(s3, lake)):
@@ -228,15 +206,12 @@ def test_s3_lost_in_the_middle_of_an_ingest_write_leaves_nothing_and_the_rerun_l
     (failure,) = [line for line in said.splitlines() if line.startswith("ingest failed:")]
     assert f"s3a://{BUCKET}/{lake}/" in failure and f"127.0.0.1:{link.port}" in failure, said[-3000:]
     assert "Traceback" not in said, said[-3000:]
-    assert {t: _commits(s3, t) for t in tables} == before  # no table moved
+    tables = [f"{lake}/bronze/clicks", f"{lake}/quarantine/clicks", f"{lake}/_meta/ingest_batches"]
+    assert [_commits(s3, t) for t in tables] == [[], [], []]  # nothing a reader would see
 
     link.restore()
-    rerun = run(cli, "ingest", "--batch-id=batch-00001", endpoint=through)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    report = _report(rerun.stdout)
-    assert not report["already_ingested"] and report["rows_read"] == report["accepted"] + report["quarantined"] > 0
-    after = {t: _commits(s3, t) for t in tables}
-    grown = [len(after[t]) - len(before[t]) for t in tables]
-    assert grown[:2] == [1, int(report["quarantined"] > 0)] and grown[2] > 0  # one commit each, the ledger's
-    again = run(cli, "ingest", "--batch-id=batch-00001", endpoint=through)
-    assert _report(again.stdout)["already_ingested"]
+    report = report_of(subprocess.run(ingest, cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+                                      check=False))
+    assert (report["rows_read"], report["accepted"], report["quarantined"]) == (20_001, 20_000, 1)
+    assert [len(_commits(s3, t)) > 0 for t in tables] == [True, True, True]
+    assert len(_commits(s3, tables[0])) == 1  # bronze: the batch in one commit
