@@ -5,7 +5,8 @@ with the AWS SDK bundle it depends on) from Maven Central, and where the store i
 the environment only, as the AWS tools read it: `AWS_ENDPOINT_URL` (an S3-compatible
 server; unset for AWS itself), `AWS_REGION`. Credentials are never settings: S3A's default
 chain reads `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`) or an
-instance role. Under spark-submit, `conf/spark/s3.conf` says the same for a cluster.
+instance role. Under spark-submit the package is the submitter's to add (`--packages`, README:
+"On object storage"); the endpoint settings are still added here when the submitter set none.
 """
 
 from __future__ import annotations
