@@ -319,9 +319,9 @@ def merge_by_key(
     repeated keys, features refuses a bronze that repeats one), so no dedup shuffle of the
     whole source runs here; a MERGE would refuse a repeat anyway (a table's first write, an
     append, would not). `metadata` lands in the commit atomically with the data, and a
-    conflict with a concurrent writer is retried a bounded number of times. With `app_id` the MERGE is
-    exactly-once like `append_once` (Delta's session-level txnAppId/txnVersion): a repeat
-    is skipped and returns None.
+    conflict with a concurrent writer is retried a bounded number of times. With `app_id`
+    the MERGE is exactly-once like `append_once` (Delta's session-level
+    txnAppId/txnVersion): a repeat is skipped and returns None.
     """
     spark = df.sparkSession
     require_writable(spark, path)

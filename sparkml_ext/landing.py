@@ -277,8 +277,8 @@ def with_keys_looked_up(spark: SparkSession, cfg: PipelineConfig, batch_id: str,
       and `_held_at` (that row's event time), for `route`.
 
     Both come from the keys alone, as one table written to `folder` and joined back (by
-    broadcast, as it is usually small): an aggregate of the staged keys finds the repeated ones (usually none) and
-    only their records are ranked; bronze is read in its key, event time and batch columns
+    broadcast, as it is usually small): an aggregate of the staged keys finds the repeated
+    ones (usually none) and only their records are ranked; bronze is read in its key, event time and batch columns
     (Parquet column pruning) and kept to the batch's keys before it aggregates. A batch of
     unique keys shuffles its keys, not its records. Bronze rows of this batch are left out,
     so that a re-run after a crash between bronze's commit and the ledger's routes every

@@ -22,14 +22,10 @@ from sparkml_ext.session import DELTA_PACKAGE
 HADOOP_AWS_PACKAGE = "org.apache.hadoop:hadoop-aws:3.5.0"
 
 
-def uses_s3a(uris: Iterable[str | None]) -> bool:
-    return any(uri and uri.startswith("s3a://") for uri in uris)
-
-
 def spark_settings(uris: Iterable[str | None]) -> dict[str, str]:
     """Session settings for a pipeline whose locations include `uris`: none unless one is
     on S3A; then the connector's package beside Delta's, and the endpoint from the environment."""
-    if not uses_s3a(uris):
+    if not any(uri and uri.startswith("s3a://") for uri in uris):
         return {}
     settings = {"spark.jars.packages": f"{DELTA_PACKAGE},{HADOOP_AWS_PACKAGE}"}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")

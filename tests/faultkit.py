@@ -6,10 +6,14 @@ first attempt, for the task-retry test: it needs its own JVM with `local[2,4]`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -200,25 +204,21 @@ class CuttableLink:
     the server itself (and what it stores) lives on."""
 
     def __init__(self, upstream_port: int) -> None:
-        import socket
-        import threading
-
-        self._socket, self._threading = socket, threading
         self.upstream = upstream_port
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
         self._lock = threading.Lock()
-        self._open: list = []
-        self._listener = None
-        self.restore()
+        self._open: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.port = self._listen(0)  # restored on the same port
 
     def restore(self) -> None:
-        listener = self._socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._listen(self.port)
+
+    def _listen(self, port: int) -> int:
+        listener = socket.create_server(("127.0.0.1", port))
         with self._lock:
             self._listener = listener
-        self._threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return listener.getsockname()[1]
 
     def cut(self) -> None:
         with self._lock:
@@ -226,42 +226,32 @@ class CuttableLink:
             live, self._open = self._open, []
         if listener is not None:
             listener.close()
-        for conn in live:
-            try:  # a reset, not a polite close: the client sees the connection die
-                conn.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        for conn in live:  # a reset (linger 0), not a polite close: the client sees the connection die
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 conn.close()
-            except OSError:
-                pass
 
-    def _accept(self, listener) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
                 client, _ = listener.accept()
             except OSError:
                 return  # cut
             try:
-                server = self._socket.create_connection(("127.0.0.1", self.upstream))
-            except OSError:
+                server = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:  # the server itself is gone: so is this connection
                 client.close()
                 continue
             with self._lock:
-                if self._listener is not listener:
-                    client.close(), server.close()
-                    return
                 self._open += [client, server]
             for source, sink in ((client, server), (server, client)):
-                self._threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
     @staticmethod
-    def _pump(source, sink) -> None:
-        try:
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
             while data := source.recv(65536):
                 sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                try:
-                    end.close()
-                except OSError:
-                    pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.close()
