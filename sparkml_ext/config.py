@@ -288,7 +288,7 @@ class TrainTorchConfig(TrainConfig):
     use_gpu: bool | None = None  # null = torch.cuda.is_available() on the driver
     max_restarts: int = 1
     embedding_rows: int | None = 4096
-    checkpoint_root: str | None = None  # null = <lakehouse>/checkpoints; a path all ranks see
+    checkpoint_root: str | None = None  # null = <lakehouse>/checkpoints; a path or URI all ranks see
     # binary | multiclass (a label of classes: 2 or more) | regression (any number); null =
     # binary for a numeric label of 0s and 1s, regression for other numbers, binary or
     # multiclass by the count of classes for any other label. The ranks get the decided one.
@@ -299,9 +299,6 @@ class TrainTorchConfig(TrainConfig):
         require_at_least(self, {"num_processes": 1, "max_restarts": 0, "embedding_rows": 2})
         if self.backend == "nccl" and self.use_gpu is False:
             raise ValueError("backend: nccl needs GPUs; use gloo or use_gpu: null")
-        if self.checkpoint_root and "://" in self.checkpoint_root:
-            raise ValueError("checkpoint_root: must be a path every rank can open (local, NFS or "
-                             f"a mount such as /dbfs), not the URI {self.checkpoint_root!r}")
 
     def for_ranks(self, **per_run: Any) -> TrainConfig:
         """The ranks' knobs: this section without the driver's own, with `per_run` set."""

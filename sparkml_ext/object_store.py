@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from urllib.parse import urlparse
 
 from sparkml_ext.session import DELTA_PACKAGE
+from sparkml_ext.storage import s3_endpoint
 
 # pyspark 4.2.0 ships hadoop-client-api 3.5.0; S3A must be the same Hadoop release
 # (tests/test_object_store.py checks the two agree).
@@ -28,7 +29,7 @@ def spark_settings(uris: Iterable[str | None]) -> dict[str, str]:
     if not any(uri and uri.startswith("s3a://") for uri in uris):
         return {}
     settings = {"spark.jars.packages": f"{DELTA_PACKAGE},{HADOOP_AWS_PACKAGE}"}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = s3_endpoint()
     if endpoint:  # an S3-compatible server: buckets as paths, TLS as its URL says
         settings |= {
             "spark.hadoop.fs.s3a.endpoint": endpoint,

@@ -11,8 +11,10 @@ may import it too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 
@@ -24,6 +26,78 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if uri.startswith("s3a://"):
         uri = "s3://" + uri.removeprefix("s3a://")
     return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+
+
+def s3_endpoint() -> str | None:
+    """The S3-compatible server the environment names (None: AWS itself), as the AWS SDKs read it."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def described(uri: str) -> str:
+    """`uri` as an error message names it: with the S3 endpoint when it is not AWS's."""
+    endpoint = s3_endpoint()
+    return f"{uri} at {endpoint}" if endpoint and uri.startswith(S3_SCHEMES) else uri
+
+
+def join(root: str, *names: str) -> str:
+    """`root`/`names`: a local path joined as the OS does, a URI with `/`."""
+    if "://" in root:
+        return "/".join([root.rstrip("/"), *names])
+    return os.path.join(root, *names)
+
+
+def write_whole(uri: str, data: bytes) -> None:
+    """Publish `data` as the file at `uri` in one step, without a rename on an object store.
+
+    A reader sees the old file, or none, or all of `data`, never a part: a local file is
+    written aside (`.<name>-*.tmp`), fsynced and renamed over its name, the rename made
+    durable; an object store's upload of the whole bytes becomes visible only once complete.
+    """
+    fs, path = filesystem(uri)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, aside = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(aside, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+        raise
+    fd = os.open(folder, os.O_RDONLY)  # the rename itself survives a crash right after it
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_file(source: str, target: str) -> None:
+    """Copy one file between any two stores `filesystem` opens (streamed, not read whole)."""
+    source_fs, source_path = filesystem(source)
+    target_fs, target_path = filesystem(target)
+    pafs.copy_files(source_path, target_path, source_filesystem=source_fs,
+                    destination_filesystem=target_fs)
+
+
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """A local path holding the file at `uri` while the block runs: the path itself for a
+    local file, else a temporary copy (for tools that take only paths, such as MLflow)."""
+    fs, path = filesystem(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="sparkml-ext-") as folder:
+        local = os.path.join(folder, os.path.basename(path))
+        copy_file(uri, local)
+        yield local
 
 
 def create_once(uri: str, data: bytes) -> bool:

@@ -30,7 +30,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from sparkml_ext import modelstore
+from sparkml_ext import modelstore, storage
 from sparkml_ext.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -128,23 +128,29 @@ class TrainingRun:
         signature = infer_signature(example, model.transform(example).select("prediction"))
         # an xgboost.spark stage loads only where xgboost is installed
         xgboost = {"xgboost" for stage in model.stages if type(stage).__module__.startswith("xgboost.")}
+        # MLflow copies the model out of its Spark-written temporary folder through Hadoop's
+        # *default* file system: the lakehouse's folder where that is it (a local or shared
+        # path), else MLflow's own default there (/tmp/mlflow on HDFS, DBFS, local disk)
+        lakehouse = self.cfg.lakehouse
+        on_default = "://" not in lakehouse or lakehouse.startswith("file:")
         with _package_folder() as package:
             info = self.mlflow.spark.log_model(
                 model, MODEL_PATH, signature=signature, input_example=example.toPandas(),  # driver-ok: 5 rows
-                dfs_tmpdir=self.cfg.lakehouse_path("_tmp/mlflow"),
+                dfs_tmpdir=self.cfg.lakehouse_path("_tmp/mlflow") if on_default else None,
                 code_paths=[package], pip_requirements=_pins("pyspark", *xgboost))
         self.model_uri = info.model_uri
 
     def log_torch_model(self, model_file: str, rows: Any) -> None:
-        """A saved `deep.model` file as a pyfunc loaded by this module; `rows`: a DataFrame."""
+        """A saved `deep.model` file (a path or URI: MLflow gets a local copy) as a pyfunc
+        loaded by this module; `rows`: a DataFrame."""
         from mlflow.models import infer_signature
 
-        predictor = _load_pyfunc(model_file)
-        example = rows.select(*predictor.columns).limit(EXAMPLE_ROWS)
-        sample = example.toPandas()  # driver-ok: 5 rows
-        with _package_folder() as package:
+        with storage.local_copy(model_file) as local_file, _package_folder() as package:
+            predictor = _load_pyfunc(local_file)
+            example = rows.select(*predictor.columns).limit(EXAMPLE_ROWS)
+            sample = example.toPandas()  # driver-ok: 5 rows
             info = self.mlflow.pyfunc.log_model(
-                name=MODEL_PATH, loader_module=__name__, data_path=model_file,
+                name=MODEL_PATH, loader_module=__name__, data_path=local_file,
                 code_paths=[package], signature=infer_signature(example, predictor.predict(sample)),
                 input_example=sample, pip_requirements=_pins("torch", "numpy", "pandas"))
         self.model_uri = info.model_uri

@@ -33,13 +33,12 @@ import os
 import time
 from dataclasses import asdict
 
-import pyarrow.fs as pafs
 import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
-from sparkml_ext import lake, modelstore, tracking
+from sparkml_ext import lake, modelstore, storage, tracking
 from sparkml_ext.bridge import export_table, launch, pick_backend
 from sparkml_ext.bridge.predict import torch_predictions
 from sparkml_ext.config import ConfigError, PipelineConfig, fingerprint
@@ -103,7 +102,7 @@ def train_torch(spark: SparkSession, cfg: PipelineConfig) -> dict:
     launched = time.monotonic()
 
     staged = modelstore.staging(cfg.table_path("models"), KIND)
-    pafs.copy_files(trained["model_path"], f"{staged}/model.pt")
+    storage.copy_file(trained["model_path"], f"{staged}/model.pt")
     test = data.where((split.of() == "test") & F.expr(labelled))
     if classes:  # judged against the class indexes the model learnt
         test = test.withColumn(label, class_index(label, classes))
@@ -240,9 +239,4 @@ def _export(spark: SparkSession, cfg: PipelineConfig, table: str, version: int, 
 
 def _checkpoint_dir(cfg: PipelineConfig, version: int, digest: str) -> str:
     root = cfg.train_torch.checkpoint_root or cfg.lakehouse_path("checkpoints")
-    if "://" in root:
-        raise ConfigError(
-            f"{cfg.path}: train_torch.checkpoint_root: ranks write checkpoints with plain file I/O "
-            f"and cannot use {root!r}; set a path every rank can open (NFS, /dbfs, a local disk)"
-        )
-    return os.path.join(os.path.abspath(root), KIND, f"{version}-{digest}")
+    return storage.join(root if "://" in root else os.path.abspath(root), KIND, f"{version}-{digest}")

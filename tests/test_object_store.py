@@ -16,15 +16,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
+import torch
 from s3_server import s3_server
 from shipping import QUICK_JVMS, reconciled_ingests, report_of
 
 from sparkml_ext import modelstore
+from sparkml_ext.deep.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from sparkml_ext.deep.dataset import ShardDataset
+from sparkml_ext.deep.shard_reader import read_manifest, write_shards
 from sparkml_ext.object_store import HADOOP_AWS_PACKAGE, spark_settings
 from sparkml_ext.session import DELTA_PACKAGE
-from sparkml_ext.storage import create_once, filesystem
+from sparkml_ext.storage import create_once, filesystem, write_whole
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "lake"
@@ -124,19 +130,116 @@ def test_create_once_refuses_a_second_writer(model_root):
         assert sorted(p.name for p in Path(model_root).iterdir()) == ["marker.json"]
 
 
+def test_checkpoints_rotate_and_fall_back_past_a_broken_one(model_root):
+    folder = f"{model_root}/checkpoints"
+    for step in (5, 10, 15, 20):
+        save_checkpoint({"step": step, "w": torch.full((3,), float(step))}, folder, step, keep=2)
+    assert [os.path.basename(p) for p in list_checkpoints(folder)] == ["step-000000015.pt", "step-000000020.pt"]
+    write_whole(f"{folder}/step-000000025.pt", b"PK\x03\x04 cut short")
+    with pytest.warns(UserWarning, match=r"step-000000025\.pt cannot be loaded"):
+        path, state = latest_checkpoint(folder)
+    assert os.path.basename(path) == "step-000000020.pt" and torch.equal(state["w"], torch.full((3,), 20.0))
+    assert latest_checkpoint(f"{model_root}/no-checkpoints-yet") is None
+
+
+SAVER = """
+import sys, torch
+from sparkml_ext.deep.checkpoint import save_checkpoint
+big = torch.zeros(48 * 2**20 // 4)  # 48 MiB: a multipart upload, long enough to be caught
+for step in range(1, 10**6):
+    save_checkpoint({"step": step, "weights": big + step}, sys.argv[1], step, keep=2)
+    print(step, flush=True)
+"""
+
+
+def test_a_checkpoint_writer_killed_mid_upload_leaves_only_whole_checkpoints(s3):
+    import boto3
+
+    client, prefix = boto3.client("s3"), "killed/checkpoints/"
+    writer = subprocess.Popen([sys.executable, "-c", SAVER, f"s3a://{BUCKET}/{prefix}"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert writer.stdout.readline().strip() == "1"  # one whole checkpoint exists
+        deadline = time.monotonic() + 120
+        while not client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads"):
+            assert time.monotonic() < deadline, "no upload in progress was seen"
+            time.sleep(0.01)
+        writer.kill()  # SIGKILL while the next checkpoint's parts are going up
+    finally:
+        writer.kill()
+        writer.wait()
+    assert client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads")  # left, unseen
+    listed = list_checkpoints(f"s3a://{BUCKET}/{prefix}")
+    assert [k.removeprefix(prefix) for k in _keys(s3, prefix)] == [os.path.basename(p) for p in listed]
+    path, state = latest_checkpoint(f"s3a://{BUCKET}/{prefix}")
+    assert os.path.basename(path) == f"step-{state['step']:09d}.pt"
+    assert torch.equal(state["weights"][-3:], torch.full((3,), float(state["step"])))
+
+
+def _table(rows: int) -> pa.Table:
+    rng = np.random.default_rng(0)
+    return pa.table({"x": rng.standard_normal(rows).astype(np.float32), "c": rng.integers(0, 9, rows),
+                     "id": np.arange(rows, dtype=np.float32)})
+
+
+SHARDS = {"numeric": ("x",), "categorical": ("c",), "label": "id"}  # the row number as the label: which row
+
+
+def _epoch(manifest: str, rank: int, **kwargs) -> list[dict[str, torch.Tensor]]:
+    data = ShardDataset.from_manifest(read_manifest(manifest), rank, 2, batch_size=250, chunk_rows=400, **kwargs)
+    return list(data.batches())
+
+
+def test_ranks_read_shards_on_s3_as_they_read_them_on_disk(s3, tmp_path):
+    table = _table(6_000)
+    local = write_shards(tmp_path / "shards", table, 5, **SHARDS, batch_rows=700)
+    remote = write_shards(f"s3a://{BUCKET}/shards/read", table, 5, **SHARDS, batch_rows=700)
+    assert read_manifest(remote).root == f"s3a://{BUCKET}/shards/read"
+    for rank in (0, 1):
+        on_disk, on_s3 = _epoch(local, rank, seed=3), _epoch(remote, rank, seed=3)
+        assert len(on_disk) == len(on_s3) == 12
+        for a, b in zip(on_disk, on_s3, strict=True):
+            assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_s3_lost_in_the_middle_of_a_shard_read_names_the_object_and_the_rerun_reads_on_exactly(s3, monkeypatch):
+    from faultkit import CuttableLink
+
+    remote = write_shards(f"s3a://{BUCKET}/shards/cut", _table(6_000), 5, **SHARDS, batch_rows=700)
+    link = CuttableLink(int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{link.port}")
+    data = ShardDataset.from_manifest(read_manifest(remote), batch_size=250, chunk_rows=400, shuffle=False,
+                                      shuffle_buffer=250)  # one batch per window: files are read as needed
+    seen, batches = [], data.batches()
+    seen.append(next(batches))
+    link.cut()
+    with pytest.raises(OSError) as lost:
+        seen.extend(batches)
+    said = str(lost.value)
+    assert f"s3a://{BUCKET}/shards/cut/part-0000" in said and f"at http://127.0.0.1:{link.port}" in said, said
+    link.restore()
+    seen.extend(data.batches())  # from the position the last batch handed over left
+    assert torch.equal(torch.cat([b["label"] for b in seen]), torch.arange(6_000, dtype=torch.float32))
+
+
 @pytest.mark.slow
-def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_model(s3):
+def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_models(s3, tmp_path):
+    """Both models: MLlib's, and torch's trained by two DDP ranks reading their shards from S3
+    and checkpointing there; MLflow's artifacts on S3 too (its run records in SQLite: S3 is no
+    database)."""
     lakehouse, landing = f"s3a://{BUCKET}/lakehouse", f"s3a://{BUCKET}/landing"
-    env = {**os.environ, **QUICK_JVMS, **s3, "SPARKML_EXT_LAKEHOUSE": lakehouse, "SPARKML_EXT_TRACKING": "disabled",
+    env = {**os.environ, **QUICK_JVMS, **s3, "SPARKML_EXT_LAKEHOUSE": lakehouse,
            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     cli = [str(Path(sys.executable).parent / "sparkml-ext")]
     # as a cluster user submits a job: the profile's Delta package plus the S3A connector
     submit = [str(Path(sys.executable).parent / "spark-submit"), "--properties-file", "conf/spark/local.conf",
               "--packages", f"{DELTA_PACKAGE},{HADOOP_AWS_PACKAGE}", "jobs/ingest.py"]
     common = ["--pipeline", "conf/pipelines/clicks.yaml", f"--set=source.path={landing}", "--json"]
-    tiny = [f"--set={s}" for s in ("train_torch=null", "generate.rows=3000", "generate.batches=2",
-                                   "generate.malformed_rate=0.01", "train_mllib.params={maxIter: 3, seed: 7}",
-                                   "train_mllib.grid={}")]
+    tiny = [f"--set={s}" for s in ("generate.rows=3000", "generate.batches=2", "generate.malformed_rate=0.01",
+                                   "train_mllib.params={maxIter: 3, seed: 7}", "train_mllib.grid={}",
+                                   "train_torch.epochs=1", "train_torch.checkpoint_every=2", "tracking.mode=required",
+                                   f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                                   f"tracking.artifact_location=s3://{BUCKET}/lakehouse/mlartifacts")]
 
     def run(command: list[str], *args: str) -> dict:
         return report_of(subprocess.run([*command, *common, *args], cwd=REPO, env=env,
@@ -144,8 +247,12 @@ def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_model(s3):
 
     stages = run([*cli, "pipeline"], *tiny)
     ingested, accepted = reconciled_ingests(stages)
-    assert stages["train-mllib"]["model_version"] == "gbt/v1"
-    assert stages["score mllib"]["rows"] == accepted
+    mllib, deep = stages["train-mllib"], stages["train-torch"]
+    assert (mllib["model_version"], deep["model_version"]) == ("gbt/v1", "torch/v1")
+    assert deep["training"]["world_size"] == 2 and len(deep["attempts"]) == 1
+    assert all(root.startswith(f"{lakehouse}/shards/") for root in deep["shards"].values())
+    assert list_checkpoints(deep["params"]["checkpoint_dir"])[-1].startswith(f"{lakehouse}/checkpoints/torch/")
+    assert stages["score mllib"]["rows"] == stages["score torch"]["rows"] == accepted
     assert stages["report"]["html"].startswith(f"{lakehouse}/reports/")
 
     again = run(submit, *tiny, f"--batch-id={ingested[0]['batch_id']}")  # exactly once
@@ -154,9 +261,13 @@ def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_model(s3):
     fs, models = filesystem(f"{lakehouse}/models")
     files = [i.path.removeprefix(models) for i in fs.get_file_info(pafs.FileSelector(models, recursive=True))
              if i.type == pafs.FileType.File]
-    assert [f for f in files if f.endswith(".json") and "/_data/" not in f] == ["/clicks/gbt/v1.json"]
-    (version,) = modelstore.versions(f"{lakehouse}/models/clicks", "gbt")
-    assert modelstore.read_json(version, "card.json")["rows"]["test"] > 0
+    assert sorted(f for f in files if f.endswith(".json") and "/_data/" not in f) == [
+        "/clicks/gbt/v1.json", "/clicks/torch/v1.json"]
+    for kind in ("gbt", "torch"):
+        (version,) = modelstore.versions(f"{lakehouse}/models/clicks", kind)
+        assert modelstore.read_json(version, "card.json")["rows"]["test"] > 0
+    logged = [k for k in _keys(s3, "lakehouse/mlartifacts/") if k.endswith("/MLmodel")]
+    assert len(logged) == 2, logged  # both models' MLflow artifacts went to S3
     fs, reports = filesystem(stages["report"]["html"])
     assert fs.get_file_info(reports).size > 0
 

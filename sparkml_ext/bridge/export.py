@@ -35,7 +35,7 @@ from sparkml_ext import lake
 from sparkml_ext.config import fingerprint
 from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest, ShardFile
 from sparkml_ext.holdout import class_index
-from sparkml_ext.storage import filesystem
+from sparkml_ext.storage import filesystem, join, write_whole
 
 _REPORT = pa.schema(
     [("path", pa.string()), ("rows", pa.int64()), ("bytes", pa.int64()), ("schema", pa.string())]
@@ -91,7 +91,7 @@ def export_shards(
         label=label,
         source=dict(source or {}),
     )
-    _write_atomically(fs, f"{base}/{MANIFEST_NAME}", manifest.to_json())
+    write_whole(join(root, MANIFEST_NAME), manifest.to_json().encode())
     return manifest
 
 
@@ -281,13 +281,6 @@ def _remove_run_files(fs: pafs.FileSystem, base: str, run_id: str, keep: set[str
     for info in fs.get_file_info(pafs.FileSelector(base)):
         if f"-{run_id}-" in info.base_name and info.base_name not in keep:
             fs.delete_file(info.path)
-
-
-def _write_atomically(fs: pafs.FileSystem, path: str, text: str) -> None:
-    temp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(temp) as out:
-        out.write(text.encode())
-    fs.move(temp, path)
 
 
 def _read_valid_manifest(root: str, source: dict) -> Manifest | None:

@@ -1,81 +1,72 @@
 """Checkpoints that survive a kill at any instant and never run code when loaded.
 
-A checkpoint is written to a temporary file in the same folder, fsynced, then renamed
-over its final `step-%09d.pt` name, so a reader sees either the whole file or none.
-Every load passes `weights_only=True`: a checkpoint is tensors and primitives only, and a
-crafted pickle is refused instead of executed. RNG states are stored as tensors and
-tuples of ints for that reason.
+A checkpoint folder is a local path or any URI `storage.filesystem` opens (s3a://, gs://,
+...). A checkpoint is serialized in memory and published whole under its final
+`step-%09d.pt` name by `storage.write_whole` (on disk: written aside, fsynced, renamed; on
+an object store: one upload, visible only once complete), so a reader sees either the
+whole file or none, and no store needs a rename. Every load passes `weights_only=True`: a
+checkpoint is tensors and primitives only, and a crafted pickle is refused instead of
+executed. RNG states are stored as tensors and tuples of ints for that reason.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 
+from sparkml_ext.storage import filesystem, join, write_whole
+
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
+_LEFTOVER = re.compile(r"^\.step-\d{9}.*\.tmp$")  # a local writer killed mid-write
 
 
-def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
-    return Path(directory) / f"step-{step:09d}.pt"
+def checkpoint_path(directory: str | os.PathLike, step: int) -> str:
+    return join(str(directory), f"step-{step:09d}.pt")
 
 
-def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+def _listing(directory: str | os.PathLike) -> tuple[pafs.FileSystem, str, list[str]]:
+    """The folder's file system, its path there, and the names of the files in it, sorted."""
+    fs, base = filesystem(str(directory))
+    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    return fs, base, sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[str]:
     """Complete checkpoints in `directory`, oldest first (temporary files are not listed)."""
-    folder = Path(directory)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+    return [join(str(directory), n) for n in _listing(directory)[2] if _NAME.match(n)]
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """`torch.save` to a temporary file beside `path`, fsync, rename over `path`."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
-    return final
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (a crash right after could otherwise lose it)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def save_whole(obj: Any, path: str | os.PathLike) -> str:
+    """`torch.save` of `obj` published at `path` in one step (`storage.write_whole`)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_whole(str(path), buffer.getvalue())
+    return str(path)
 
 
 def save_checkpoint(
     state: dict[str, Any], directory: str | os.PathLike, step: int, keep: int = 3
-) -> Path:
-    """Atomically write `state` as step `step`, then delete all but the newest `keep`.
+) -> str:
+    """Write `state` as step `step` in one step, then delete all but the newest `keep`.
 
     Call it from one process (rank 0): concurrent writers to one folder are not supported.
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    for stale in Path(directory).glob(".step-*.tmp"):  # left by a writer killed mid-write
-        stale.unlink(missing_ok=True)
-    path = atomic_save(state, checkpoint_path(directory, step))
+    fs, base, names = _listing(directory)
+    for stale in filter(_LEFTOVER.match, names):
+        fs.delete_file(f"{base}/{stale}")
+    path = save_whole(state, checkpoint_path(directory, step))
     for old in list_checkpoints(directory)[:-keep]:
-        old.unlink(missing_ok=True)
+        fs.delete_file(f"{base}/{os.path.basename(old)}")
     return path
 
 
@@ -83,12 +74,15 @@ def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
     """Load one checkpoint; refuses anything but tensors and primitives."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    fs, where = filesystem(str(path))
+    with fs.open_input_stream(where) as source:
+        data = io.BytesIO(source.read())
+    return torch.load(data, map_location=map_location, weights_only=True)
 
 
 def latest_checkpoint(
     directory: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[Path, dict[str, Any]] | None:
+) -> tuple[str, dict[str, Any]] | None:
     """The newest checkpoint that loads, with its path; warns about and skips broken ones."""
     for path in reversed(list_checkpoints(directory)):
         try:

@@ -271,6 +271,7 @@ class ShardDataset(IterableDataset):
         todo = range(self._batches_done, self.num_batches)[worker::workers]
         reader, buffers = ShardReader(self.root), self._buffers()
         chunks, starts = self._stream()
+        reader.read_ahead([c.path for c in chunks])
         size, span = self.batch_size, self._window_rows
         for k, group in itertools.groupby(todo, key=lambda b: b * size // span):
             lo, hi = k * span, min((k + 1) * span, self.rows)

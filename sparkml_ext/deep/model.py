@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparkml_ext.deep.checkpoint import atomic_save
+from sparkml_ext.deep.checkpoint import save_whole
 from sparkml_ext.deep.config import TASKS
 from sparkml_ext.deep.inputs import squash
 
@@ -228,13 +228,14 @@ class DLRM(nn.Module):
 
 
 def save_model(model: DLRM, path: str | os.PathLike, columns: dict[str, Any]) -> None:
-    """Write {"state_dict", "config"} atomically; `columns` says which inputs it was trained on.
+    """Write {"state_dict", "config"} in one step (`checkpoint.save_whole`) at a path or URI;
+    `columns` says which inputs it was trained on.
 
     The weights are stored on the CPU, so a model trained on GPUs loads anywhere.
     """
     config = {"model": model.config.to_dict(), "columns": columns}
     weights = {name: t.detach().cpu() for name, t in model.state_dict().items()}
-    atomic_save({"state_dict": weights, "config": config}, path)
+    save_whole({"state_dict": weights, "config": config}, path)
 
 
 def load_model(

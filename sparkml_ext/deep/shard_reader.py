@@ -4,8 +4,12 @@
 machine with no JVM); it writes the same files and manifest as `bridge.export_table`.
 
 Local shards are memory-mapped, so a rank touches only the pages it reads and several
-DataLoader workers share one copy in the page cache; other URIs (s3://, hdfs://, ...)
-go through `pyarrow.fs`. Every conversion is column-wise: no Python runs per row.
+DataLoader workers share one copy in the page cache. A shard on an object store (s3a://,
+gs://, hdfs://, ... through `pyarrow.fs`) is fetched whole in one streamed read into
+memory, not by the many small ranged reads a memory map or an IPC footer walk would
+make, and the next files a rank will want are fetched in the background while it reads
+(`ShardReader.read_ahead`): a rank holds its remote files in memory as the page cache
+holds local ones. Every conversion is column-wise: no Python runs per row.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest, ShardFile
-from sparkml_ext.storage import filesystem
+from sparkml_ext.storage import described, filesystem, join, write_whole
+
+READ_AHEAD_FILES = 2  # remote files fetched ahead of the one being read
 
 
 def _vanished(what: str, path: str) -> FileNotFoundError:
@@ -53,19 +60,23 @@ def write_shards(
     batch_rows: int = 65536,
     source: dict | None = None,
 ) -> str:
-    """Split `table` into `files` local IPC files of `batch_rows`-row batches; the manifest's path."""
-    os.makedirs(root, exist_ok=True)
+    """Split `table` into `files` IPC files of `batch_rows`-row batches under `root` (a
+    path or any URI `storage.filesystem` opens); the manifest's path, written last."""
+    root = str(root)
+    fs, base = filesystem(root)
+    fs.create_dir(base, recursive=True)
     bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
     shards = []
     for i, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
         name = f"part-{i:05d}.arrow"
-        path = os.path.join(root, name)
-        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            for batch in table.slice(lo, hi - lo).to_batches(max_chunksize=batch_rows):
-                writer.write_batch(batch)
-        shards.append(ShardFile(name, int(hi - lo), os.path.getsize(path)))
+        with fs.open_output_stream(f"{base}/{name}") as sink:
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                for batch in table.slice(lo, hi - lo).to_batches(max_chunksize=batch_rows):
+                    writer.write_batch(batch)
+            size = sink.tell()
+        shards.append(ShardFile(name, int(hi - lo), size))
     manifest = Manifest(
-        str(root),
+        root if "://" in root else base,
         tuple(shards),
         {f.name: str(f.type) for f in table.schema},
         tuple(numeric),
@@ -73,41 +84,64 @@ def write_shards(
         label,
         source or {"table": "pyarrow"},
     )
-    path = os.path.join(root, MANIFEST_NAME)
-    with open(path, "w") as f:
-        f.write(manifest.to_json())
+    path = join(root, MANIFEST_NAME)
+    write_whole(path, manifest.to_json().encode())
     return path
 
 
 class ShardReader:
     """Opens the shard files under one manifest root, keeping the last few open.
 
-    Not picklable on purpose: each DataLoader worker makes its own (memory maps and
-    file handles do not cross process boundaries).
+    Not picklable on purpose: each DataLoader worker makes its own (memory maps, file
+    handles and fetching threads do not cross process boundaries).
     """
 
     def __init__(self, root: str, max_open: int = 64):
+        self._uri = root.rstrip("/")
         self._fs, self._root = filesystem(root)
         self._local = isinstance(self._fs, pafs.LocalFileSystem)
         self._max_open = max_open
         self._tables: OrderedDict[str, pa.Table] = OrderedDict()
         self._views: OrderedDict[tuple, tuple[np.ndarray, list[list[np.ndarray]]]] = OrderedDict()
+        self._order: list[str] = []
+        self._fetches: dict[str, Future[pa.Table]] = {}
+        self._fetcher = None if self._local else ThreadPoolExecutor(READ_AHEAD_FILES)
+
+    def read_ahead(self, paths: Sequence[str]) -> None:
+        """The order in which files will be wanted: a remote reader fetches the next
+        `READ_AHEAD_FILES` in the background whenever it starts on one (local: no-op)."""
+        self._order = list(dict.fromkeys(paths))
 
     def table(self, path: str) -> pa.Table:
         """The whole shard as a table; zero-copy over a memory map for local files."""
         if path in self._tables:
             self._tables.move_to_end(path)
             return self._tables[path]
-        full = f"{self._root.rstrip('/')}/{path}"
-        try:
-            source = pa.memory_map(full) if self._local else self._fs.open_input_file(full)
-        except FileNotFoundError:
-            raise _vanished("shard file", full) from None
-        table = pa.ipc.open_file(source).read_all()
+        if self._local:
+            table = self._read(path)
+        else:  # a fetch that failed is not kept: the next call tries again
+            table = (self._fetches.pop(path, None) or self._fetcher.submit(self._read, path)).result()
+            at = self._order.index(path) + 1 if path in self._order else len(self._order)
+            for upcoming in self._order[at : at + READ_AHEAD_FILES]:
+                if upcoming not in self._tables and upcoming not in self._fetches:
+                    self._fetches[upcoming] = self._fetcher.submit(self._read, upcoming)
         self._tables[path] = table
         if len(self._tables) > self._max_open:
             self._tables.popitem(last=False)
         return table
+
+    def _read(self, path: str) -> pa.Table:
+        full = f"{self._root.rstrip('/')}/{path}"
+        try:
+            if self._local:
+                return pa.ipc.open_file(pa.memory_map(full)).read_all()
+            with self._fs.open_input_stream(full, compression=None) as source:
+                return pa.ipc.open_file(source.read_buffer()).read_all()
+        except FileNotFoundError:
+            raise _vanished("shard file", full) from None
+        except OSError as err:  # the store went away mid-read: say which store and object
+            raise OSError(f"cannot read the shard file {described(f'{self._uri}/{path}')}: {err}"
+                          ) from err
 
     def views(
         self, path: str, columns: Sequence[tuple[str, int | None]]

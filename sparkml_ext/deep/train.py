@@ -14,7 +14,6 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +35,7 @@ from sparkml_ext.deep.manifest import Manifest, assign_rows
 from sparkml_ext.deep.metrics import accuracy, rmse, roc_auc
 from sparkml_ext.deep.model import DLRM, DLRMConfig, save_model
 from sparkml_ext.deep.shard_reader import read_manifest
+from sparkml_ext.storage import join
 
 log = logging.getLogger(__name__)
 # What each task is judged by on the validation rows after every epoch (`val_<name>`).
@@ -378,8 +378,8 @@ class Trainer:
     def _save_model(self) -> str | None:
         if not (self.cfg.output_dir and self.ctx.is_main):
             return None
-        path = Path(self.cfg.output_dir) / "model.pt"
+        path = join(self.cfg.output_dir, "model.pt")
         m = self.manifest
         columns = {"numeric": list(m.numeric), "categorical": list(m.categorical), "label": m.label}
         save_model(self.model, path, columns)
-        return str(path)
+        return path

@@ -129,7 +129,7 @@ def test_two_ranks_learn_and_save_a_safe_model(ddp):
 def test_killed_run_resumes_to_the_same_weights(ddp):
     tmp, reference = ddp
     torchrun(tmp, "killed", CONFIG, stall_at=35)  # checkpoints at 10, 20, 30; steps 31-35 are lost
-    assert [p.name for p in list_checkpoints(tmp / "killed" / "ckpt")][-1] == "step-000000030.pt"
+    assert os.path.basename(list_checkpoints(tmp / "killed" / "ckpt")[-1]) == "step-000000030.pt"
     assert not (tmp / "killed" / "out" / "model.pt").exists()
 
     resumed = torchrun(tmp, "killed", CONFIG)
