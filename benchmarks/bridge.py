@@ -8,7 +8,9 @@ Builds (or reuses) a Delta table of `--rows` rows x (13 float + 26 int + label) 
 int64 [B, 26], float32 label [B]; B = 4096) by:
 
   (a) the bridge: `ShardDataset` (shuffle on) through `batches()`, as the trainer uses it,
-      for world_size 1 and for each rank of world_size 2 (one after the other);
+      for world_size 1 and for each rank of world_size 2 (one after the other), and for
+      world_size 1 reading the same shards from an S3 server on loopback (moto's, started
+      here: `scripts/s3_server.py`) instead of the local disk;
   (b) pyspark's own `TorchDistributor._train_on_dataframe` loader, in-process on a sample:
       the partition's Arrow batches written by `TorchDistributor._setup_spark_partition_data`
       (what its barrier task does), read back by `_get_spark_partition_data_loader`
@@ -30,6 +32,7 @@ because the machine is shared. The last lines are `RATIO <name> <value>`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -67,10 +70,14 @@ from torchkit import (
 
 from sparkml_ext import lake
 from sparkml_ext.bridge import export_table, launch
-from sparkml_ext.deep.manifest import Manifest
+from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest
 from sparkml_ext.session import get_spark
+from sparkml_ext.storage import copy_file, join, write_whole
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from s3_server import s3_server  # noqa: E402  (a development script, not a package)
+
 BENCH = REPO / "data" / "generated" / "bench"
 # One intra-op thread everywhere: a 2-core machine runs 2 DDP ranks (torchrun sets
 # OMP_NUM_THREADS=1 for them too), and on a busy shared machine torch's spinning OpenMP
@@ -374,11 +381,22 @@ def measure_writing(spark, frame, table: str, version: int, scratch: Path, repea
     return seconds
 
 
-LOADERS = ("bridge1", "bridge2", "bridge1w", "limit", "pandas", "petastorm", "petastorm_shuf")
+LOADERS = ("bridge1", "bridge2", "bridge1w", "bridge1_s3", "limit", "pandas", "petastorm", "petastorm_shuf")
+
+
+def upload(manifest: Manifest, root: str) -> tuple[Manifest, float]:
+    """The manifest's shard files copied under `root` (an S3 URI), its manifest there; seconds taken."""
+    started = time.perf_counter()
+    for f in manifest.files:
+        copy_file(join(manifest.root, f.path), join(root, f.path))
+    remote = dataclasses.replace(manifest, root=root)
+    write_whole(join(root, MANIFEST_NAME), remote.to_json().encode())
+    return remote, time.perf_counter() - started
 
 
 def measure_loaders(
     manifest: Manifest,
+    on_s3: Manifest,
     pandas_data: tuple[torch.Tensor, ...],
     pandas_rows: int,
     parquet: Path,
@@ -397,6 +415,7 @@ def measure_loaders(
         runs["bridge1"].append(measure_bridge(manifest, 1, epoch=r))
         runs["bridge2"].append(measure_bridge(manifest, 2, epoch=r))
         runs["bridge1w"].append(measure_bridge(manifest, 1, epoch=r, workers=1))
+        runs["bridge1_s3"].append(measure_bridge(on_s3, 1, epoch=r))
         rows, rate = drain(raw_batches(manifest))
         assert rows == manifest.rows, rows
         runs["limit"].append(rate)
@@ -466,6 +485,7 @@ def ratios(
     a = med["bridge1"][0]
     return {
         "bridge_vs_limit": a / med["limit"][0],
+        "bridge_s3_vs_local": med["bridge1_s3"][0] / a,
         "bridge_vs_torchdistributor": a / med["td"][0],
         "bridge_vs_pandas": a / med["pandas"][0],
         "bridge_vs_petastorm": a / med[pet_key][0],
@@ -484,6 +504,7 @@ def print_loaders(
     pandas_rows: int,
     to_pandas_s: float,
     petastorm: Petastorm,
+    upload_s: float,
 ) -> None:
     a, a_cpu = med["bridge1"]
 
@@ -511,6 +532,8 @@ def print_loaders(
     line("(a) bridge ShardDataset, world 1, shuffle", "bridge1", runs["bridge1"], f"{rows:,} rows")
     line("(a) bridge ShardDataset, world 2, per rank", "bridge2", runs["bridge2"])
     line("(a) bridge ShardDataset, world 1, 1 DataLoader worker", "bridge1w", runs["bridge1w"])
+    line("(a) bridge ShardDataset, world 1, shards on S3 (loopback)", "bridge1_s3", runs["bridge1_s3"],
+         f"upload {upload_s:.1f} s")
     for w in sorted(td_rates):
         line(
             f"(b) TorchDistributor loader, num_workers={w}",
@@ -601,6 +624,7 @@ def print_notes(
 def print_goals(ratio: dict[str, float], petastorm: Petastorm) -> None:
     goals = [
         ("bridge_vs_limit >= 0.5", ratio["bridge_vs_limit"] >= 0.5),
+        ("bridge_s3_vs_local >= 0.5", ratio["bridge_s3_vs_local"] >= 0.5),
         ("bridge_vs_torchdistributor >= 50", ratio["bridge_vs_torchdistributor"] >= 50),
         ("bridge_vs_petastorm >= 1", ratio["bridge_vs_petastorm"] >= 1 if petastorm.python else None),
         ("epoch_vs_inmemory <= 1.1", ratio["epoch_vs_inmemory"] <= 1.1),
@@ -613,7 +637,8 @@ def print_goals(ratio: dict[str, float], petastorm: Petastorm) -> None:
         "ratios: bridge_vs_* = the bridge's rows/s over the reference's; epoch_vs_inmemory = "
         "epoch time fed by the bridge over in memory; export_vs_parquet_write = Parquet write "
         "time over export time (> 1: shards are faster); torchdistributor_vs_torchrun = run "
-        "time over run time"
+        "time over run time; bridge_s3_vs_local = rows/s reading the shards from S3 over "
+        "from the local disk"
     )
 
 
@@ -668,7 +693,11 @@ def main(argv: list[str] | None = None) -> None:
     pandas_data, to_pandas_s = pandas_tensors(frame)
 
     td_rates = measure_torchdistributor(spark, frame, td_sample, repeats)
-    runs = measure_loaders(manifest, pandas_data, pandas_rows, parquet, petastorm, rounds, repeats, work)
+    with s3_server("bench", log=str(scratch / "moto.log")) as s3_env:
+        os.environ.update(s3_env)  # pyarrow reads the endpoint and keys from the environment
+        on_s3, upload_s = upload(manifest, f"s3a://bench/shards/{Path(manifest.root).name}")
+        runs = measure_loaders(manifest, on_s3, pandas_data, pandas_rows, parquet, petastorm, rounds, repeats,
+                               work)
     loads.append(load())
     del pandas_data
     epochs = measure_training(manifest, train_batches, repeats)
@@ -679,7 +708,7 @@ def main(argv: list[str] | None = None) -> None:
 
     med, td_key, pet_key = loader_medians(runs, td_rates, petastorm)
     ratio = ratios(med, pet_key, writing, epochs, launch_s)
-    print_loaders(med, runs, td_rates, manifest.rows, td_sample, pandas_rows, to_pandas_s, petastorm)
+    print_loaders(med, runs, td_rates, manifest.rows, td_sample, pandas_rows, to_pandas_s, petastorm, upload_s)
     print_writing(manifest.rows, writing)
     print_training(train_batches, min(train_batches * BATCH, manifest.rows), epochs)
     print_launch(launch_s)

@@ -16,6 +16,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 S3_SCHEMES = ("s3://", "s3a://")
@@ -44,6 +45,14 @@ def join(root: str, *names: str) -> str:
     if "://" in root:
         return "/".join([root.rstrip("/"), *names])
     return os.path.join(root, *names)
+
+
+def read_whole(uri: str) -> pa.Buffer:
+    """The whole file at `uri` in one read: on S3 one GET of the object (a stream without a
+    buffer would fetch it in small ranged GETs: 8 MB/s against 500 MB/s here)."""
+    fs, path = filesystem(uri)
+    with fs.open_input_file(path) as source:
+        return source.read_buffer()
 
 
 def write_whole(uri: str, data: bytes) -> None:

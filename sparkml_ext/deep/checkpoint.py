@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
-from sparkml_ext.storage import filesystem, join, write_whole
+from sparkml_ext.storage import filesystem, join, read_whole, write_whole
 
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
 _LEFTOVER = re.compile(r"^\.step-\d{9}.*\.tmp$")  # a local writer killed mid-write
@@ -74,9 +74,7 @@ def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
     """Load one checkpoint; refuses anything but tensors and primitives."""
-    fs, where = filesystem(str(path))
-    with fs.open_input_stream(where) as source:
-        data = io.BytesIO(source.read())
+    data = io.BytesIO(read_whole(str(path)))
     return torch.load(data, map_location=map_location, weights_only=True)
 
 

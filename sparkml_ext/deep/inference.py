@@ -17,7 +17,7 @@ import torch
 
 from sparkml_ext.deep.model import DLRM, load_model
 from sparkml_ext.deep.shard_reader import column_parts
-from sparkml_ext.storage import filesystem
+from sparkml_ext.storage import read_whole
 
 
 class Predictor:
@@ -33,9 +33,7 @@ class Predictor:
     @classmethod
     def load(cls, uri: str) -> Predictor:
         """The model file at a local path or any URI pyarrow opens, loaded with weights only."""
-        fs, path = filesystem(uri)
-        with fs.open_input_stream(path) as source:
-            return cls(*load_model(io.BytesIO(source.read())))
+        return cls(*load_model(io.BytesIO(read_whole(uri))))
 
     def predict(self, batch: pa.RecordBatch) -> np.ndarray:
         """The predictions (float64) of a batch holding the model's columns."""

@@ -5,9 +5,9 @@ machine with no JVM); it writes the same files and manifest as `bridge.export_ta
 
 Local shards are memory-mapped, so a rank touches only the pages it reads and several
 DataLoader workers share one copy in the page cache. A shard on an object store (s3a://,
-gs://, hdfs://, ... through `pyarrow.fs`) is fetched whole in one streamed read into
-memory, not by the many small ranged reads a memory map or an IPC footer walk would
-make, and the next files a rank will want are fetched in the background while it reads
+gs://, hdfs://, ... through `pyarrow.fs`) is fetched whole in one read into memory
+(`storage.read_whole`), not by the many small ranged reads of a memory map, an IPC
+footer walk or an unbuffered stream, and the next files a rank will want are fetched in the background while it reads
 (`ShardReader.read_ahead`): a rank holds its remote files in memory as the page cache
 holds local ones. Every conversion is column-wise: no Python runs per row.
 """
@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest, ShardFile
-from sparkml_ext.storage import described, filesystem, join, write_whole
+from sparkml_ext.storage import described, filesystem, join, read_whole, write_whole
 
 READ_AHEAD_FILES = 2  # remote files fetched ahead of the one being read
 
@@ -135,8 +135,7 @@ class ShardReader:
         try:
             if self._local:
                 return pa.ipc.open_file(pa.memory_map(full)).read_all()
-            with self._fs.open_input_stream(full, compression=None) as source:
-                return pa.ipc.open_file(source.read_buffer()).read_all()
+            return pa.ipc.open_file(read_whole(f"{self._uri}/{path}")).read_all()
         except FileNotFoundError:
             raise _vanished("shard file", full) from None
         except OSError as err:  # the store went away mid-read: say which store and object
