@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` (the pipeline end to end on the embedded
 # default: local Spark + a local Delta lakehouse) and `make test`. Each creates .venv,
-# installs the package with its extras and fetches the Delta jars from Maven Central.
+# installs the package with its extras, fetches the Delta jars from Maven Central and
+# compiles the package's Delta log store for S3 (needs a JDK's javac).
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,7 +12,13 @@ UV     := $(VENV)/bin/uv
 
 .PHONY: venv demo test clean chromium airflow-venv dist cluster-start cluster-stop cluster-demo s3-server
 
-venv: $(STAMP)
+# The package's one JVM class (jvm/src: the Delta log store for S3), compiled into the package.
+JAR    := sparkml_ext/jars/sparkml-ext-delta.jar
+
+venv: $(STAMP) $(JAR)
+
+$(JAR): $(wildcard jvm/src/*/*/*/*.java) scripts/build_jar.py | $(STAMP)
+	$(PY) scripts/build_jar.py
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 2; }
@@ -42,7 +49,7 @@ test: venv chromium airflow-venv
 # The package as a cluster ships it: a wheel (Databricks, pip on the nodes) and the same
 # bytes as dist/sparkml_ext.zip for spark-submit --py-files (Spark imports .zip, not .whl).
 dist: venv
-	rm -rf dist
+	rm -rf dist build/lib
 	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 	cp dist/sparkml_ext-*.whl dist/sparkml_ext.zip
 

@@ -10,7 +10,8 @@ int64 [B, 26], float32 label [B]; B = 4096) by:
   (a) the bridge: `ShardDataset` (shuffle on) through `batches()`, as the trainer uses it,
       for world_size 1 and for each rank of world_size 2 (one after the other), and for
       world_size 1 reading the same shards from an S3 server on loopback (moto's, started
-      here: `scripts/s3_server.py`) instead of the local disk;
+      here: `scripts/s3_server.py`) instead of the local disk, beside the server's own
+      limit (every file fetched whole, nothing decoded);
   (b) pyspark's own `TorchDistributor._train_on_dataframe` loader, in-process on a sample:
       the partition's Arrow batches written by `TorchDistributor._setup_spark_partition_data`
       (what its barrier task does), read back by `_get_spark_partition_data_loader`
@@ -72,7 +73,7 @@ from sparkml_ext import lake
 from sparkml_ext.bridge import export_table, launch
 from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest
 from sparkml_ext.session import get_spark
-from sparkml_ext.storage import copy_file, join, write_whole
+from sparkml_ext.storage import copy_file, join, read_whole, write_whole
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -381,7 +382,18 @@ def measure_writing(spark, frame, table: str, version: int, scratch: Path, repea
     return seconds
 
 
-LOADERS = ("bridge1", "bridge2", "bridge1w", "bridge1_s3", "limit", "pandas", "petastorm", "petastorm_shuf")
+LOADERS = ("bridge1", "bridge2", "bridge1w", "bridge1_s3", "limit", "s3_read", "pandas", "petastorm",
+           "petastorm_shuf")
+
+
+def s3_read(manifest: Manifest) -> Rate:
+    """The server's own limit: every shard file fetched whole (one GET each, as the bridge
+    fetches it), nothing decoded; in rows/s."""
+    started, cpu = time.perf_counter(), time.process_time()
+    for f in manifest.files:
+        assert read_whole(join(manifest.root, f.path)).size == f.bytes
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return manifest.rows / wall, manifest.rows / cpu
 
 
 def upload(manifest: Manifest, root: str) -> tuple[Manifest, float]:
@@ -416,6 +428,7 @@ def measure_loaders(
         runs["bridge2"].append(measure_bridge(manifest, 2, epoch=r))
         runs["bridge1w"].append(measure_bridge(manifest, 1, epoch=r, workers=1))
         runs["bridge1_s3"].append(measure_bridge(on_s3, 1, epoch=r))
+        runs["s3_read"].append(s3_read(on_s3))
         rows, rate = drain(raw_batches(manifest))
         assert rows == manifest.rows, rows
         runs["limit"].append(rate)
@@ -486,6 +499,7 @@ def ratios(
     return {
         "bridge_vs_limit": a / med["limit"][0],
         "bridge_s3_vs_local": med["bridge1_s3"][0] / a,
+        "bridge_s3_vs_s3_read": med["bridge1_s3"][0] / med["s3_read"][0],
         "bridge_vs_torchdistributor": a / med["td"][0],
         "bridge_vs_pandas": a / med["pandas"][0],
         "bridge_vs_petastorm": a / med[pet_key][0],
@@ -548,6 +562,7 @@ def print_loaders(
         f"{pandas_rows:,} rows/run; toPandas + torch.tensor once: {to_pandas_s:.1f} s",
     )
     line("(d) limit: mmap IPC -> from_numpy -> stack, no shuffle", "limit", runs["limit"])
+    line("(d) S3 limit: each shard file in one GET, nothing decoded", "s3_read", runs["s3_read"])
     if petastorm.python is not None:
         line(
             "(e) petastorm make_batch_reader -> stack, no row shuffle",
@@ -638,7 +653,7 @@ def print_goals(ratio: dict[str, float], petastorm: Petastorm) -> None:
         "epoch time fed by the bridge over in memory; export_vs_parquet_write = Parquet write "
         "time over export time (> 1: shards are faster); torchdistributor_vs_torchrun = run "
         "time over run time; bridge_s3_vs_local = rows/s reading the shards from S3 over "
-        "from the local disk"
+        "from the local disk; bridge_s3_vs_s3_read = the same over fetching the files alone"
     )
 
 

@@ -94,6 +94,7 @@ def run_checks(pipeline: str | None = None) -> list[Check]:
             spark_conf, lakehouse, origin = cfg.spark, cfg.lakehouse_root, f"lakehouse: in {pipeline}"
     checks.append(check_delta_jars(spark_conf.get("spark.jars.ivy")))
     checks.append(check_lakehouse(lakehouse, origin))
+    checks.append(check_s3_log_store())
     checks.extend(check_extra(extra) for extra in EXTRAS)
     return checks
 
@@ -230,6 +231,21 @@ def check_lakehouse(where: str | None, origin: str) -> Check:
                      f"make {existing} a folder this user can write, or move the lakehouse ({origin})")
     state = "exists" if existing == path else f"will be created in {existing}"
     return Check("lakehouse", "ok", f"{path} ({state}, writable; from {origin})")
+
+
+def check_s3_log_store() -> Check:
+    """The package's Delta log store for S3 (several applications per table), and the
+    spark-submit options that load it (a session the package starts adds them itself)."""
+    try:
+        from sparkml_ext.object_store import LOG_STORE_CLASS, LOG_STORE_JAR
+    except ImportError as err:
+        return Check("s3 log store", "problem", f"cannot read its location: {err}", INSTALL_SPARK)
+    if not os.path.exists(LOG_STORE_JAR):
+        return Check("s3 log store", "warning", f"{LOG_STORE_JAR} is missing: Delta commits on S3 are "
+                     "safe for one writing application per table only",
+                     "build it with a JDK: python scripts/build_jar.py (in a checkout: make venv)")
+    return Check("s3 log store", "ok", f"{LOG_STORE_JAR}; under spark-submit add --jars {LOG_STORE_JAR} "
+                 f"--conf spark.delta.logStore.s3a.impl={LOG_STORE_CLASS}")
 
 
 def check_extra(extra: Extra) -> Check:

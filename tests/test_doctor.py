@@ -46,6 +46,18 @@ def test_healthy_machine_passes_and_leaves_nothing_behind(env, tmp_path):
     assert str(lake) in checks["lakehouse"]["found"]
     assert "$SPARKML_EXT_LAKEHOUSE" in checks["lakehouse"]["found"]
     assert list(tmp_path.iterdir()) == []  # the probe file is gone, and no lakehouse was made
+    assert checks["s3 log store"]["status"] == "ok"  # with the options spark-submit needs for it
+    assert "--conf spark.delta.logStore.s3a.impl=io.sparkmlext." in checks["s3 log store"]["found"]
+
+
+def test_a_missing_s3_log_store_is_a_warning_with_its_build_command(monkeypatch, tmp_path):
+    from sparkml_ext import doctor, object_store
+
+    monkeypatch.setattr(object_store, "LOG_STORE_JAR", str(tmp_path / "absent.jar"))
+    check = doctor.check_s3_log_store()
+    assert check.status == "warning"
+    assert check.fix == "build it with a JDK: python scripts/build_jar.py (in a checkout: make venv)"
+    assert "one writing application per table" in check.found
 
 
 @pytest.mark.parametrize("java_home", [None, "nowhere"])

@@ -28,7 +28,12 @@ from sparkml_ext import modelstore
 from sparkml_ext.deep.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 from sparkml_ext.deep.dataset import ShardDataset
 from sparkml_ext.deep.shard_reader import read_manifest, write_shards
-from sparkml_ext.object_store import HADOOP_AWS_PACKAGE, spark_settings
+from sparkml_ext.object_store import (
+    HADOOP_AWS_PACKAGE,
+    LOG_STORE_CLASS,
+    LOG_STORE_JAR,
+    spark_settings,
+)
 from sparkml_ext.session import DELTA_PACKAGE
 from sparkml_ext.storage import create_once, filesystem, write_whole
 
@@ -37,10 +42,15 @@ BUCKET = "lake"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
+def s3_log(tmp_path_factory) -> Path:
+    """The server's request log: one line per request, with its HTTP status."""
+    return tmp_path_factory.mktemp("s3") / "moto.log"
+
+
+@pytest.fixture(scope="module")
+def s3(s3_log):
     """The server's environment, also set in this process (pyarrow and boto3 read it)."""
-    log = tmp_path_factory.mktemp("s3") / "moto.log"
-    with s3_server(BUCKET, log=str(log)) as env, pytest.MonkeyPatch.context() as patch:
+    with s3_server(BUCKET, log=str(s3_log)) as env, pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
         yield env
@@ -62,6 +72,8 @@ def test_only_a_pipeline_on_s3a_gets_the_connector_and_its_endpoint_from_the_env
     assert settings["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
     assert settings["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
     assert settings["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
+    assert settings["spark.delta.logStore.s3a.impl"] == LOG_STORE_CLASS  # commits by conditional PUT
+    assert settings["spark.jars"] == LOG_STORE_JAR and os.path.exists(LOG_STORE_JAR)  # built by `make venv`
     assert not any("secret" in key.lower() or "access.key" in key for key in settings)  # never a setting
 
 
@@ -231,9 +243,11 @@ def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_models(s3,
     env = {**os.environ, **QUICK_JVMS, **s3, "SPARKML_EXT_LAKEHOUSE": lakehouse,
            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     cli = [str(Path(sys.executable).parent / "sparkml-ext")]
-    # as a cluster user submits a job: the profile's Delta package plus the S3A connector
+    # as a cluster user submits a job: the profile's Delta package plus the S3A connector and
+    # the conditional-PUT log store (README: "On object storage")
     submit = [str(Path(sys.executable).parent / "spark-submit"), "--properties-file", "conf/spark/local.conf",
-              "--packages", f"{DELTA_PACKAGE},{HADOOP_AWS_PACKAGE}", "jobs/ingest.py"]
+              "--packages", f"{DELTA_PACKAGE},{HADOOP_AWS_PACKAGE}", "--jars", LOG_STORE_JAR,
+              "--conf", f"spark.delta.logStore.s3a.impl={LOG_STORE_CLASS}", "jobs/ingest.py"]
     common = ["--pipeline", "conf/pipelines/clicks.yaml", f"--set=source.path={landing}", "--json"]
     tiny = [f"--set={s}" for s in ("generate.rows=3000", "generate.batches=2", "generate.malformed_rate=0.01",
                                    "train_mllib.params={maxIter: 3, seed: 7}", "train_mllib.grid={}",
@@ -270,6 +284,70 @@ def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_models(s3,
     assert len(logged) == 2, logged  # both models' MLflow artifacts went to S3
     fs, reports = filesystem(stages["report"]["html"])
     assert fs.get_file_info(reports).size > 0
+
+
+def test_the_log_store_lets_one_of_two_racing_commits_win_and_tells_the_other(s3, s3_log):
+    """Two writers of one commit file, both past the "is it there?" check before either's
+    upload completes (each writes 300,000 lines, so the two writes overlap): the first upload
+    wins, the second is refused by S3 (412) and Delta hears FileAlreadyExistsException, its
+    cue to retry at the next version. Delta's default S3 log store checks inside one JVM only;
+    between two JVMs its second upload would replace the first (docs/object-storage.md)."""
+    from py4j.protocol import Py4JJavaError
+
+    from sparkml_ext.session import get_spark
+
+    spark = get_spark("log-store", {"spark.master": "local[1]", **spark_settings([f"s3a://{BUCKET}/x"])})
+    jvm, conf = spark._jvm, spark._jsc.hadoopConfiguration()
+    store = getattr(jvm, LOG_STORE_CLASS)(conf)
+    key = "racing/_delta_log/00000000000000000007.json"
+    commit = jvm.org.apache.hadoop.fs.Path(f"s3a://{BUCKET}/{key}")
+
+    def write(writer: str) -> str:
+        actions = jvm.java.util.Collections.nCopies(300_000, json.dumps({"writer": writer})).iterator()
+        try:
+            store.write(commit, actions, False, conf)
+            return "committed"
+        except Py4JJavaError as err:
+            return f"{err.java_exception.getClass().getName()} caused by {err.java_exception.getCause()}"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = dict(zip("ab", pool.map(write, "ab"), strict=True))
+    spark.stop()
+    (winner,) = [w for w, outcome in outcomes.items() if outcome == "committed"]
+    (loser,) = set(outcomes) - {winner}
+    assert outcomes[loser].startswith("java.nio.file.FileAlreadyExistsException caused by "
+                                      "org.apache.hadoop.fs.s3a.RemoteFileChangedException"), outcomes[loser]
+    fs, path = filesystem(f"s3a://{BUCKET}/{key}")
+    with fs.open_input_stream(path) as src:
+        assert set(src.read().decode().splitlines()) == {json.dumps({"writer": winner})}  # whole, one writer's
+    puts = [line for line in s3_log.read_text().splitlines() if f"PUT /{BUCKET}/{key}" in line]
+    assert sorted(line.split('" ')[-1].split()[0] for line in puts) == ["200", "412"]
+
+
+@pytest.mark.slow
+def test_two_applications_appending_to_one_s3_table_land_every_commit_once(s3):
+    """Two Spark applications append 12 one-row commits each to one new table at once
+    (each through `lake.append_once`, as ingest appends a batch): all 24 are in the log,
+    each once, at contiguous versions."""
+    import boto3
+
+    prefix, commits = "concurrent/events", 12
+    appender = [sys.executable, str(REPO / "tests" / "delta_appender.py"), f"s3a://{BUCKET}/{prefix}"]
+    env = {**os.environ, **QUICK_JVMS, **s3, "PYSPARK_PYTHON": sys.executable}
+    writers = {name: subprocess.Popen([*appender, name, str(commits)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True) for name in ("a", "b")}
+    for name, writer in writers.items():
+        said, _ = writer.communicate(timeout=600)
+        assert writer.returncode == 0, f"writer {name}:\n{said[-3000:]}"
+
+    client, log = boto3.client("s3"), f"{prefix}/_delta_log/"
+    files = sorted(k for k in _keys(s3, log) if k.endswith(".json"))
+    apps = []
+    for key in files:
+        lines = client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()
+        apps += [json.loads(line)["txn"]["appId"] for line in lines if '"txn"' in line]
+    assert [f.removeprefix(log) for f in files] == [f"{v:020d}.json" for v in range(len(files))]
+    assert sorted(apps) == sorted(f"{w}-{i}" for w in "ab" for i in range(commits))  # each once
 
 
 def _keys(env: dict[str, str], prefix: str) -> list[str]:
