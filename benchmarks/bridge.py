@@ -77,7 +77,7 @@ from sparkml_ext.storage import copy_file, join, read_whole, write_whole
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from s3_server import s3_server  # noqa: E402  (a development script, not a package)
+from s3_server import s3_server  # a development script, not a package
 
 BENCH = REPO / "data" / "generated" / "bench"
 # One intra-op thread everywhere: a 2-core machine runs 2 DDP ranks (torchrun sets

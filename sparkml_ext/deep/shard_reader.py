@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 from sparkml_ext.deep.manifest import MANIFEST_NAME, Manifest, ShardFile
 from sparkml_ext.storage import described, filesystem, join, read_whole, write_whole
 
-READ_AHEAD_FILES = 2  # remote files fetched ahead of the one being read
+READ_AHEAD_FILES = 4  # remote files fetched at once, ahead of the one being read
 
 
 def _vanished(what: str, path: str) -> FileNotFoundError:
