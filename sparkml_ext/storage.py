@@ -68,17 +68,11 @@ def write_whole(uri: str, data: bytes) -> None:
             out.write(data)
         return
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, aside = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}-", suffix=".tmp")
+    aside = _written_aside(folder, f".{os.path.basename(path)}-", data)
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
         os.replace(aside, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(aside)
+        os.unlink(aside)
         raise
     fd = os.open(folder, os.O_RDONLY)  # the rename itself survives a crash right after it
     try:
@@ -130,15 +124,24 @@ def create_once(uri: str, data: bytes) -> bool:
     return True
 
 
-def _link_if_absent(path: str, data: bytes) -> bool:
-    folder = os.path.dirname(path)
+def _written_aside(folder: str, prefix: str, data: bytes) -> str:
+    """A new temporary file `<folder>/<prefix>*.tmp` holding `data`, on disk (fsynced)."""
     os.makedirs(folder, exist_ok=True)
-    fd, aside = tempfile.mkstemp(dir=folder, prefix=".create-once-")
+    fd, aside = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
+    except BaseException:
+        os.unlink(aside)
+        raise
+    return aside
+
+
+def _link_if_absent(path: str, data: bytes) -> bool:
+    aside = _written_aside(os.path.dirname(path), ".create-once-", data)
+    try:
         os.link(aside, path)
         return True
     except FileExistsError:
