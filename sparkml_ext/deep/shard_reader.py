@@ -7,8 +7,8 @@ Local shards are memory-mapped, so a rank touches only the pages it reads and se
 DataLoader workers share one copy in the page cache. A shard on an object store (s3a://,
 gs://, hdfs://, ... through `pyarrow.fs`) is fetched whole in one read into memory
 (`storage.read_whole`), not by the many small ranged reads of a memory map, an IPC footer
-walk or an unbuffered stream, and the next files a rank will want are fetched at the same
-time, in the background (`ShardReader.read_ahead`): a rank holds its remote files in
+walk or an unbuffered stream, and the next files a rank will want are fetched in the
+background while it reads (`ShardReader.read_ahead`): a rank holds its remote files in
 memory as the page cache holds local ones. Every conversion is column-wise: no Python
 runs per row.
 """
@@ -120,13 +120,12 @@ class ShardReader:
             return self._tables[path]
         if self._local:
             table = self._read(path)
-        else:  # the next files start before this one is waited for; a failed fetch is not kept
-            fetch = self._fetches.pop(path, None) or self._fetcher.submit(self._read, path)
+        else:  # a fetch that failed is not kept: the next call tries again
+            table = (self._fetches.pop(path, None) or self._fetcher.submit(self._read, path)).result()
             at = self._order.index(path) + 1 if path in self._order else len(self._order)
             for upcoming in self._order[at : at + READ_AHEAD_FILES]:
                 if upcoming not in self._tables and upcoming not in self._fetches:
                     self._fetches[upcoming] = self._fetcher.submit(self._read, upcoming)
-            table = fetch.result()
         self._tables[path] = table
         if len(self._tables) > self._max_open:
             self._tables.popitem(last=False)
