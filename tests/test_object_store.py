@@ -288,31 +288,16 @@ def test_the_pipeline_on_s3_lands_every_record_once_and_publishes_its_models(s3,
 
 def test_the_log_store_lets_one_of_two_racing_commits_win_and_tells_the_other(s3, s3_log):
     """Two writers of one commit file, both past the "is it there?" check before either's
-    upload completes (each writes 300,000 lines, so the two writes overlap): the first upload
-    wins, the second is refused by S3 (412) and Delta hears FileAlreadyExistsException, its
-    cue to retry at the next version. Delta's default S3 log store checks inside one JVM only;
-    between two JVMs its second upload would replace the first (docs/object-storage.md)."""
-    from py4j.protocol import Py4JJavaError
-
-    from sparkml_ext.session import get_spark
-
-    spark = get_spark("log-store", {"spark.master": "local[1]", **spark_settings([f"s3a://{BUCKET}/x"])})
-    jvm, conf = spark._jvm, spark._jsc.hadoopConfiguration()
-    store = getattr(jvm, LOG_STORE_CLASS)(conf)
+    upload completes (`tests/s3_writers.py race`): the first upload wins, the second is
+    refused by S3 (412) and Delta hears FileAlreadyExistsException, its cue to retry at the
+    next version. Delta's default S3 log store checks inside one JVM only; between two JVMs
+    its second upload would replace the first (docs/object-storage.md)."""
     key = "racing/_delta_log/00000000000000000007.json"
-    commit = jvm.org.apache.hadoop.fs.Path(f"s3a://{BUCKET}/{key}")
-
-    def write(writer: str) -> str:
-        actions = jvm.java.util.Collections.nCopies(300_000, json.dumps({"writer": writer})).iterator()
-        try:
-            store.write(commit, actions, False, conf)
-            return "committed"
-        except Py4JJavaError as err:
-            return f"{err.java_exception.getClass().getName()} caused by {err.java_exception.getCause()}"
-
-    with ThreadPoolExecutor(2) as pool:
-        outcomes = dict(zip("ab", pool.map(write, "ab"), strict=True))
-    spark.stop()
+    env = {**os.environ, **QUICK_JVMS, **s3, "PYSPARK_PYTHON": sys.executable}
+    raced = subprocess.run([sys.executable, str(REPO / "tests" / "s3_writers.py"), "race", f"s3a://{BUCKET}/{key}"],
+                           env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert raced.returncode == 0, raced.stdout[-3000:] + raced.stderr[-3000:]
+    outcomes = json.loads(raced.stdout.strip().splitlines()[-1])
     (winner,) = [w for w, outcome in outcomes.items() if outcome == "committed"]
     (loser,) = set(outcomes) - {winner}
     assert outcomes[loser].startswith("java.nio.file.FileAlreadyExistsException caused by "
@@ -332,7 +317,7 @@ def test_two_applications_appending_to_one_s3_table_land_every_commit_once(s3):
     import boto3
 
     prefix, commits = "concurrent/events", 12
-    appender = [sys.executable, str(REPO / "tests" / "delta_appender.py"), f"s3a://{BUCKET}/{prefix}"]
+    appender = [sys.executable, str(REPO / "tests" / "s3_writers.py"), "append", f"s3a://{BUCKET}/{prefix}"]
     env = {**os.environ, **QUICK_JVMS, **s3, "PYSPARK_PYTHON": sys.executable}
     writers = {name: subprocess.Popen([*appender, name, str(commits)], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True) for name in ("a", "b")}
