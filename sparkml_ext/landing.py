@@ -200,19 +200,35 @@ def unreadable_files_refused(path: str) -> Iterator[None]:
     """A corrupt or truncated input file is refused by name, not shown as a Spark stack trace.
 
     Spark reads files lazily, so this covers the whole job up to the last table write
-    (no commit happens once a read fails).
+    (no commit happens once a read fails). A read that failed because the store did not
+    answer is no verdict on the file: it fails the job as the store's error (which names
+    the endpoint), and the batch stays free for the re-run.
     """
     try:
         yield
     except Exception as err:
         match = _FAILED_READ.search(str(err))
-        if match is None:
+        if match is None or _store_unreachable(err):  # an outage is the store's, not the file's
             raise
         detail = str(err)[match.end():].strip().splitlines()[0]
         raise IngestError(
             f"input {path}: cannot read {match.group(1)} (corrupt or truncated file: {detail}); "
             "nothing was written"
         ) from None
+
+
+# Causes that say the store did not answer (a network or client failure), not that the file is bad.
+_UNREACHABLE = ("java.net.", "java.io.InterruptedIOException", "software.amazon.awssdk.core.exception.SdkClientException")
+
+
+def _store_unreachable(err: Exception) -> bool:
+    """Whether a JVM error's causes include one of `_UNREACHABLE` (20 causes at most)."""
+    cause, depth = getattr(err, "java_exception", None), 0
+    while cause is not None and depth < 20:
+        if cause.getClass().getName().startswith(_UNREACHABLE):
+            return True
+        cause, depth = cause.getCause(), depth + 1
+    return False
 
 
 def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:
