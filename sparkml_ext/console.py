@@ -62,9 +62,9 @@ def cause(err: BaseException) -> str:
     said = [f"{type(err).__name__}: {err}"]
     if isinstance(err, Py4JJavaError):
         try:
-            chain = [err.java_exception]
-            while chain[-1].getCause() is not None and len(chain) < 20:  # 20: a loop ends too
-                chain.append(chain[-1].getCause())
+            from sparkml_ext.session import java_causes
+
+            chain = java_causes(err)
             innermost = chain[-1]
             if len(chain) > 2 and _message(innermost) and _message(chain[-2]).endswith(_message(innermost)):
                 innermost = chain[-2]  # it restates the innermost with where ("Connect to host:port failed: …")

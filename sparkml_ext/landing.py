@@ -28,6 +28,7 @@ from pyspark.sql.utils import AnalysisException
 
 from sparkml_ext import lake
 from sparkml_ext.config import ConfigError, IngestConfig, PipelineConfig, SourceConfig
+from sparkml_ext.session import java_causes
 
 JOB = "ingest"
 CORRUPT = "_corrupt_record"
@@ -222,13 +223,8 @@ _UNREACHABLE = ("java.net.", "java.io.InterruptedIOException", "software.amazon.
 
 
 def _store_unreachable(err: Exception) -> bool:
-    """Whether a JVM error's causes include one of `_UNREACHABLE` (20 causes at most)."""
-    cause, depth = getattr(err, "java_exception", None), 0
-    while cause is not None and depth < 20:
-        if cause.getClass().getName().startswith(_UNREACHABLE):
-            return True
-        cause, depth = cause.getCause(), depth + 1
-    return False
+    """Whether a JVM error's causes include one of `_UNREACHABLE`."""
+    return any(cause.getClass().getName().startswith(_UNREACHABLE) for cause in java_causes(err))
 
 
 def validate(raw: DataFrame, cfg: PipelineConfig, path: str) -> DataFrame:

@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import SparkSession
 
@@ -93,6 +94,15 @@ def jvm_running() -> bool:
     from pyspark import SparkContext
 
     return under_spark_submit() or on_databricks() or SparkContext._gateway is not None
+
+
+def java_causes(err: BaseException) -> list[Any]:
+    """A py4j error's Java exception and its causes, outermost first (20 at most: a cause
+    loop ends too); [] for an error that did not come from the JVM."""
+    chain = [getattr(err, "java_exception", None)]
+    while chain[-1] is not None and len(chain) <= 20:
+        chain.append(chain[-1].getCause())
+    return [cause for cause in chain if cause is not None]
 
 
 def get_spark(app_name: str = "sparkml_ext", conf: Mapping[str, str] | None = None,

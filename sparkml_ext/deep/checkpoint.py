@@ -65,8 +65,9 @@ def save_checkpoint(
     for stale in filter(_LEFTOVER.match, names):
         fs.delete_file(f"{base}/{stale}")
     path = save_whole(state, checkpoint_path(directory, step))
-    for old in list_checkpoints(directory)[:-keep]:
-        fs.delete_file(f"{base}/{os.path.basename(old)}")
+    kept = sorted({*filter(_NAME.match, names), os.path.basename(path)})  # one listing, not two
+    for old in kept[:-keep]:
+        fs.delete_file(f"{base}/{old}")
     return path
 
 
