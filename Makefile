@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv
-	$(UV) pip install --python $(PY) --quiet -e ".[spark,torch,test,report,mlflow,xgboost,s3]"
+	$(UV) pip install --python $(PY) --quiet -e ".[spark,torch,test,report,mlflow,xgboost,s3,serve]"
 	@echo "fetching the Delta jars (Maven Central, cached by Spark's Ivy in ~/.ivy2.5.2)"
 	$(PY) -m sparkml_ext.session
 	touch $(STAMP)

@@ -131,6 +131,31 @@ def run_score(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     return _done(score(_session(cfg, args), cfg, args.model))
 
 
+def run_publish_online(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
+    from sparkml_ext.online.publish import publish_online
+
+    return _done(publish_online(_session(cfg, args), cfg, args.feature_version))
+
+
+def run_serve(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
+    """Serve until interrupted; no Spark (the store and the model are read directly)."""
+    from sparkml_ext.online.errors import ServeError
+
+    try:
+        from sparkml_ext.online.scorer import Scorer
+        from sparkml_ext.online.server import serve
+        from sparkml_ext.online.store import SQLiteStore
+    except ImportError as err:
+        raise ServeError(f"serve needs the serve extra ({err}): pip install 'sparkml-ext[serve]'") from None
+
+    scorer = Scorer(cfg, args.model, SQLiteStore(cfg.online_store()))
+    facts = scorer.check_store()
+    print(f"serve: {scorer.model.stored.name} with feature v{facts['feature_version']} histories "
+          f"({cfg.online_store()}) on http://{args.host}:{args.port} (POST /score, GET /health)", flush=True)
+    serve(scorer, args.host, args.port)
+    return {"job": "serve", "summary": "serve: stopped"}
+
+
 def run_report(args: argparse.Namespace, cfg: PipelineConfig) -> dict:
     from sparkml_ext.report import build_report, read_run
 
@@ -308,6 +333,20 @@ def build_parser() -> argparse.ArgumentParser:
     sco.add_argument("--model", help="model version, e.g. gbt/v3, torch/latest (default: score.model)")
     sco.set_defaults(run=run_score)
 
+    pub = jobs.add_parser("publish-online", parents=[common],
+                          help="publish the entity histories online scoring needs (from the feature table)")
+    pub.add_argument("--feature-version", type=int,
+                     help="the feature table version to publish (default: online.feature_version, else the latest)")
+    pub.set_defaults(run=run_publish_online)
+
+    srv = jobs.add_parser("serve", parents=[common], help="score events over HTTP with a torch model and the "
+                                                          "published histories (no Spark)")
+    srv.add_argument("--model", default="torch/latest",
+                     help="model version, e.g. torch/v3, or torch/latest to follow new versions (default: %(default)s)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    srv.set_defaults(run=run_serve)
+
     rep = jobs.add_parser("report", parents=[common],
                           help="HTML page with PNG plots of a pipeline run (rows, quarantine, ROC, "
                                "calibration, training, throughput)")
@@ -389,6 +428,7 @@ def _run_job(args: argparse.Namespace) -> int:
     from sparkml_ext.holdout import TrainError
     from sparkml_ext.ingest import IngestError
     from sparkml_ext.lake import BatchConflict, CatalogConflict, StorageError
+    from sparkml_ext.online.errors import PublishError, ServeError
 
     try:
         cfg = load_config(args.pipeline, [*args.overrides, *_generate_overrides(args)])
@@ -401,7 +441,8 @@ def _run_job(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    except (IngestError, FeaturesError, TrainError, BatchConflict, FileNotFoundError) as err:
+    except (IngestError, FeaturesError, TrainError, BatchConflict, PublishError, ServeError,
+            FileNotFoundError) as err:
         print(f"{args.job} refused: {err}", file=sys.stderr)
         return EXIT_INPUT
     except (StorageError, CatalogConflict) as err:  # the lakehouse cannot be written, or named

@@ -347,6 +347,32 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class OnlineConfig:
+    """Online scoring (`publish-online`, `serve`). `store`: the SQLite file of published entity
+    histories (null: <lakehouse>/online/<name>.sqlite; must be on a local disk of the serving
+    host). `late_tolerance`: how long before the newest published event a request's
+    event_time may lie and still be scored exactly (each entity's events from that far back
+    less its longest window are kept). `max_events`: the most events one request may carry.
+    `poll_seconds`: how often `serve` looks for a new version of a `<kind>/latest` model."""
+
+    store: str | None = None
+    late_tolerance: str = "1d"
+    feature_version: int | None = None  # null = the latest, pinned at the start of the publish
+    max_events: int = 1024
+    poll_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        try:
+            parse_duration(self.late_tolerance)
+        except ValueError as err:
+            raise ValueError(f"late_tolerance: {err}") from None
+        if not isinstance(self.max_events, int) or self.max_events < 1:
+            raise ValueError(f"max_events: must be a positive whole number, got {self.max_events!r}")
+        if not self.poll_seconds > 0:
+            raise ValueError(f"poll_seconds: must be positive, got {self.poll_seconds!r}")
+
+
+@dataclass(frozen=True)
 class GenerateConfig:
     """Synthetic click events (`sparkml_ext.generate`): the same values always yield the same
     events, lines and truth. `landing` is where `sparkml-ext generate` lands them; `pipeline`
@@ -406,6 +432,7 @@ class PipelineConfig:
     train_mllib: TrainMllibConfig = TrainMllibConfig()
     train_torch: TrainTorchConfig | None = None  # None: the pipeline trains no torch model
     score: ScoreConfig = ScoreConfig()
+    online: OnlineConfig = OnlineConfig()
     tracking: TrackingConfig = TrackingConfig()
     catalog: CatalogConfig = CatalogConfig()
     spark: dict[str, str] = field(default_factory=dict)
@@ -428,6 +455,15 @@ class PipelineConfig:
         if "://" in where or os.path.isabs(where):
             return where
         return self.lakehouse_path(where)
+
+    def online_store(self) -> str:
+        """The online store's file: online.store, or one under a local lakehouse."""
+        if self.online.store:
+            return os.path.abspath(self.online.store)
+        if "://" in self.lakehouse_root:
+            raise ConfigError(f"{self.path}: online.store: the lakehouse is {self.lakehouse_root}; "
+                              "set online.store to a file on a local disk of the host that serves")
+        return self.lakehouse_path(f"online/{self.name}.sqlite")
 
     def locations(self) -> list[str]:
         """Every place the jobs read or write: the lakehouse, the source, each table."""

@@ -74,6 +74,7 @@ EXTRAS = (
     Extra("mlflow", "mlflow", "the tracking: section (MLflow runs, the model registry)"),
     Extra("xgboost", "xgboost", "train-mllib's xgboost and xgboost_regression models"),
     Extra("boto3", "s3", "a lakehouse on S3 (the model store publishes with a conditional put)"),
+    Extra("fastapi", "serve", "serve (online scoring over HTTP)"),
 )
 
 

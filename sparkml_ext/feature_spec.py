@@ -7,17 +7,35 @@ feature code) built, so the contract lives here, below all three jobs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
 from pyspark.sql import SparkSession
 
 from sparkml_ext import lake
-from sparkml_ext.config import ConfigError, FeaturesConfig, fingerprint
+from sparkml_ext.config import ConfigError, FeaturesConfig, fingerprint, is_integral_type
 
 JOB = "features"  # the job name in the feature table's commit metadata
 # Part of the spec fingerprint: bump it when a feature's definition changes in code, so
 # a table built by the old code is never extended by the new one.
 DEFINITIONS_VERSION = 5  # 5: per-column numeric transforms, log1p keeps the sign
+# Window means and label rates are summed as longs in units of 2^-24 (rounding error below
+# 3e-8 per value), fewer bits for a column whose values reach past 2^8: exact differences,
+# and room for at least 2^31 events per entity (2.7e10 at log1p's default clip of 20). The
+# batch job (features.py) and online serving (online/features.py) both sum in these units.
+FIXED_POINT_BITS = 24
+
+
+def fixed_point_bits(bound: float) -> int:
+    """Binary digits kept of values within ±bound: 24, fewer when bound * 2^24 would pass
+    2^32, so that a running sum of 2^31 of them still fits a long."""
+    return max(0, min(FIXED_POINT_BITS, 32 - math.ceil(math.log2(max(bound, 1.0)))))
+
+
+def label_bits(label_type: str) -> int:
+    """The fixed-point digits of a label rate's sums: none for a whole-number label (0/1,
+    counts: summed as they are), FIXED_POINT_BITS for any other."""
+    return 0 if is_integral_type(label_type) else FIXED_POINT_BITS
 
 
 def numeric_names(spec: FeaturesConfig) -> dict[str, str]:

@@ -28,18 +28,16 @@ from sparkml_ext.config import (
     is_numeric_type,
 )
 from sparkml_ext.feature_spec import (
+    FIXED_POINT_BITS,
     JOB,
     aggregate_name,
     feature_columns,
+    fixed_point_bits,
+    label_bits,
     numeric_names,
     processed_version,
     spec_fingerprint,
 )
-
-# Window means and label rates are summed as longs in units of 2^-24 (rounding error below
-# 3e-8 per value), fewer bits for a column whose values reach past 2^8: exact differences,
-# and room for at least 2^31 events per entity (2.7e10 at log1p's default clip of 20).
-FIXED_POINT_BITS = 24
 
 
 class FeaturesError(RuntimeError):
@@ -148,15 +146,15 @@ def entity_aggregates(spec: FeaturesConfig, entity: str, key: str, event_time: s
     by_entity = Window.partitionBy(F.col(entity), F.when(F.col(entity).isNull(), F.col(key))).orderBy(seconds)
     label = F.col(spec.label)
     labelled, rows = label.isNotNull().cast("long"), F.lit(1).cast("long")
-    label_bits = 0 if is_integral_type(label_type) else FIXED_POINT_BITS  # 0/1 and counts: summed as they are
-    label_units = _fixed_point(label.cast("double"), label_bits) if spec.label_rate else None
+    bits = label_bits(label_type)
+    label_units = _fixed_point(label.cast("double"), bits) if spec.label_rate else None
     columns: list[Column] = []
     for name, width in history.window_seconds().items():
         labelled_events = _sum_before(labelled, by_entity, width)
         in_window = _sum_before(rows, by_entity, width)
         columns += [
             labelled_events.cast("int").alias(aggregate_name(entity, "events", name)),
-            *([_mean(_sum_before(label_units, by_entity, width), labelled_events, label_bits)
+            *([_mean(_sum_before(label_units, by_entity, width), labelled_events, bits)
                .alias(aggregate_name(entity, "label_rate", name))] if label_units is not None else []),
             *[_statistic(spec, column, statistic, by_entity, width, in_window)
               .alias(aggregate_name(entity, statistic, name, column))
@@ -190,7 +188,7 @@ def _statistic(spec: FeaturesConfig, column: str, statistic: str, by_entity: Win
     if statistic in ("min", "max"):
         frame = by_entity.rangeBetween(-width, -1)
         return F.coalesce((F.min if statistic == "min" else F.max)(value).over(frame), F.lit(0.0))
-    bits = _fixed_point_bits(spec.bound(column))
+    bits = fixed_point_bits(spec.bound(column))
     units = _fixed_point(value, bits)
     total = _sum_before(units, by_entity, width)
     if statistic == "sum":
@@ -233,12 +231,6 @@ def numeric_feature(spec: FeaturesConfig, column: str) -> Column:
         return value
     signed_log = F.signum(value) * F.log1p(F.abs(value))
     return F.least(F.greatest(signed_log, F.lit(-spec.clip)), F.lit(spec.clip))
-
-
-def _fixed_point_bits(bound: float) -> int:
-    """Binary digits kept of values within ±bound: 24, fewer when bound * 2^24 would pass
-    2^32, so that a running sum of 2^31 of them still fits a long."""
-    return max(0, min(FIXED_POINT_BITS, 32 - math.ceil(math.log2(max(bound, 1.0)))))
 
 
 def _fixed_point(value: Column, bits: int) -> Column:

@@ -420,9 +420,10 @@ def _tagged(info: dict, app_id: str) -> bool:
         return False
 
 
-def last_metadata(spark: SparkSession, path: str, job: str) -> dict | None:
-    """The newest commit metadata `job` left on a table (None for no table or no such commit)."""
-    newest = current_version(spark, path)
+def last_metadata(spark: SparkSession, path: str, job: str, version: int | None = None) -> dict | None:
+    """The newest commit metadata `job` left on a table up to `version` (default: the
+    latest); None for no table or no such commit."""
+    newest = current_version(spark, path) if version is None else version
     if newest is None:
         return None
     for _, info in _commit_infos(path, newest):
