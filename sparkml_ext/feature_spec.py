@@ -1,8 +1,10 @@
 """The feature table's contract: which columns it holds, and which spec and bronze version built it.
 
-The features job writes the table; the training jobs read it. Both need the same column
-names, and training must refuse a table that another spec (or another version of the
-feature code) built, so the contract lives here, below all three jobs.
+The features job writes the table; the training jobs read it; online serving computes its
+columns for new events. All need the same column names and fixed-point widths, and training
+must refuse a table that another spec (or another version of the feature code) built, so
+the contract lives here, below them all, and without Spark (`feature_table` reads which spec
+and bronze version built a table).
 """
 
 from __future__ import annotations
@@ -10,10 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 
-from pyspark.sql import SparkSession
-
-from sparkml_ext import lake
-from sparkml_ext.config import ConfigError, FeaturesConfig, fingerprint, is_integral_type
+from sparkml_ext.config import FeaturesConfig, fingerprint, is_integral_type
 
 JOB = "features"  # the job name in the feature table's commit metadata
 # Part of the spec fingerprint: bump it when a feature's definition changes in code, so
@@ -94,19 +93,3 @@ def _as_one_entity_spec(spec_fields: dict) -> dict | None:
     (entity, history), = entities.items() or [(None, {"windows": ["1h", "1d", "7d"], "aggregates": {}})]
     return {**{k: v for k, v in spec_fields.items() if k != "entities"},
             "entity": entity, "windows": history["windows"], "window_means": list(history["aggregates"])}
-
-
-def processed_version(spark: SparkSession, target: str, spec_digest: str, file: str) -> int | None:
-    """The bronze version the feature table already covers, from its own commits.
-
-    Refuses (ConfigError) a table another spec built.
-    """
-    meta = lake.last_metadata(spark, target, JOB)
-    if meta is None:
-        return None
-    if meta["spec"] != spec_digest:
-        raise ConfigError(
-            f"{file}: features: the feature spec changed since {target} was built "
-            f"(spec {meta['spec']} → {spec_digest}); write to a new tables.features path"
-        )
-    return int(meta["bronze_version"])

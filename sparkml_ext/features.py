@@ -35,9 +35,9 @@ from sparkml_ext.feature_spec import (
     fixed_point_bits,
     label_bits,
     numeric_names,
-    processed_version,
     spec_fingerprint,
 )
+from sparkml_ext.feature_table import processed_version
 
 
 class FeaturesError(RuntimeError):

@@ -36,7 +36,8 @@ from pyspark.sql import functions as F
 from sparkml_ext import lake, modelstore, tracking
 from sparkml_ext.config import ConfigError, PipelineConfig, TrainMllibConfig, fingerprint
 from sparkml_ext.encoders import FrequencyEncoder
-from sparkml_ext.feature_spec import feature_columns, processed_version, spec_fingerprint
+from sparkml_ext.feature_spec import feature_columns, spec_fingerprint
+from sparkml_ext.feature_table import processed_version
 from sparkml_ext.holdout import (
     CLASS,
     CLASSIFICATION,

@@ -85,10 +85,14 @@ def test_no_job_imports_another_job():
     assert not crossing, f"jobs meet only in the lakehouse, yet: {sorted(crossing)}"
 
 
-def test_the_torch_side_never_imports_pyspark():
-    """Neither `deep/` nor anything of the package it reaches, however indirectly."""
+# What `sparkml-ext serve` runs: a process without Spark, like the torch side.
+SERVING = {f"{PACKAGE}.online.{m}" for m in ("features", "scorer", "server", "store", "errors")}
+
+
+def test_the_torch_side_and_serving_never_import_pyspark():
+    """Neither `deep/` nor serving nor anything of the package they reach, however indirectly."""
     graph = _graph()
-    for name in (m for m in MODULES if m.startswith(f"{PACKAGE}.deep")):
+    for name in (m for m in MODULES if m.startswith(f"{PACKAGE}.deep") or m in SERVING):
         reached, todo = set(), [name]
         while todo:
             module = todo.pop()

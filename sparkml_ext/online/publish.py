@@ -28,8 +28,8 @@ from sparkml_ext.config import (
     is_numeric_type,
     parse_duration,
 )
-from sparkml_ext.feature_spec import JOB as FEATURES_JOB
 from sparkml_ext.feature_spec import spec_fingerprint
+from sparkml_ext.feature_table import processed_version
 from sparkml_ext.online.errors import PublishError
 from sparkml_ext.online.features import HASHABLE_TYPES, KEY, LABEL, LABELLED, TIME
 from sparkml_ext.online.store import SQLiteStore
@@ -48,15 +48,12 @@ def publish_online(spark: SparkSession, cfg: PipelineConfig, feature_version: in
     features_path, bronze_path = cfg.table_path("features"), cfg.table_path("bronze")
     pinned = feature_version if feature_version is not None else cfg.online.feature_version
     version = pinned if pinned is not None else lake.current_version(spark, features_path)
-    built = lake.last_metadata(spark, features_path, FEATURES_JOB, version) if version is not None else None
+    fingerprint = spec_fingerprint(spec)
+    built = processed_version(spark, features_path, fingerprint, cfg.path, version) if version is not None else None
     if built is None:
         raise PublishError(f"no feature table at {features_path}"
                            f"{f' version {version}' if version is not None else ''}: run `sparkml-ext features` first")
-    fingerprint = spec_fingerprint(spec)
-    if built["spec"] != fingerprint:
-        raise ConfigError(f"{cfg.path}: features: feature table v{version} was built by another spec "
-                          f"({built['spec']}, this file's is {fingerprint}); run `sparkml-ext features` first")
-    bronze_version = int(built["bronze_version"])
+    bronze_version = built
     store = SQLiteStore(cfg.online_store())
     before = store.facts()
     facts = {"pipeline": cfg.name, "spec": fingerprint, "feature_version": version,

@@ -58,7 +58,7 @@ class Scorer:
         self.cfg, self.reference, self.store = cfg, reference, store
         self.features = OnlineFeatures(cfg.features, cfg.source.schema, cfg.source.key)
         self.fingerprint = spec_fingerprint(cfg.features)
-        self.event_model = _event_model(cfg, self.features.inputs)
+        self.validator = TypeAdapter(list[_event_model(cfg, self.features.inputs)])  # built once: costly
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         if cfg.source.derives_key:
@@ -162,7 +162,7 @@ class Scorer:
             raise RequestError(413, f"{len(raw)} events in one request; online.max_events allows "
                                     f"{self.cfg.online.max_events}")
         try:
-            return TypeAdapter(list[self.event_model]).validate_python(raw), reference
+            return self.validator.validate_python(raw), reference
         except ValidationError as err:
             errors = [{"field": _field(e["loc"], len(raw) > 1 or not isinstance(body, dict)),
                        "error": e["msg"]} for e in err.errors()]
