@@ -287,6 +287,19 @@ def test_bad_requests_are_refused_naming_the_field_and_the_server_goes_on(online
     status, body = server.score(good)
     assert status == 200 and body["predictions"][0]["key"] == good["event_id"]
     assert get(server.url("/health"))[0] == 200
+    # Requests that arrive together are scored in one call: each still gets its own answer.
+    old = dict(good, event_time="2025-06-01 00:00:00")
+    bodies = [good, missing, [good, good], old, {"events": [good], "model": "torch/v99"}] * 8
+    answers: list = [None] * len(bodies)
+    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, server.score(bodies[i])))
+               for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [status for status, _ in answers] == [200, 422, 200, 422, 404] * 8
+    assert all(len(body["predictions"]) == (len(b) if isinstance(b, list) else 1)
+               for b, (status, body) in zip(bodies, answers, strict=True) if status == 200)
 
 
 def _declared_too_long(server: Server) -> tuple[int, dict]:

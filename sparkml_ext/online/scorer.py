@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -31,6 +33,15 @@ from sparkml_ext.online.store import OnlineStore
 MODEL_REFERENCE = re.compile(r"[a-z][a-z0-9_]*/(v[0-9]+|latest)")
 SERVED_KINDS = ("torch",)
 _LOADED_MODELS = 4  # versions a server keeps loaded for requests that name one
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One request's validated events, the model it asks for and its events' epoch seconds."""
+
+    events: list[BaseModel]
+    model: LoadedModel
+    seconds: np.ndarray
 
 
 class LoadedModel:
@@ -116,26 +127,68 @@ class Scorer:
     def score(self, body: Any) -> dict:
         """A request body (one event, a list of events, or {"events": [...], "model": ...})
         scored: each event's key, score and prediction, and the model and versions used."""
-        events, reference = self._events(body)
-        model = self.model if reference is None else self._served(reference)
+        (answer,) = self.score_many([body])
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def score_many(self, bodies: Sequence[Any]) -> list[dict | Exception]:
+        """Request bodies scored together, as `score` scores one: one store read, one feature
+        computation, one model call per model. Each body gets its answer, or the error (a
+        RequestError: a refusal) that is its alone."""
+        answers: list[dict | Exception | None] = [None] * len(bodies)
+        accepted: list[tuple[int, _Request]] = []
+        for i, body in enumerate(bodies):
+            try:
+                accepted.append((i, self._request(body)))
+            except Exception as err:  # noqa: BLE001 - one body's failure (a model that will not load) is its own
+                answers[i] = err
+        if not accepted:
+            return answers
+        events = [e for _, request in accepted for e in request.events]
         columns = {name: [getattr(e, name) for e in events] for name in self.features.inputs}
-        times = [getattr(e, self.cfg.source.event_time) for e in events] if self.cfg.source.event_time else None
-        seconds = np.array([epoch_seconds(t) for t in times] if times else [0] * len(events), dtype=np.int64)
+        seconds = np.concatenate([request.seconds for _, request in accepted])
         keys = {entity: [_text(v) for v in columns[entity] if v is not None] for entity in self.cfg.features.entities}
         facts, found = self.store.read(keys)
         if facts.get("spec") != self.fingerprint:
-            raise RequestError(503, "the online store now holds another feature spec's publish; "
-                                    "restart the server with its pipeline file")
-        self._check_times(seconds, facts)
+            refused = RequestError(503, "the online store now holds another feature spec's publish; "
+                                        "restart the server with its pipeline file")
+            return [refused if answer is None else answer for answer in answers]
         histories = {entity: [EMPTY if v is None or (entity, _text(v)) not in found
                               else _history(found[(entity, _text(v))]) for v in columns[entity]]
                      for entity in self.cfg.features.entities}
         computed = self.features.compute(columns, seconds, histories)
-        batch = pa.RecordBatch.from_pydict({c: computed[c] for c in model.predictor.columns})
-        p = model.predictor.predict(batch)
-        return {"model": model.stored.name, "feature_version": facts.get("feature_version"),
-                "bronze_version": facts.get("bronze_version"), "state_newest_event": facts.get("newest_event"),
-                "predictions": _predictions(columns[self.cfg.source.key], p, model)}
+        rows = np.cumsum([0] + [len(request.events) for _, request in accepted])
+        by_model: dict[str, list[tuple[int, slice]]] = {}
+        for (i, request), start, end in zip(accepted, rows[:-1], rows[1:], strict=True):
+            try:
+                self._check_times(request.seconds, facts)
+                by_model.setdefault(request.model.stored.name, []).append((i, slice(start, end)))
+            except RequestError as err:
+                answers[i] = err
+        loaded = {request.model.stored.name: request.model for _, request in accepted}
+        for name, parts in by_model.items():
+            model = loaded[name]
+            index = np.concatenate([np.arange(part.start, part.stop) for _, part in parts])
+            p = model.predictor.predict(pa.RecordBatch.from_pydict(
+                {c: computed[c][index] for c in model.predictor.columns}))
+            offset = 0
+            for i, part in parts:
+                size = part.stop - part.start
+                answers[i] = {"model": name, "feature_version": facts.get("feature_version"),
+                              "bronze_version": facts.get("bronze_version"),
+                              "state_newest_event": facts.get("newest_event"),
+                              "predictions": _predictions(columns[self.cfg.source.key][part],
+                                                          p[offset:offset + size], model)}
+                offset += size
+        return answers
+
+    def _request(self, body: Any) -> _Request:
+        events, reference = self._events(body)
+        model = self.model if reference is None else self._served(reference)
+        event_time = self.cfg.source.event_time
+        seconds = [epoch_seconds(getattr(e, event_time)) for e in events] if event_time else [0] * len(events)
+        return _Request(events, model, np.array(seconds, dtype=np.int64))
 
     def _served(self, reference: str) -> LoadedModel:
         if reference == self.reference:
