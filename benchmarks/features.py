@@ -41,6 +41,8 @@ import zlib
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from sparkkit import remove
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "conf" / "pipelines" / "clicks.yaml"
 WORK = ROOT / "data" / "generated" / "bench" / "features"
@@ -180,12 +182,7 @@ def prepare_bronze(spark, cfg, args, clock: Clock) -> None:
         print(f"--reuse: {marker} holds {known}, not {wanted}: rebuilding")
     elif args.reuse:
         print(f"--reuse: no bronze table from an earlier run under {args.work}: building it")
-    for sub in ("landing", "lakehouse", "bronze.json"):
-        target = args.work / sub
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+    remove(*(args.work / sub for sub in ("landing", "lakehouse", "bronze.json")))
     named = {"generate": "generate (parquet landing)", "ingest": "ingest_batch → bronze"}
     seeded = seed_lakehouse(spark, cfg, GenerateConfig(rows=args.rows, seed=args.seed, format="parquet"),
                             through="ingest", step=lambda name, run: clock.run(named[name], args.rows, run))

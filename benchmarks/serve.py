@@ -60,7 +60,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import socket
 import statistics
@@ -69,6 +68,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from sparkkit import remove
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "conf" / "pipelines" / "clicks.yaml"
@@ -154,12 +155,7 @@ def prepare_lake(spark, cfg, args) -> dict:
             print(f"reusing the lakehouse of an earlier run under {args.work} (built in {known['build_s']:.0f} s)")
             return {**known, "reused": True}
         print(f"{marker} records {known}, not {wanted}: rebuilding")
-    for sub in ("lake", "landing", "lake.json"):
-        target = args.work / sub
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+    remove(*(args.work / sub for sub in ("lake", "landing", "lake.json")))
     print(f"building the lakehouse under {args.work} ({args.rows:,} rows)", flush=True)
     started = time.perf_counter()
     generated = generate_into_source(spark, cfg, GenerateConfig(rows=args.rows, seed=args.seed, batches=2,

@@ -1,5 +1,5 @@
-"""The Spark pieces that `ingest.py` and `engine.py` share: a scratch run with its own
-session, and the plain CSV → Delta write both set ingest beside."""
+"""The pieces several benchmarks share: a scratch run with its own session, the plain CSV →
+Delta write that `ingest.py` and `engine.py` set ingest beside, and clearing an earlier build."""
 
 from __future__ import annotations
 
@@ -38,3 +38,12 @@ def plain_write(spark, cfg: PipelineConfig, batch: str, target: str) -> float:
     (spark.read.schema(ddl).options(**source.options).csv(f"{source.path}/{batch}")
      .write.format("delta").mode("append").save(target))
     return time.perf_counter() - started
+
+
+def remove(*paths: Path) -> None:
+    """Delete each path that exists, a folder or a file: an earlier run's build."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()

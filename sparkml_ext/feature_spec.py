@@ -1,4 +1,4 @@
-"""The feature table's contract: which columns it holds, and which spec and bronze version built it.
+"""The feature table's contract: which columns it holds, their fixed-point widths, the spec's fingerprint.
 
 The features job writes the table; the training jobs read it; online serving computes its
 columns for new events. All need the same column names and fixed-point widths, and training

@@ -35,3 +35,10 @@ def write_batch(folder: Path, lines: list[str], name: str = "part-00000.tsv") ->
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text("".join(f"{x}\n" for x in lines))
     return folder
+
+
+def as_events(rows: list) -> list[dict]:
+    """Bronze rows as a client of `sparkml-ext serve` sends them: the source's columns, times
+    as text."""
+    return [{k: (v.strftime("%Y-%m-%d %H:%M:%S") if hasattr(v, "strftime") else v)
+             for k, v in r.asDict().items() if not k.startswith("_") and k != "event_date"} for r in rows]

@@ -86,7 +86,7 @@ def test_no_job_imports_another_job():
 
 
 # What `sparkml-ext serve` runs: a process without Spark, like the torch side.
-SERVING = {f"{PACKAGE}.online.{m}" for m in ("features", "scorer", "server", "store", "errors")}
+SERVING = {f"{PACKAGE}.online.{m}" for m in ("features", "scorer", "server", "store", "errors", "xgboost_model")}
 
 
 def test_the_torch_side_and_serving_never_import_pyspark():

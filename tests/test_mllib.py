@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from clickdata import CLICKS, clicks_config
+from clickdata import CLICKS, as_events, clicks_config
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 from shipping import run_cli
@@ -20,6 +20,9 @@ from sparkml_ext.cli import EXIT_CONFIG, EXIT_OK
 from sparkml_ext.config import ConfigError
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.holdout import CLASSIFICATION, TrainError, card_split
+from sparkml_ext.online.publish import publish_online
+from sparkml_ext.online.scorer import Scorer
+from sparkml_ext.online.store import SQLiteStore
 from sparkml_ext.score import score
 from sparkml_ext.tracking import pipeline_inputs
 from sparkml_ext.train_mllib import evaluate_model, train_mllib
@@ -183,6 +186,16 @@ def test_xgboost_is_tuned_tracked_stored_and_scored(spark, lakehouse):
                    .where("model = 'xgboost/v1'"))
     assert report["rows"] == predictions.count() == features.count()
     assert predictions.where("score < 0 OR score > 1 OR predicted_class IS NULL").count() == 0
+
+    # Served without Spark (its stages read from their files): the batch job's scores.
+    cfg = clicks_config(lakehouse, "online.late_tolerance=30d")
+    publish_online(spark, cfg)
+    bronze = spark.read.format("delta").load(cfg.table_path("bronze")).orderBy("event_id").limit(300)
+    online = Scorer(cfg, "xgboost/latest", SQLiteStore(cfg.online_store())).score(as_events(bronze.collect()))
+    batch = {r.event_id: (r.score, r.prediction) for r in predictions.collect()}
+    assert online["model"] == "xgboost/v1" and len(online["predictions"]) == 300
+    for p in online["predictions"]:
+        assert abs(p["score"] - batch[p["key"]][0]) <= 1e-6 and p["prediction"] == batch[p["key"]][1], p
 
 
 def test_xgboost_regression_on_a_continuous_column(spark, lakehouse):

@@ -27,17 +27,24 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from clickdata import CLICKS, clicks_config, line, write_batch
+from clickdata import CLICKS, as_events, clicks_config, line, write_batch
 from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore, storage
 from sparkml_ext.bridge.predict import torch_predictions
 from sparkml_ext.cli import generate_into_source
-from sparkml_ext.config import GenerateConfig
+from sparkml_ext.config import ConfigError, GenerateConfig
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.features import build_features, engineer
 from sparkml_ext.ingest import ingest_batch
-from sparkml_ext.online.features import EMPTY, History, OnlineFeatures, epoch_seconds
+from sparkml_ext.online.features import (
+    EMPTY,
+    History,
+    OnlineFeatures,
+    check_servable,
+    epoch_seconds,
+    spark_xxhash64,
+)
 from sparkml_ext.online.publish import publish_online
 from sparkml_ext.online.store import SQLiteStore
 from sparkml_ext.score import score
@@ -115,12 +122,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def as_events(rows: list) -> list[dict]:
-    """Bronze rows as a client sends them: the source's columns, times as text."""
-    return [{k: (v.strftime("%Y-%m-%d %H:%M:%S") if hasattr(v, "strftime") else v)
-             for k, v in r.asDict().items() if not k.startswith("_") and k != "event_date"} for r in rows]
 
 
 class Hammer(threading.Thread):
@@ -420,3 +421,20 @@ def test_the_two_executors_agree_on_every_statistic_and_transform(spark, fresh_l
     for name, values in computed.items():
         expected = np.array([float(features[r.event_id][name]) for r in rows])
         assert np.allclose(values, expected, rtol=1e-12, atol=1e-12), (name, np.abs(values - expected).max())
+
+
+@pytest.mark.parametrize("value, spark_type", [
+    ("a1b2c3d4", "string"), ("", "string"), ("zürich ☃ 東京", "string"), (7, "int"), (-3, "smallint"),
+    (2**40 + 5, "bigint"), (-1, "bigint"), (True, "boolean"), (False, "boolean"), (100, "tinyint")])
+def test_categories_hash_as_spark_hashes_them(spark, value, spark_type):
+    expected = spark.range(1).select(F.xxhash64(F.lit(value).cast(spark_type))).first()[0]
+    assert spark_xxhash64(value, spark_type) == expected
+
+
+@pytest.mark.parametrize("override, says", [
+    ("features.categorical=[c1, i1]", "features.categorical: online serving hashes"),
+    ("features.entities={i2: {windows: [1h]}}", "features.entities.i2: online serving keys histories"),
+])
+def test_a_spec_whose_columns_could_not_match_online_is_refused_naming_the_key(tmp_path, override, says):
+    with pytest.raises(ConfigError, match=says):
+        check_servable(clicks_config(tmp_path, override))

@@ -103,7 +103,7 @@ def export_table(
     numeric: Sequence[str],
     categorical: Sequence[str],
     label: str | None,
-    filter: str | None = None,
+    filter: str | None = None,  # noqa: A002 - reads like the SQL it stands for
     label_classes: Sequence | None = None,
     cache_root: str,
 ) -> Manifest:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from sparkml_ext.config import FeaturesConfig
+from sparkml_ext.config import ConfigError, FeaturesConfig, PipelineConfig
 from sparkml_ext.feature_spec import (
     aggregate_name,
     entity_columns,
@@ -98,6 +98,7 @@ def spark_xxhash64(value: object, spark_type: str) -> int:
 
 
 HASHABLE_TYPES = ("string", "bigint", "boolean", *_HASHED_AS_INT)
+KEYED_TYPES = ("string", "bigint", *_HASHED_AS_INT)  # entities whose Spark text is str(value)
 
 
 class OnlineFeatures:
@@ -209,3 +210,17 @@ class OnlineFeatures:
 
 def _mean(fixed_sum: int, count: int, bits: int) -> float:
     return fixed_sum / float(2**bits) / count if count > 0 else 0.0
+
+
+def check_servable(cfg: PipelineConfig) -> None:
+    """Refuse, naming the key, a spec whose online columns could not equal the batch job's:
+    an entity or a hashed category of a type whose Spark text or hash is not reproduced."""
+    types = cfg.source.schema
+    for entity in cfg.features.entities:
+        if types.get(entity) not in KEYED_TYPES:
+            raise ConfigError(f"{cfg.path}: features.entities.{entity}: online serving keys histories by string "
+                              f"or whole-number entities; {entity!r} is {types.get(entity)}")
+    for column in cfg.features.categorical:
+        if types.get(column) not in HASHABLE_TYPES:
+            raise ConfigError(f"{cfg.path}: features.categorical: online serving hashes {', '.join(HASHABLE_TYPES)} "
+                              f"columns as Spark does; {column!r} is {types.get(column)}")

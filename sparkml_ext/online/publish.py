@@ -22,16 +22,14 @@ from pyspark.sql import functions as F
 
 from sparkml_ext import lake
 from sparkml_ext.config import (
-    ConfigError,
     PipelineConfig,
-    is_integral_type,
     is_numeric_type,
     parse_duration,
 )
 from sparkml_ext.feature_spec import spec_fingerprint
 from sparkml_ext.feature_table import processed_version
 from sparkml_ext.online.errors import PublishError
-from sparkml_ext.online.features import HASHABLE_TYPES, KEY, LABEL, LABELLED, TIME
+from sparkml_ext.online.features import KEY, LABEL, LABELLED, TIME, check_servable
 from sparkml_ext.online.store import SQLiteStore
 
 JOB = "publish-online"
@@ -74,20 +72,6 @@ def publish_online(spark: SparkSession, cfg: PipelineConfig, feature_version: in
     rows = _histories(cfg, bronze, newest, late, changed) if newest is not None else []
     written = store.publish(facts, rows, replace=not incremental)
     return _result(cfg, facts, written, since if incremental else None, started)
-
-
-def check_servable(cfg: PipelineConfig) -> None:
-    """Refuse, naming the key, a spec whose online columns could not equal the batch job's:
-    an entity or a hashed category of a type whose Spark text or hash is not reproduced."""
-    types = cfg.source.schema
-    for entity in cfg.features.entities:
-        if types.get(entity) == "boolean" or not (types.get(entity) == "string" or is_integral_type(types.get(entity, ""))):
-            raise ConfigError(f"{cfg.path}: features.entities.{entity}: online serving keys histories by string "
-                              f"or whole-number entities; {entity!r} is {types.get(entity)}")
-    for column in cfg.features.categorical:
-        if types.get(column) not in HASHABLE_TYPES:
-            raise ConfigError(f"{cfg.path}: features.categorical: online serving hashes {', '.join(HASHABLE_TYPES)} "
-                              f"columns as Spark does; {column!r} is {types.get(column)}")
 
 
 def _histories(cfg: PipelineConfig, bronze: DataFrame, newest: int, late: int, changed: DataFrame | None):

@@ -3,9 +3,10 @@ histories (`online.features`), run the stored torch model (`deep.inference.Predi
 code batch scoring runs on the executors). No Spark, no HTTP: `online.server` is the HTTP
 face of this, and tests and benchmarks call it directly too.
 
-Only models that run without Spark are served: torch. An MLlib PipelineModel (GBT, logistic
-regression, xgboost.spark inside our Pipeline) transforms DataFrames, so it would need a
-SparkSession and a job per request; it is refused with that reason.
+Only models that run without Spark are served: torch, and train-mllib's xgboost pipelines
+(their stages read from their files, `online.xgboost_model`). Any other MLlib PipelineModel
+(GBT, logistic regression, ...) transforms DataFrames, so it would need a SparkSession and a
+job per request; it is refused with that reason.
 """
 
 from __future__ import annotations
@@ -26,12 +27,18 @@ from sparkml_ext import modelstore
 from sparkml_ext.config import PipelineConfig, is_integral_type, is_numeric_type
 from sparkml_ext.feature_spec import spec_fingerprint
 from sparkml_ext.online.errors import RequestError, ServeError
-from sparkml_ext.online.features import EMPTY, History, OnlineFeatures, epoch_seconds
+from sparkml_ext.online.features import (
+    EMPTY,
+    History,
+    OnlineFeatures,
+    check_servable,
+    epoch_seconds,
+)
 from sparkml_ext.online.store import OnlineStore
 
 # What a request may name: a model kind and a version or `latest`, never a path.
 MODEL_REFERENCE = re.compile(r"[a-z][a-z0-9_]*/(v[0-9]+|latest)")
-SERVED_KINDS = ("torch",)
+SERVED_KINDS = ("torch", "xgboost", "xgboost_regression")
 _LOADED_MODELS = 4  # versions a server keeps loaded for requests that name one
 
 
@@ -45,20 +52,27 @@ class _Request:
 
 
 class LoadedModel:
-    """One stored torch model version, loaded with weights only."""
+    """One stored model version that runs without Spark: torch (weights only) or a
+    train-mllib xgboost pipeline (`online.xgboost_model`: JSON and Parquet)."""
 
     def __init__(self, stored: modelstore.ModelVersion):
-        from sparkml_ext.deep.inference import Predictor  # torch: only where models run
-
         self.card = modelstore.read_json(stored, "card.json")
-        if self.card["model"] not in SERVED_KINDS:
+        kind = self.card["model"]
+        if kind not in SERVED_KINDS:
             raise ServeError(
-                f"model {stored.name} is an MLlib PipelineModel ({self.card['model']}): it transforms Spark "
-                "DataFrames, so every request would need a SparkSession and a Spark job, far from a "
-                "request's milliseconds. Serve a torch model (`sparkml-ext train-torch`, then --model "
-                "torch/latest), or score this one in batch with `sparkml-ext score`")
+                f"model {stored.name} is an MLlib PipelineModel ({kind}): it transforms Spark DataFrames, so "
+                "every request would need a SparkSession and a Spark job, far from a request's milliseconds. "
+                "Serve a torch model (`sparkml-ext train-torch`) or an xgboost one (train_mllib.model: "
+                "xgboost), or score this one in batch with `sparkml-ext score`")
         self.stored = stored
-        self.predictor = Predictor.load(f"{stored.uri}/model.pt")
+        if kind == "torch":
+            from sparkml_ext.deep.inference import Predictor  # torch: only where models run
+
+            self.predictor = Predictor.load(f"{stored.uri}/model.pt")
+        else:
+            from sparkml_ext.online.xgboost_model import XGBoostPredictor
+
+            self.predictor = XGBoostPredictor(stored.uri, self.card["task"])
         self.classes = self.card.get("classes")
 
 
@@ -66,21 +80,22 @@ class Scorer:
     """Scores events with a model reference (`torch/latest` follows new versions: `refresh`)."""
 
     def __init__(self, cfg: PipelineConfig, reference: str, store: OnlineStore):
+        if cfg.source.derives_key:
+            raise ServeError(f"{cfg.path}: source.key: serving needs a declared key column (it orders events "
+                             "of the same second, as the batch job does); this table's key is derived")
+        check_servable(cfg)
         self.cfg, self.reference, self.store = cfg, reference, store
         self.features = OnlineFeatures(cfg.features, cfg.source.schema, cfg.source.key)
         self.fingerprint = spec_fingerprint(cfg.features)
         self.validator = TypeAdapter(list[_event_model(cfg, self.features.inputs)])  # built once: costly
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
-        if cfg.source.derives_key:
-            raise ServeError(f"{cfg.path}: source.key: serving needs a declared key column (it orders events "
-                             "of the same second, as the batch job does); this table's key is derived")
         try:
             self.model = self._load(reference)
         except RequestError as err:
             raise ServeError(str(err)) from None
-        missing = sorted(set(self.model.predictor.columns)
-                         - {c for kind in ("numeric", "categorical_ids") for c in self.features.columns[kind]})
+        missing = sorted(set(self.model.predictor.columns) - {c for columns in self.features.columns.values()
+                                                               for c in columns})
         if missing:
             raise ServeError(f"model {self.model.stored.name} reads columns this pipeline's features section does "
                              f"not define: {missing}; serve it with the pipeline file it was trained with")
@@ -158,6 +173,7 @@ class Scorer:
                               else _history(found[(entity, _text(v))]) for v in columns[entity]]
                      for entity in self.cfg.features.entities}
         computed = self.features.compute(columns, seconds, histories)
+        computed |= {c: np.array(columns[c], dtype=object) for c in self.cfg.features.categorical}  # as they came
         rows = np.cumsum([0] + [len(request.events) for _, request in accepted])
         by_model: dict[str, list[tuple[int, slice]]] = {}
         for (i, request), start, end in zip(accepted, rows[:-1], rows[1:], strict=True):
