@@ -349,6 +349,8 @@ def test_a_later_publish_rewrites_only_the_changed_entities_and_equals_a_full_on
     build_features(spark, cfg)
     report = publish_online(spark, cfg)
     assert report["counts"] == {"histories written": 3}
+    again = publish_online(spark, cfg)
+    assert "already published" in again["summary"] and again["counts"] == {"histories written": 0}
     after = _histories(store.path)
     assert {k for k in after if after[k] != before.get(k)} == {("user_id", u) for u in users}
     full = clicks_config(root, *OVERRIDES, f"online.store={root}/full.sqlite")

@@ -47,18 +47,18 @@ def publish_online(spark: SparkSession, cfg: PipelineConfig, feature_version: in
     pinned = feature_version if feature_version is not None else cfg.online.feature_version
     version = pinned if pinned is not None else lake.current_version(spark, features_path)
     fingerprint = spec_fingerprint(spec)
-    built = processed_version(spark, features_path, fingerprint, cfg.path, version) if version is not None else None
-    if built is None:
+    bronze_version = (processed_version(spark, features_path, fingerprint, cfg.path, version)
+                      if version is not None else None)
+    if bronze_version is None:
         raise PublishError(f"no feature table at {features_path}"
                            f"{f' version {version}' if version is not None else ''}: run `sparkml-ext features` first")
-    bronze_version = built
     store = SQLiteStore(cfg.online_store())
     before = store.facts()
     facts = {"pipeline": cfg.name, "spec": fingerprint, "feature_version": version,
              "bronze_version": bronze_version, "late_tolerance": cfg.online.late_tolerance,
              "entities": list(spec.entities)}
     if all(before.get(k) == facts[k] for k in ("spec", "feature_version", "late_tolerance", "pipeline")):
-        return _result(cfg, facts | {k: before[k] for k in ("newest_event", "exact_from")}, 0, None, started)
+        return _result(cfg, facts | {k: before[k] for k in ("newest_event", "exact_from")}, 0, "already", started)
 
     bronze, _ = lake.read_version(spark, bronze_path, bronze_version)
     newest = bronze.agg(F.max(F.col(event_time).cast("long"))).first()[0] if spec.entities else None  # driver-ok
@@ -71,7 +71,8 @@ def publish_online(spark: SparkSession, cfg: PipelineConfig, feature_version: in
     changed = lake.read_changes(spark, bronze_path, since + 1, bronze_version) if incremental else None
     rows = _histories(cfg, bronze, newest, late, changed) if newest is not None else []
     written = store.publish(facts, rows, replace=not incremental)
-    return _result(cfg, facts, written, since if incremental else None, started)
+    how = f"bronze v{since}→v{bronze_version}, changed entities only" if incremental else "all"
+    return _result(cfg, facts, written, how, started)
 
 
 def _histories(cfg: PipelineConfig, bronze: DataFrame, newest: int, late: int, changed: DataFrame | None):
@@ -114,11 +115,11 @@ def _pack(table: pa.Table) -> pa.Table:
     return pa.table({"value": [value], "events": pa.array([sink.getvalue().to_pybytes()], pa.binary())})
 
 
-def _result(cfg: PipelineConfig, facts: dict, written: int, since: int | None, started: float) -> dict:
-    if since is None and not written and facts.get("published_at") is None:
+def _result(cfg: PipelineConfig, facts: dict, written: int, how: str, started: float) -> dict:
+    """The job's report; `how`: "already" (nothing written), "all", or which changes."""
+    if how == "already":
         summary = f"publish-online: feature v{facts['feature_version']} already published to {cfg.online_store()}"
     else:
-        how = f"bronze v{since}→v{facts['bronze_version']}, changed entities only" if since is not None else "all"
         summary = (f"publish-online: feature v{facts['feature_version']} ({how}): {written} entity histories "
                    f"→ {cfg.online_store()}; exact for events from {_when(facts.get('exact_from'))}")
     return {"job": JOB, "summary": summary, "counts": {"histories written": written}, **facts,
