@@ -32,6 +32,7 @@ from typing import Any
 
 from sparkml_ext import modelstore, storage
 from sparkml_ext.config import ConfigError, PipelineConfig
+from sparkml_ext.feature_spec import spec_fingerprint
 
 log = logging.getLogger(__name__)
 MODEL_PATH = "model"  # the logged model's name inside its run
@@ -75,6 +76,8 @@ class Tracker:
         next store version, then tag the run with it and register the model. The result is
         the completed card, named after the job and rendered (its console line, rows per split).
         """
+        # The feature definitions the model was trained on: serving refuses it under others.
+        card["feature_spec"] = spec_fingerprint(self.cfg.features)
         with self.run(card, params) as run:
             log_model(run)
             card["mlflow"] = run.card_entry()

@@ -37,6 +37,7 @@ from sparkml_ext.config import ConfigError, GenerateConfig
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.features import build_features, engineer
 from sparkml_ext.ingest import ingest_batch
+from sparkml_ext.online.errors import ServeError
 from sparkml_ext.online.features import (
     EMPTY,
     History,
@@ -46,6 +47,7 @@ from sparkml_ext.online.features import (
     spark_xxhash64,
 )
 from sparkml_ext.online.publish import publish_online
+from sparkml_ext.online.scorer import Scorer
 from sparkml_ext.online.store import SQLiteStore
 from sparkml_ext.score import score
 from sparkml_ext.train_mllib import train_mllib
@@ -440,3 +442,10 @@ def test_categories_hash_as_spark_hashes_them(spark, value, spark_type):
 def test_a_spec_whose_columns_could_not_match_online_is_refused_naming_the_key(tmp_path, override, says):
     with pytest.raises(ConfigError, match=says):
         check_servable(clicks_config(tmp_path, override))
+
+
+def test_a_model_trained_on_another_spec_is_refused(online):
+    """Same column names, other meaning: ids hashed into other buckets."""
+    other = clicks_config(online["root"], *OVERRIDES, "features.hash_buckets=1024")
+    with pytest.raises(ServeError, match=r"torch/v\d+ was trained on features of another spec"):
+        Scorer(other, "torch/latest", SQLiteStore(other.online_store()))

@@ -55,7 +55,7 @@ class LoadedModel:
     """One stored model version that runs without Spark: torch (weights only) or a
     train-mllib xgboost pipeline (`online.xgboost_model`: JSON and Parquet)."""
 
-    def __init__(self, stored: modelstore.ModelVersion):
+    def __init__(self, stored: modelstore.ModelVersion, fingerprint: str):
         self.card = modelstore.read_json(stored, "card.json")
         kind = self.card["model"]
         if kind not in SERVED_KINDS:
@@ -65,6 +65,11 @@ class LoadedModel:
                 "Serve a torch model (`sparkml-ext train-torch`) or an xgboost one (train_mllib.model: "
                 "xgboost), or score this one in batch with `sparkml-ext score`")
         self.stored = stored
+        if self.card.get("feature_spec", fingerprint) != fingerprint:  # cards before stop 26 do not say
+            raise ServeError(
+                f"model {stored.name} was trained on features of another spec ({self.card['feature_spec']}; "
+                f"this pipeline's is {fingerprint}): its columns would mean something else here. Serve it "
+                "with the pipeline file it was trained with, or train a model on this spec")
         if kind == "torch":
             from sparkml_ext.deep.inference import Predictor  # torch: only where models run
 
@@ -132,7 +137,7 @@ class Scorer:
             if stored.name in self._models:
                 self._models.move_to_end(stored.name)
                 return self._models[stored.name]
-        loaded = LoadedModel(stored)
+        loaded = LoadedModel(stored, self.fingerprint)
         with self._lock:
             self._models[stored.name] = loaded
             while len(self._models) > _LOADED_MODELS:
