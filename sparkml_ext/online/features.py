@@ -81,6 +81,14 @@ def spark_round(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * (whole + (magnitude - whole >= 0.5))
 
 
+def spark_text(value: object) -> str:
+    """A value of a text, whole-number or boolean column as Spark casts it to string: how the
+    store keys entity values and the frequency encoder looks categories up."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def spark_xxhash64(value: object, spark_type: str) -> int:
     """Spark's xxhash64 of one non-null value of a string, integer or boolean column."""
     import xxhash  # the serve extra: only the server hashes
@@ -177,9 +185,10 @@ class OnlineFeatures:
                 row[aggregate_name(entity, "label_rate", window)] = _mean(total, labelled, self.label_bits)
             for column, statistics in aggregates.items():
                 raw = h.values.get(column, EMPTY_VALUES)[start:end]
+                value = self.numeric_feature(column, raw)  # once per window, for all its statistics
                 for statistic in statistics:
                     name = aggregate_name(entity, statistic, window, column)
-                    row[name] = self._statistic(column, statistic, raw, rows)
+                    row[name] = self._statistic(column, statistic, raw, value, rows)
         at = int(np.searchsorted(h.seconds, t, side="left"))  # events before t: [0, at)
         same_second = h.keys[at:int(np.searchsorted(h.seconds, t, side="right"))]
         tied_before = any(k < key for k in same_second)
@@ -189,11 +198,11 @@ class OnlineFeatures:
         row[aggregate_name(entity, "no_recent_event")] = 0 if recent else 1
         return row
 
-    def _statistic(self, column: str, statistic: str, raw: np.ndarray, rows: int) -> float:
-        """features._statistic over one window's values of a column."""
+    def _statistic(self, column: str, statistic: str, raw: np.ndarray, value: np.ndarray, rows: int) -> float:
+        """features._statistic over one window's values of a column: `raw` as bronze holds
+        them (NaN: null), `value` their feature values."""
         if statistic == "count":
             return int(np.count_nonzero(~np.isnan(raw)))
-        value = self.numeric_feature(column, raw)
         if statistic in ("min", "max"):
             return float(value.min() if statistic == "min" else value.max()) if rows else 0.0
         bits = fixed_point_bits(self.spec.bound(column))

@@ -33,6 +33,7 @@ from sparkml_ext.online.features import (
     OnlineFeatures,
     check_servable,
     epoch_seconds,
+    spark_text,
 )
 from sparkml_ext.online.store import OnlineStore
 
@@ -168,15 +169,15 @@ class Scorer:
         events = [e for _, request in accepted for e in request.events]
         columns = {name: [getattr(e, name) for e in events] for name in self.features.inputs}
         seconds = np.concatenate([request.seconds for _, request in accepted])
-        keys = {entity: [_text(v) for v in columns[entity] if v is not None] for entity in self.cfg.features.entities}
-        facts, found = self.store.read(keys)
+        values = {entity: [None if v is None else spark_text(v) for v in columns[entity]]
+                  for entity in self.cfg.features.entities}
+        facts, found = self.store.read({entity: [v for v in texts if v is not None] for entity, texts in values.items()})
         if facts.get("spec") != self.fingerprint:
             refused = RequestError(503, "the online store now holds another feature spec's publish; "
                                         "restart the server with its pipeline file")
             return [refused if answer is None else answer for answer in answers]
-        histories = {entity: [EMPTY if v is None or (entity, _text(v)) not in found
-                              else _history(found[(entity, _text(v))]) for v in columns[entity]]
-                     for entity in self.cfg.features.entities}
+        decoded = {key: _history(packed) for key, packed in found.items()}  # once per value, not per event
+        histories = {entity: [decoded.get((entity, v), EMPTY) for v in texts] for entity, texts in values.items()}
         computed = self.features.compute(columns, seconds, histories)
         computed |= {c: np.array(columns[c], dtype=object) for c in self.cfg.features.categorical}  # as they came
         rows = np.cumsum([0] + [len(request.events) for _, request in accepted])
@@ -281,11 +282,6 @@ def _field(loc: tuple, listed: bool) -> str:
     index, *rest = loc
     name = ".".join(str(part) for part in rest)
     return f"events[{index}].{name}" if listed else name
-
-
-def _text(value: Any) -> str:
-    """An entity value as the store keys it: Spark's cast to string of a string or a whole number."""
-    return str(value)
 
 
 def _history(packed: bytes) -> History:

@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sparkml_ext.online.errors import ServeError
+from sparkml_ext.online.features import spark_text
 from sparkml_ext.storage import filesystem
 
 # card task → the head the scorer reports (deep.inference.Predictor's names)
@@ -64,7 +65,7 @@ class XGBoostPredictor:
             if column in self.encoded:
                 ids = self.vocabularies[column]
                 values = batch.column(self.encoded[column]).to_pylist()
-                x[:, j] = [0 if v is None else ids.get(_spark_text(v), 0) for v in values]
+                x[:, j] = [0 if v is None else ids.get(spark_text(v), 0) for v in values]
             else:
                 x[:, j] = batch.column(column).to_numpy(zero_copy_only=False)
         data = xgboost.DMatrix(x, missing=self.missing, feature_types=self.feature_types,
@@ -121,10 +122,3 @@ def _booster(stage: str):
 def _read(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_file(path) as source:
         return source.read()
-
-
-def _spark_text(value: object) -> str:
-    """A category as Spark casts it to string (the encoder looks values up that way)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
