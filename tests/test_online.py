@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import typing
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from pyspark.sql import functions as F
 from sparkml_ext import lake, modelstore, storage
 from sparkml_ext.bridge.predict import torch_predictions
 from sparkml_ext.cli import generate_into_source
-from sparkml_ext.config import ConfigError, GenerateConfig
+from sparkml_ext.config import Aggregate, ConfigError, GenerateConfig
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.features import build_features, engineer
 from sparkml_ext.ingest import ingest_batch
@@ -394,7 +395,7 @@ def test_the_two_executors_agree_on_every_statistic_and_transform(spark, fresh_l
     the columns computed online from the published histories equal the feature table's,
     for every event of the lakehouse."""
     root = fresh_lake("online-executors")
-    every = "[count, sum, mean, min, max, stddev]"
+    every = f"[{', '.join(typing.get_args(Aggregate))}]"  # a statistic added to the config is tested here
     cfg = clicks_config(
         root, "source.schema.label=double", "source.schema.i2=float", "online.late_tolerance=30d",
         "tables.bronze=bronze/every", "tables.batches=_meta/every", "tables.quarantine=quarantine/every",
