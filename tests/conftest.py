@@ -39,8 +39,9 @@ def spark(tmp_path_factory):
             # Expressions interpreted rather than compiled to Java per plan (Spark's own test
             # suites run both modes; results are the same): on the suite's data, a few rows to a
             # few thousand, compiling costs more than it saves. One process's 12-row ingest 20 ->
-            # 14 CPU-s, features 20 -> 13, a small GBT fit 61 -> 52 (whole-stage code generation
-            # stays on: off, it saved nothing). Subprocess jobs keep Spark's defaults, as users run.
+            # 14 CPU-s, features 20 -> 13, a small GBT fit 61 -> 52. This mode also turns whole-stage
+            # code generation off (Spark inserts it only when the mode is not NO_CODEGEN), so only
+            # the subprocess jobs run generated stages: they keep Spark's defaults, as users run.
             "spark.sql.codegen.factoryMode": "NO_CODEGEN",
         },
     )
