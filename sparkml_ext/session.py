@@ -46,13 +46,6 @@ DELTA_SQL_CONF = {
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
 
-# Whole-stage code generation fuses a stage into one Java method, and HotSpot never
-# JIT-compiles a method over 8,000 bytes of bytecode: the features job's first stage on the
-# click table (14,156 bytes) ran in the bytecode interpreter, and any wide table of a user's
-# does the same. At this limit Spark generates such a stage operator by operator instead,
-# in methods the JIT compiles (Spark's own advice for HotSpot; figures: benchmarks/README.md).
-CODEGEN_CONF = {"spark.sql.codegen.hugeMethodLimit": "8000"}
-
 # Java 17's G1 throws OutOfMemoryError after 2 retries while JNI code (lz4, snappy, zstd)
 # holds the GC locker (JDK-8192647, fixed in Java 22): tasks compressing shuffle blocks on
 # every core hit that with most of the heap free. Local tasks run in the driver's JVM.
@@ -128,7 +121,7 @@ def get_spark(app_name: str = "sparkml_ext", conf: Mapping[str, str] | None = No
         return active
 
     builder = SparkSession.builder.appName(app_name)
-    wanted = {**DELTA_SQL_CONF, **CODEGEN_CONF}
+    wanted = dict(DELTA_SQL_CONF)
     if not under_spark_submit():
         wanted = {**EMBEDDED_CONF, **wanted}
         # Python workers must run this interpreter (with numpy, pyarrow, this package),

@@ -217,31 +217,6 @@ def test_the_entity_may_also_be_a_categorical(spark, tmp_path):
     assert set(feature_columns(cfg.features)["categorical_raw"]) <= set(table.columns)
 
 
-def test_a_stage_too_long_for_the_jit_is_not_run_as_one_method(spark, tmp_path):
-    """HotSpot never JIT-compiles a method over 8,000 bytes of bytecode, and whole-stage code
-    generation makes the click table's first stage (107 row columns) one method of 14,156:
-    run so, it ran in the bytecode interpreter, twice as slow. The session's limit
-    (session.CODEGEN_CONF) makes Spark run such a stage operator by operator instead, in
-    methods the JIT compiles (benchmarks/README.md). Spark falls back when it executes the
-    stage, so the plan still shows the long method: this checks that the limit is needed
-    and set; the benchmark shows what it saves."""
-    cfg = clicks_config(tmp_path)
-    _ingest(spark, cfg, tmp_path, "b1", DAY1)
-    bronze = spark.read.format("delta").load(cfg.table_path("bronze"))
-    suite_mode = spark.conf.get("spark.sql.codegen.factoryMode")  # NO_CODEGEN: no whole-stage methods
-    spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK")  # Spark's default
-    try:
-        features = engineer(bronze, cfg.features, cfg.source.key, cfg.source.event_time)
-        features.collect()  # adaptive execution plans its stages as it runs them
-        plan = features._jdf.queryExecution().executedPlan()
-        stages = spark._jvm.org.apache.spark.sql.execution.debug.package.codegenStringSeq(plan)
-    finally:
-        spark.conf.set("spark.sql.codegen.factoryMode", suite_mode)
-    longest = max(stages.apply(i)._3().maxMethodCodeSize() for i in range(stages.size()))
-    assert longest > 8000, f"the longest generated method is {longest} bytes: the limit may no longer be needed"
-    assert int(spark.conf.get("spark.sql.codegen.hugeMethodLimit")) <= 8000
-
-
 def test_numeric_transforms_keep_the_sign_or_take_the_value_as_it_is(spark, tmp_path):
     spec = clicks_config(tmp_path, "features.numeric={i1: log1p, i2: none, i3: {transform: none, clip: [-10, 10]}}",
                          "features.entities={user_id: {windows: [1d], aggregates: {i1: [mean], i3: [mean]}}}",
