@@ -185,7 +185,8 @@ class OnlineFeatures:
                 row[aggregate_name(entity, "label_rate", window)] = _mean(total, labelled, self.label_bits)
             for column, statistics in aggregates.items():
                 raw = h.values.get(column, EMPTY_VALUES)[start:end]
-                value = self.numeric_feature(column, raw)  # once per window, for all its statistics
+                # the feature values once per window, for all its statistics; a count needs none
+                value = self.numeric_feature(column, raw) if set(statistics) != {"count"} else raw
                 for statistic in statistics:
                     name = aggregate_name(entity, statistic, window, column)
                     row[name] = self._statistic(column, statistic, raw, value, rows)
@@ -200,7 +201,7 @@ class OnlineFeatures:
 
     def _statistic(self, column: str, statistic: str, raw: np.ndarray, value: np.ndarray, rows: int) -> float:
         """features._statistic over one window's values of a column: `raw` as bronze holds
-        them (NaN: null), `value` their feature values."""
+        them (NaN: null), `value` their feature values (unused by a count)."""
         if statistic == "count":
             return int(np.count_nonzero(~np.isnan(raw)))
         if statistic in ("min", "max"):
