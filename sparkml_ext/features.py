@@ -38,6 +38,7 @@ from sparkml_ext.feature_spec import (
     spec_fingerprint,
 )
 from sparkml_ext.feature_table import processed_version
+from sparkml_ext.session import WIDE_STAGE_CONF, session_defaults
 
 
 class FeaturesError(RuntimeError):
@@ -99,8 +100,9 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
 
     meta = {"job": JOB, "bronze_version": version, "spec": fingerprint}
     try:
-        report.feature_version = lake.merge_by_key(features, target, key, metadata=meta,
-                                                   partition_by=lake.date_partitions(event_time))
+        with session_defaults(spark, WIDE_STAGE_CONF):  # a row of many columns: see WIDE_STAGE_CONF
+            report.feature_version = lake.merge_by_key(features, target, key, metadata=meta,
+                                                       partition_by=lake.date_partitions(event_time))
     except ArithmeticException as err:
         label_type = dict(bronze.dtypes)[spec.label]
         if not spec.label_rate or is_integral_type(label_type):

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,14 @@ DELTA_SQL_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+
+# Whole-stage code generation fuses a stage into one Java method, and HotSpot never
+# JIT-compiles a method over 8,000 bytes of bytecode: the features job's first stage on the
+# click table (107 row columns, 14,156 bytes) ran in the bytecode interpreter. At this limit
+# Spark runs such a stage operator by operator, in methods the JIT compiles (twice as fast
+# there). Only for the features job: MLlib's pipeline transforms ran 4x slower with it
+# (figures: benchmarks/README.md), so `session_defaults` scopes it to the features write.
+WIDE_STAGE_CONF = {"spark.sql.codegen.hugeMethodLimit": "8000"}
 
 # Java 17's G1 throws OutOfMemoryError after 2 retries while JNI code (lz4, snappy, zstd)
 # holds the GC locker (JDK-8192647, fixed in Java 22): tasks compressing shuffle blocks on
@@ -144,6 +153,20 @@ def get_spark(app_name: str = "sparkml_ext", conf: Mapping[str, str] | None = No
     spark = builder.getOrCreate()
     _require_delta(spark)
     return spark
+
+
+@contextmanager
+def session_defaults(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """Run the block with `settings` where the session has none of its own (a value the
+    submitter or the pipeline's ``spark:`` section set wins), and leave them unset after."""
+    added = [name for name in settings if spark.conf.get(name, None) is None]
+    for name in added:
+        spark.conf.set(name, settings[name])
+    try:
+        yield
+    finally:
+        for name in added:
+            spark.conf.unset(name)
 
 
 def _start_jvm(app_name: str, settings: Mapping[str, str], output: Path) -> None:

@@ -16,6 +16,7 @@ from sparkml_ext.config import ConfigError
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.features import FeaturesError, build_features, engineer, entity_aggregates
 from sparkml_ext.ingest import ingest_batch
+from sparkml_ext.session import WIDE_STAGE_CONF
 
 DAY1 = [
     line("u1-a", "1", "2026-01-01 10:00:00", label="1", numeric="3"),
@@ -215,6 +216,49 @@ def test_the_entity_may_also_be_a_categorical(spark, tmp_path):
     table = _table(spark, cfg)
     assert table.columns.count("user_id") == 1 and "user_id_id" in table.columns
     assert set(feature_columns(cfg.features)["categorical_raw"]) <= set(table.columns)
+
+
+def test_a_stage_too_long_for_the_jit_runs_operator_by_operator_in_the_features_write(spark, tmp_path, monkeypatch):
+    """HotSpot never JIT-compiles a method over 8,000 bytes of bytecode, and whole-stage code
+    generation makes the click table's first stage (107 row columns) one method of 14,156: run
+    so, it ran in the bytecode interpreter, twice as slow (benchmarks/README.md). The features
+    write runs with Spark's limit at 8,000, so Spark runs such a stage operator by operator;
+    the session keeps Spark's default outside it (MLlib's transforms ran 4x slower with the
+    limit), and a value the user set wins. Spark falls back when it executes a stage, so the
+    plan still shows the long method: this checks that the limit is needed and where it holds;
+    the benchmark shows what it saves."""
+    cfg = clicks_config(tmp_path)
+    _ingest(spark, cfg, tmp_path, "b1", DAY1)
+    bronze = spark.read.format("delta").load(cfg.table_path("bronze"))
+    spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK")  # Spark's default; the suite's is NO_CODEGEN
+    try:
+        features = engineer(bronze, cfg.features, cfg.source.key, cfg.source.event_time)
+        features.collect()  # adaptive execution plans its stages as it runs them
+        plan = features._jdf.queryExecution().executedPlan()
+        stages = spark._jvm.org.apache.spark.sql.execution.debug.package.codegenStringSeq(plan)
+    finally:
+        spark.conf.set("spark.sql.codegen.factoryMode", "NO_CODEGEN")
+    longest = max(stages.apply(i)._3().maxMethodCodeSize() for i in range(stages.size()))
+    assert longest > 8000, f"the longest generated method is {longest} bytes: the limit may no longer be needed"
+
+    [(name, limit)] = WIDE_STAGE_CONF.items()
+    limits_seen, merge = [], lake.merge_by_key
+
+    def merge_noting_the_limit(*args, **kwargs):
+        limits_seen.append(spark.conf.get(name))
+        return merge(*args, **kwargs)
+
+    monkeypatch.setattr(lake, "merge_by_key", merge_noting_the_limit)
+    build_features(spark, cfg)
+    assert spark.conf.get(name, None) is None  # the session's default again
+    spark.conf.set(name, "12000")  # a user's own value
+    try:
+        _ingest(spark, cfg, tmp_path, "b2", DAY1_LATER)
+        build_features(spark, cfg)
+        assert spark.conf.get(name) == "12000"
+    finally:
+        spark.conf.unset(name)
+    assert limits_seen == [limit, "12000"]
 
 
 def test_numeric_transforms_keep_the_sign_or_take_the_value_as_it_is(spark, tmp_path):
