@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     from sparkml_ext import lake
     from sparkml_ext.feature_spec import entity_columns, feature_columns
     from sparkml_ext.features import build_features, engineer
-    from sparkml_ext.session import get_spark
+    from sparkml_ext.session import WIDE_STAGE_CONF, get_spark, session_defaults
 
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -393,13 +393,14 @@ def main(argv: list[str] | None = None) -> int:
 
     features = engineer(bronze, spec, key, event_time)
     plans = {"engineer": plan_summary(features)}
-    # --- ours, by parts, then whole
-    if args.parts:
-        clock.run("ours: scan only (bronze → noop)", n, lambda: noop(bronze))
-        clock.run("ours: row transforms only → noop", n, lambda: noop(features.select(key, *row_cols)))
-        clock.run("ours: windows only → noop", n, lambda: noop(features.select(key, *window_cols)))
-        clock.run("ours: engineer → noop", n, lambda: noop(features))
-    clock.run("ours: engineer → parquet", n, lambda: features.write.parquet(str(out / "ours.parquet")))
+    # --- ours, by parts, then whole; with the settings build_features computes under
+    with session_defaults(spark, WIDE_STAGE_CONF):
+        if args.parts:
+            clock.run("ours: scan only (bronze → noop)", n, lambda: noop(bronze))
+            clock.run("ours: row transforms only → noop", n, lambda: noop(features.select(key, *row_cols)))
+            clock.run("ours: windows only → noop", n, lambda: noop(features.select(key, *window_cols)))
+            clock.run("ours: engineer → noop", n, lambda: noop(features))
+        clock.run("ours: engineer → parquet", n, lambda: features.write.parquet(str(out / "ours.parquet")))
     job = clock.run("ours: build_features (fresh table)", n, lambda: build_features(spark, cfg),
                     group="build_features")
     print(f"  {job.summary()}")
@@ -420,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
               group="python_udf")
     udf_s = clock.seconds(f"python UDF → parquet ({scope})")
     if every > 1:
-        clock.run("ours: engineer → parquet on the same sample", m,
-                  lambda: engineer(sample, spec, key, event_time).write.parquet(str(out / "ours_sample.parquet")))
+        with session_defaults(spark, WIDE_STAGE_CONF):
+            clock.run("ours: engineer → parquet on the same sample", m,
+                      lambda: engineer(sample, spec, key, event_time).write.parquet(str(out / "ours_sample.parquet")))
         udf_full = udf_s * n / m
         clock.add(f"python UDF extrapolated ×{n / m:.2f} (linear)", n, udf_full, "extrapolated")
         ours_sample_s = clock.seconds("ours: engineer → parquet on the same sample")
