@@ -61,7 +61,6 @@ import math
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -72,6 +71,9 @@ from pathlib import Path
 from sparkkit import remove
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from loopback import free_port  # a development script, not a package
+
 PIPELINE = ROOT / "conf" / "pipelines" / "clicks.yaml"
 WORK = ROOT / "data" / "generated" / "bench" / "serve"
 MODEL = "torch/latest"
@@ -363,12 +365,6 @@ def run_level(name: str, clients: int, items: list, connect, warmup: float, seco
 
 
 # ------------------------------------------------------------------ the server
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def start_server(work: Path, port: int, env: dict) -> tuple[subprocess.Popen, Path]:
     cli = Path(sys.executable).parent / "sparkml-ext"

@@ -6,7 +6,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from loopback import free_port
 
 # MLflow tracking is tested in test_tracking.py (which switches it on); elsewhere every
 # tracked MLlib model would be saved, copied and reloaded by MLflow (~20 s a fit). The
@@ -92,12 +92,6 @@ class ClusterRun:
     left_running: list[int]  # processes under the work folder after the stop
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # The tiny pipeline that tests/test_cluster.py and tests/test_report.py look at.
 CLUSTER_PIPELINE = [
     "generate.rows=3000", "generate.batches=2", "generate.malformed_rate=0.01",
@@ -132,7 +126,7 @@ def run_cluster_pipeline(root: Path) -> ClusterRun:
     script = [sys.executable, str(REPO / "scripts" / "cluster.py"), "--work-dir", str(work)]
     where = [f"lakehouse={root}/lake", f"generate.landing={root}/landing", f"source.path={root}/landing"]
     try:
-        ports = ["--port", str(_free_port()), "--webui-port", str(_free_port())]
+        ports = ["--port", str(free_port()), "--webui-port", str(free_port())]
         subprocess.run([*script, "start", *ports], check=True, timeout=300, env={**os.environ, **QUICK_JVMS})
         node = subprocess.run([work / "node-env" / "bin" / "python", "-P", "-c", "import sparkml_ext"],
                               cwd=work, capture_output=True, text=True, check=False)

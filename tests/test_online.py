@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from clickdata import CLICKS, as_events, clicks_config, line, write_batch
+from loopback import free_port
 from pyspark.sql import functions as F
 
 from sparkml_ext import lake, modelstore, storage
@@ -119,14 +120,6 @@ def post(url: str, data: bytes) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Hammer(threading.Thread):
     """Scores one event again and again until stopped: each answer's status, model and
     feature version."""
@@ -156,7 +149,7 @@ def online(spark, tmp_path_factory):
     train_torch(spark, cfg)
     train_mllib(spark, cfg)
     first = publish_online(spark, cfg)
-    server = Server(root, _free_port()).start()
+    server = Server(root, free_port()).start()
     latest = lake.read_version(spark, cfg.table_path("bronze"))[0].orderBy(F.desc("event_time")).first()
     hammer = Hammer(server, as_events([latest])[0])
     hammer.start()
@@ -321,7 +314,7 @@ def _declared_too_long(server: Server) -> tuple[int, dict]:
 
 
 def test_serve_refuses_an_mllib_model_with_its_reason(online):
-    server = Server(online["root"], _free_port())
+    server = Server(online["root"], free_port())
     run = subprocess.run(server.command("logistic_regression/latest"), capture_output=True, text=True, timeout=120,
                          check=False)
     assert run.returncode == 3, run.stderr
