@@ -48,10 +48,11 @@ DELTA_SQL_CONF = {
 }
 
 # Whole-stage code generation fuses a stage into one Java method, and HotSpot never
-# JIT-compiles a method over 8,000 bytes of bytecode: the features job's first stage on the
-# click table (107 row columns, 14,156 bytes) ran in the bytecode interpreter. At this limit
-# Spark runs such a stage operator by operator, in methods the JIT compiles (those columns
-# took half the time; the whole job 9% less at 4M rows). Only for the features job: MLlib's
+# JIT-compiles a method over 8,000 bytes of bytecode: the features job's first stage, which
+# computes every row column of a wide table at once (a hundred columns made 14,156 bytes),
+# ran in the bytecode interpreter. At this limit Spark runs such a stage operator by
+# operator, in methods the JIT compiles (those columns took half the time; the whole job 9%
+# less, benchmarks/engine.py at 4M rows). Only for the features job: MLlib's
 # pipeline transforms ran 4x slower with it (figures: benchmarks/README.md), so
 # `session_defaults` scopes it to the features write.
 WIDE_STAGE_CONF = {"spark.sql.codegen.hugeMethodLimit": "8000"}

@@ -230,14 +230,15 @@ def test_a_stage_too_long_for_the_jit_runs_operator_by_operator_in_the_features_
     cfg = clicks_config(tmp_path)
     _ingest(spark, cfg, tmp_path, "b1", DAY1)
     bronze = spark.read.format("delta").load(cfg.table_path("bronze"))
-    spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK")  # Spark's default; the suite's is NO_CODEGEN
+    suite_mode = spark.conf.get("spark.sql.codegen.factoryMode")  # NO_CODEGEN: no whole-stage methods
+    spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK")  # Spark's default
     try:
         features = engineer(bronze, cfg.features, cfg.source.key, cfg.source.event_time)
         features.collect()  # adaptive execution plans its stages as it runs them
         plan = features._jdf.queryExecution().executedPlan()
         stages = spark._jvm.org.apache.spark.sql.execution.debug.package.codegenStringSeq(plan)
     finally:
-        spark.conf.set("spark.sql.codegen.factoryMode", "NO_CODEGEN")
+        spark.conf.set("spark.sql.codegen.factoryMode", suite_mode)
     longest = max(stages.apply(i)._3().maxMethodCodeSize() for i in range(stages.size()))
     assert longest > 8000, f"the longest generated method is {longest} bytes: the limit may no longer be needed"
 
