@@ -223,11 +223,12 @@ def python_udf_features(events, spec, key: str, event_time: str):
         return 0 if value is None else zlib.crc32(value.encode("utf-8")) % buckets + 1
 
     entity = the_entity(spec)
-    return events.select(
+    windows, aggregates = entity_aggregates(spec, entity, key, event_time, dict(events.dtypes)[spec.label])
+    return events.select("*", *windows).select(
         key, entity, event_time, F.to_date(event_time).alias("event_date"), F.col(spec.label),
         *[log_clip(F.col(c).cast("double")).alias(f"log_{c}") for c in spec.numeric],
         *[is_null(F.col(c)).alias(f"isnull_{c}") for c in spec.numeric],
-        *entity_aggregates(spec, entity, key, event_time, dict(events.dtypes)[spec.label]),
+        *aggregates,
         *[hashed(F.col(c)).alias(f"{c}_id") for c in spec.categorical],
         *spec.categorical,
     )

@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import math
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 from pyspark.errors import ArithmeticException
 from pyspark.sql import Column, DataFrame, SparkSession, Window, WindowSpec
@@ -123,8 +125,9 @@ def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str 
     table without entities or an event time has no window features, only row transforms).
     `entities`: whose window columns to compute (default: every one in the spec)."""
     label_type = dict(events.dtypes)[spec.label]
-    windowed = list(spec.entities) if entities is None else entities
-    return events.select(
+    windowed = [entity_aggregates(spec, e, key, event_time, label_type)
+                for e in (list(spec.entities) if entities is None else entities)]
+    return events.select("*", *[w for e in windowed for w in e.windows]).select(
         key,
         *spec.entities,
         *([event_time] if event_time else []),
@@ -132,33 +135,81 @@ def engineer(events: DataFrame, spec: FeaturesConfig, key: str, event_time: str 
         F.col(spec.label),
         *[numeric_feature(spec, c).alias(name) for c, name in numeric_names(spec).items()],
         *[F.col(c).isNull().cast("int").alias(f"isnull_{c}") for c in spec.numeric],
-        *[c for e in windowed for c in entity_aggregates(spec, e, key, event_time, label_type)],
+        *[c for e in windowed for c in e.features],
         *[_hashed_id(c, spec.hash_buckets) for c in spec.categorical],
         *[c for c in spec.categorical if c not in spec.entities],  # an entity is a category too: kept once
     )
 
 
-def entity_aggregates(spec: FeaturesConfig, entity: str, key: str, event_time: str, label_type: str) -> list[Column]:
+class EntityColumns(NamedTuple):
+    """One entity's window columns, in two steps: select `windows` beside the events'
+    columns, then `features` over them (`events.select("*", *windows).select(*features)`)."""
+    windows: list[Column]  # each distinct window aggregate the features read, named once
+    features: list[Column]  # the feature columns, named as feature_spec.entity_columns says
+
+
+class _Windows:
+    """The window aggregates of one entity, each distinct one named and evaluated once.
+
+    Spark's Window operator evaluates every occurrence of a window expression, even one
+    identical to another in the same select: the columns of three windows with three means
+    and a label rate read 26 distinct aggregates 84 times. Selected once by name before
+    the features that read them, each is computed once per row.
+    """
+
+    def __init__(self, entity: str, by_entity: WindowSpec) -> None:
+        self.prefix = f"_window_{zlib.crc32(entity.encode()):08x}_"  # a column name whatever the entity's
+        self.by_entity = by_entity
+        self.named: dict[tuple, Column] = {}
+        self.columns: list[Column] = []
+
+    def over(self, what: tuple, aggregate: Column, frame: WindowSpec) -> Column:
+        """`aggregate` over `frame`, `what` saying which (same `what`, same aggregate)."""
+        if what not in self.named:
+            name = f"{self.prefix}{len(self.columns)}"
+            self.columns.append(aggregate.over(frame).alias(name))
+            self.named[what] = F.col(name)
+        return self.named[what]
+
+    def sum_before(self, what: str | tuple, value: Column, width: int) -> Column:
+        """Exact sum of a long column over the entity's events in [t - width, t - 1].
+
+        The difference of two running sums (up to t - 1, up to t - width - 1), not a sliding
+        RANGE frame: Spark re-aggregates a sliding frame from scratch for every row, which is
+        quadratic in a heavy entity's events per window (benchmarks/README.md has the growth),
+        while a running sum adds each row once. Summing longs keeps the difference exact
+        whatever history the running sums start from, so an incremental run still equals a
+        full one.
+        """
+        def running(upper: int) -> Column:
+            frame = self.by_entity.rangeBetween(Window.unboundedPreceding, upper)
+            return F.coalesce(self.over(("sum", what, upper), F.sum(value), frame), F.lit(0))
+
+        return running(-1) - running(-width - 1)
+
+
+def entity_aggregates(spec: FeaturesConfig, entity: str, key: str, event_time: str, label_type: str) -> EntityColumns:
     """One entity's window columns (feature_spec.entity_columns names them): counts, label
     rates (`spec.label_rate`), each aggregated column's statistics and the gap to the last
     event. `label_type`: the label's Spark type."""
     history = spec.entities[entity]
     seconds = F.col(event_time).cast("long")
     # An event with no entity has no history: the key makes it a group of its own.
-    by_entity = Window.partitionBy(F.col(entity), F.when(F.col(entity).isNull(), F.col(key))).orderBy(seconds)
+    windows = _Windows(entity, Window.partitionBy(F.col(entity), F.when(F.col(entity).isNull(), F.col(key)))
+                       .orderBy(seconds))
     label = F.col(spec.label)
     labelled, rows = label.isNotNull().cast("long"), F.lit(1).cast("long")
     bits = label_bits(label_type)
     label_units = _fixed_point(label.cast("double"), bits) if spec.label_rate else None
     columns: list[Column] = []
     for name, width in history.window_seconds().items():
-        labelled_events = _sum_before(labelled, by_entity, width)
-        in_window = _sum_before(rows, by_entity, width)
+        labelled_events = windows.sum_before("labelled", labelled, width)
+        in_window = windows.sum_before("rows", rows, width)
         columns += [
             labelled_events.cast("int").alias(aggregate_name(entity, "events", name)),
-            *([_mean(_sum_before(label_units, by_entity, width), labelled_events, bits)
+            *([_mean(windows.sum_before("label", label_units, width), labelled_events, bits)
                .alias(aggregate_name(entity, "label_rate", name))] if label_units is not None else []),
-            *[_statistic(spec, column, statistic, by_entity, width, in_window)
+            *[_statistic(spec, column, statistic, windows, width, in_window)
               .alias(aggregate_name(entity, statistic, name, column))
               for column, statistics in history.aggregates.items() for statistic in statistics],
         ]
@@ -167,32 +218,35 @@ def entity_aggregates(spec: FeaturesConfig, entity: str, key: str, event_time: s
     # order the sums use, so that one sort serves every column (a lag over (time, key) sorted
     # the wide rows a second time). It counts only inside the longest window, so that an
     # incremental run (which sees that much history) computes exactly what a full one does.
-    tied_before = F.min(F.col(key)).over(by_entity.rangeBetween(0, 0)) < F.col(key)
-    latest_before = F.max(seconds).over(by_entity.rangeBetween(Window.unboundedPreceding, -1))
+    tied_before = windows.over(("first key of the second",), F.min(F.col(key)),
+                               windows.by_entity.rangeBetween(0, 0)) < F.col(key)
+    latest_before = windows.over(("latest earlier second",), F.max(seconds),
+                                 windows.by_entity.rangeBetween(Window.unboundedPreceding, -1))
     gap = F.when(tied_before, F.lit(0).cast("long")).otherwise(seconds - latest_before)
     recent = F.coalesce(gap <= history.horizon(), F.lit(False))
-    return columns + [
+    return EntityColumns(windows.columns, columns + [
         F.when(recent, F.log1p(gap)).otherwise(-1.0).alias(aggregate_name(entity, "log_seconds_since_prev")),
         (~recent).cast("int").alias(aggregate_name(entity, "no_recent_event")),
-    ]
+    ])
 
 
-def _statistic(spec: FeaturesConfig, column: str, statistic: str, by_entity: WindowSpec, width: int,
+def _statistic(spec: FeaturesConfig, column: str, statistic: str, windows: _Windows, width: int,
                events: Column) -> Column:
     """One statistic of a column's feature value over the entity's events in [t - width, t - 1]
     (0 over none). Sums, means and standard deviations come from exact fixed-point sums
-    (`_sum_before`), so an incremental run equals a full one to the bit; min and max are
-    exact as they are, over a sliding frame, which Spark re-aggregates per row: their cost
-    grows with the events a window holds."""
+    (`_Windows.sum_before`), so an incremental run equals a full one to the bit; min and max
+    are exact as they are, over a sliding frame, which Spark re-aggregates per row: their
+    cost grows with the events a window holds."""
     value = numeric_feature(spec, column)
     if statistic == "count":
-        return _sum_before(F.col(column).isNotNull().cast("long"), by_entity, width).cast("int")
+        return windows.sum_before(("non-null", column), F.col(column).isNotNull().cast("long"), width).cast("int")
     if statistic in ("min", "max"):
-        frame = by_entity.rangeBetween(-width, -1)
-        return F.coalesce((F.min if statistic == "min" else F.max)(value).over(frame), F.lit(0.0))
+        frame = windows.by_entity.rangeBetween(-width, -1)
+        extreme = (F.min if statistic == "min" else F.max)(value)
+        return F.coalesce(windows.over((statistic, column, width), extreme, frame), F.lit(0.0))
     bits = fixed_point_bits(spec.bound(column))
     units = _fixed_point(value, bits)
-    total = _sum_before(units, by_entity, width)
+    total = windows.sum_before(("units", column), units, width)
     if statistic == "sum":
         return total / F.lit(float(2**bits))
     if statistic == "mean":
@@ -200,26 +254,9 @@ def _statistic(spec: FeaturesConfig, column: str, statistic: str, by_entity: Win
     # stddev = sqrt(n * sum(q^2) - sum(q)^2) / (n * 2^bits), the numerator in exact 38-digit
     # integers (q^2 takes up to 64 bits): a window of one event, or of equal values, gives 0.
     wide = "decimal(38,0)"
-    squares = _sum_before(units.cast(wide) * units.cast(wide), by_entity, width)
+    squares = windows.sum_before(("squares", column), units.cast(wide) * units.cast(wide), width)
     spread = events.cast(wide) * squares - total.cast(wide) * total.cast(wide)
     return F.when(events > 0, F.sqrt(spread.cast("double")) / events / F.lit(float(2**bits))).otherwise(0.0)
-
-
-def _sum_before(value: Column, by_entity: WindowSpec, width: int) -> Column:
-    """Exact sum of a long column over the entity's events in [t - width, t - 1].
-
-    The difference of two running sums (up to t - 1, up to t - width - 1), not a sliding
-    RANGE frame: Spark re-aggregates a sliding frame from scratch for every row, which is
-    quadratic in a heavy entity's events per window (benchmarks/README.md has the growth),
-    while a running sum adds each row once. Summing longs keeps the
-    difference exact whatever history the running sums start from, so an incremental run
-    still equals a full one.
-    """
-    def running(upper: int) -> Column:
-        frame = by_entity.rangeBetween(Window.unboundedPreceding, upper)
-        return F.coalesce(F.sum(value).over(frame), F.lit(0))
-
-    return running(-1) - running(-width - 1)
 
 
 def numeric_feature(spec: FeaturesConfig, column: str) -> Column:
@@ -343,8 +380,9 @@ def _recomputed(
     features = engineer(histories[first], spec, key, event_time, [first]).join(targets, key, "left_semi")
     label_type = dict(bronze.dtypes)[spec.label]
     for entity in others:
-        columns = histories[entity].select(key, *entity_aggregates(spec, entity, key, event_time, label_type))
-        features = features.join(columns.join(targets, key, "left_semi"), key)
+        windows, columns = entity_aggregates(spec, entity, key, event_time, label_type)
+        rows = histories[entity].select("*", *windows).select(key, *columns)
+        features = features.join(rows.join(targets, key, "left_semi"), key)
     order = engineer(bronze, spec, key, event_time).columns  # analysis only: no job
     return features.select(*order), list(histories.values())
 

@@ -96,8 +96,8 @@ def test_window_aggregates_equal_a_brute_force_scan_over_a_heavy_user(spark, tmp
             rows.append((f"{user}-{i}", user, ts, rng.choice((0, 1)), *values))
     events = spark.createDataFrame(rows, ["event_id", "user_id", "ts", spec.label, *aggregated])
     events = events.withColumn("event_time", F.timestamp_seconds("ts"))
-    columns = entity_aggregates(spec, "user_id", "event_id", "event_time", "bigint")
-    got = {r["event_id"]: r for r in events.select("event_id", *columns).collect()}
+    windows, columns = entity_aggregates(spec, "user_id", "event_id", "event_time", "bigint")
+    got = {r["event_id"]: r for r in events.select("*", *windows).select("event_id", *columns).collect()}
 
     def log(value):  # signed: sign(x) * log1p(|x|), bounded by ±clip
         return math.copysign(min(math.log1p(abs(value or 0.0)), spec.clip), value or 0.0)
@@ -139,6 +139,30 @@ def test_window_aggregates_equal_a_brute_force_scan_over_a_heavy_user(spark, tmp
             actual = got[row[0]]
             assert actual["user_id_log_seconds_since_prev"] == pytest.approx(math.log1p(gap) if recent else -1.0, abs=1e-12), row[0]
             assert actual["user_id_no_recent_event"] == int(not recent), row[0]
+
+
+def test_each_window_aggregate_is_evaluated_once_per_row(spark, tmp_path):
+    """Spark's Window operator evaluates every occurrence of a window expression, identical
+    ones included: a mean's event count, an events column's sum and a gap's running max are
+    each read by several features, and were summed once per reader (84 aggregates for 26
+    distinct in the click spec). The plan holds each once, in one Window operator (one sort)."""
+    cfg = clicks_config(tmp_path, EVERY_STATISTIC, "features.label_rate=true")
+    schema = ", ".join(f"{name} {kind}" for name, kind in cfg.source.schema.items())
+    features = engineer(spark.createDataFrame([], schema), cfg.features, cfg.source.key, cfg.source.event_time)
+    windows, node = [], features._jdf.queryExecution().optimizedPlan()
+    pending = [node]
+    while pending:
+        node = pending.pop()
+        if node.nodeName() == "Window":
+            expressions = node.windowExpressions()
+            windows.append([expressions.apply(i).child().canonicalized().toString()
+                            for i in range(expressions.size())])
+        pending += [node.children().apply(i) for i in range(node.children().size())]
+    [aggregates] = windows
+    # Per window: 2 running sums (to t - 1, shared by the windows, and to t - width - 1) of the
+    # events, labelled events, label, i1's non-nulls, i1 and i3 (units), i1 and i3 (squares);
+    # i1's min and max; and the gap's two.
+    assert len(aggregates) == len(set(aggregates)) == 8 + 3 * (8 + 2) + 2
 
 
 def test_incremental_runs_equal_one_full_run_and_rerun_writes_nothing(spark, tmp_path):
