@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     from sparkml_ext import lake
     from sparkml_ext.feature_spec import entity_columns, feature_columns
     from sparkml_ext.features import build_features, engineer
-    from sparkml_ext.session import WIDE_STAGE_CONF, get_spark, session_defaults
+    from sparkml_ext.session import WIDE_STAGE_CONF, get_spark, session_settings
 
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     features = engineer(bronze, spec, key, event_time)
     plans = {"engineer": plan_summary(features)}
     # --- ours, by parts, then whole; with the settings build_features computes under
-    with session_defaults(spark, WIDE_STAGE_CONF):
+    with session_settings(spark, WIDE_STAGE_CONF, override=False):
         if args.parts:
             clock.run("ours: scan only (bronze → noop)", n, lambda: noop(bronze))
             clock.run("ours: row transforms only → noop", n, lambda: noop(features.select(key, *row_cols)))
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
               group="python_udf")
     udf_s = clock.seconds(f"python UDF → parquet ({scope})")
     if every > 1:
-        with session_defaults(spark, WIDE_STAGE_CONF):
+        with session_settings(spark, WIDE_STAGE_CONF, override=False):
             clock.run("ours: engineer → parquet on the same sample", m,
                       lambda: engineer(sample, spec, key, event_time).write.parquet(str(out / "ours_sample.parquet")))
         udf_full = udf_s * n / m

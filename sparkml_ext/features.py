@@ -40,7 +40,7 @@ from sparkml_ext.feature_spec import (
     spec_fingerprint,
 )
 from sparkml_ext.feature_table import processed_version
-from sparkml_ext.session import WIDE_STAGE_CONF, session_defaults
+from sparkml_ext.session import WIDE_STAGE_CONF, session_settings
 
 
 class FeaturesError(RuntimeError):
@@ -102,7 +102,8 @@ def build_features(spark: SparkSession, cfg: PipelineConfig) -> FeaturesReport:
 
     meta = {"job": JOB, "bronze_version": version, "spec": fingerprint}
     try:
-        with session_defaults(spark, WIDE_STAGE_CONF):  # a row of many columns: see WIDE_STAGE_CONF
+        # A row of many columns (see WIDE_STAGE_CONF); a value the session has wins.
+        with session_settings(spark, WIDE_STAGE_CONF, override=False):
             report.feature_version = lake.merge_by_key(features, target, key, metadata=meta,
                                                        partition_by=lake.date_partitions(event_time))
     except ArithmeticException as err:

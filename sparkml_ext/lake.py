@@ -13,7 +13,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,6 +23,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 
+from sparkml_ext.session import session_settings
 from sparkml_ext.storage import filesystem
 
 log = logging.getLogger(__name__)
@@ -389,19 +390,12 @@ def _upsert(
         )
 
 
-@contextmanager
-def _commit_metadata(spark: SparkSession, metadata: dict, app_id: str | None = None):
+def _commit_metadata(spark: SparkSession, metadata: dict, app_id: str | None = None) -> AbstractContextManager[None]:
     """MERGE takes no writer options: its commit metadata and txn id come from the session."""
     confs = {"spark.databricks.delta.commitInfo.userMetadata": json.dumps(metadata, sort_keys=True)}
     if app_id:
         confs |= {"spark.databricks.delta.write.txnAppId": app_id, "spark.databricks.delta.write.txnVersion": "0"}
-    for name, value in confs.items():
-        spark.conf.set(name, value)
-    try:
-        yield
-    finally:
-        for name in confs:
-            spark.conf.unset(name)
+    return session_settings(spark, confs, override=True)
 
 
 def committed(spark: SparkSession, path: str, app_id: str) -> bool:

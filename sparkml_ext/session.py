@@ -54,7 +54,7 @@ DELTA_SQL_CONF = {
 # operator, in methods the JIT compiles (those columns took half the time; the whole job 9%
 # less, benchmarks/engine.py at 4M rows). Only for the features job: MLlib's
 # pipeline transforms ran 4x slower with it (figures: benchmarks/README.md), so
-# `session_defaults` scopes it to the features write.
+# `session_settings` scopes it to the features write.
 WIDE_STAGE_CONF = {"spark.sql.codegen.hugeMethodLimit": "8000"}
 
 # Java 17's G1 throws OutOfMemoryError after 2 retries while JNI code (lz4, snappy, zstd)
@@ -158,17 +158,25 @@ def get_spark(app_name: str = "sparkml_ext", conf: Mapping[str, str] | None = No
 
 
 @contextmanager
-def session_defaults(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
-    """Run the block with `settings` where the session has none of its own (a value the
-    submitter or the pipeline's ``spark:`` section set wins), and leave them unset after."""
-    added = [name for name in settings if spark.conf.get(name, None) is None]
-    for name in added:
-        spark.conf.set(name, settings[name])
+def session_settings(spark: SparkSession, settings: Mapping[str, str], *, override: bool) -> Iterator[None]:
+    """Run the block with `settings` in the session's conf, and put back what it held before.
+
+    override=False for tuning: a value the session already has (the submitter's, the
+    pipeline's ``spark:`` section) wins. override=True for what one write must carry (a
+    MERGE takes its commit metadata and txn id from the session, not from writer options).
+    """
+    before = {name: spark.conf.get(name, None) for name in settings}
+    chosen = {name: value for name, value in settings.items() if override or before[name] is None}
+    for name, value in chosen.items():
+        spark.conf.set(name, value)
     try:
         yield
     finally:
-        for name in added:
-            spark.conf.unset(name)
+        for name in chosen:
+            if before[name] is None:
+                spark.conf.unset(name)
+            else:
+                spark.conf.set(name, before[name])
 
 
 def _start_jvm(app_name: str, settings: Mapping[str, str], output: Path) -> None:

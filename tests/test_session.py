@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from sparkml_ext.session import DELTA_EXCLUDES, DELTA_PACKAGE, GC_LOCKER_RETRIES
+from sparkml_ext.session import DELTA_EXCLUDES, DELTA_PACKAGE, GC_LOCKER_RETRIES, session_settings
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "spark"
 
@@ -34,3 +34,16 @@ def test_spark_profiles_ask_for_the_same_delta_jars_and_gc_retries_as_the_embedd
     task_jvms = ["spark.driver"] + (["spark.executor"] if name == "cluster.conf" else [])
     for jvm in task_jvms:
         assert GC_LOCKER_RETRIES in settings[f"{jvm}.extraJavaOptions"]
+
+
+def test_scoped_settings_yield_to_the_session_or_override_it_and_put_back_what_it_held(spark):
+    """Tuning yields to a value the session has; a write's own settings replace it for the
+    block. Either way the session holds afterwards what it held before, even after an error."""
+    held, unset = "spark.sql.shuffle.partitions", "spark.databricks.delta.commitInfo.userMetadata"
+    before = spark.conf.get(held)
+    with session_settings(spark, {held: "3", unset: "x"}, override=False):
+        assert (spark.conf.get(held), spark.conf.get(unset)) == (before, "x")
+    with pytest.raises(RuntimeError), session_settings(spark, {held: "3", unset: "y"}, override=True):
+        assert (spark.conf.get(held), spark.conf.get(unset)) == ("3", "y")
+        raise RuntimeError("the block failed")
+    assert (spark.conf.get(held), spark.conf.get(unset, None)) == (before, None)
