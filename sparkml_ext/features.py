@@ -159,7 +159,8 @@ class _Windows:
     """
 
     def __init__(self, entity: str, by_entity: WindowSpec) -> None:
-        self.prefix = f"_window_{zlib.crc32(entity.encode()):08x}_"  # a column name whatever the entity's
+        # A plain column name whatever characters the entity's name holds.
+        self.prefix = f"_window_{zlib.crc32(entity.encode()):08x}_"
         self.by_entity = by_entity
         self.named: dict[tuple, Column] = {}
         self.columns: list[Column] = []

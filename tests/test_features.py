@@ -159,9 +159,9 @@ def test_each_window_aggregate_is_evaluated_once_per_row(spark, tmp_path):
                             for i in range(expressions.size())])
         pending += [node.children().apply(i) for i in range(node.children().size())]
     [aggregates] = windows
-    # Per window: 2 running sums (to t - 1, shared by the windows, and to t - width - 1) of the
-    # events, labelled events, label, i1's non-nulls, i1 and i3 (units), i1 and i3 (squares);
-    # i1's min and max; and the gap's two.
+    # 8 running sums to t - 1 (events, labelled events, label, i1's non-nulls, i1, i3, i1², i3²)
+    # shared by the 3 windows; per window the same 8 to t - width - 1, and i1's min and max;
+    # the gap's 2 (the first key of the second, the latest earlier second).
     assert len(aggregates) == len(set(aggregates)) == 8 + 3 * (8 + 2) + 2
 
 
