@@ -306,7 +306,10 @@ def test_the_log_store_lets_one_of_two_racing_commits_win_and_tells_the_other(s3
     with fs.open_input_stream(path) as src:
         assert set(src.read().decode().splitlines()) == {json.dumps({"writer": winner})}  # whole, one writer's
     puts = [line for line in s3_log.read_text().splitlines() if f"PUT /{BUCKET}/{key}" in line]
-    assert sorted(line.split('" ')[-1].split()[0] for line in puts) == ["200", "412"]
+    statuses = sorted(line.split('" ')[-1].split()[0] for line in puts)
+    # S3 refused the second upload itself. A server error (moto's server once failed one of
+    # two simultaneous PUTs with a 500 that stored nothing) is one S3A retries, as on AWS.
+    assert [s for s in statuses if not s.startswith("5")] == ["200", "412"], statuses
 
 
 @pytest.mark.slow
