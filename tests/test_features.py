@@ -16,7 +16,7 @@ from sparkml_ext.config import ConfigError
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.features import FeaturesError, build_features, engineer, entity_aggregates
 from sparkml_ext.ingest import ingest_batch
-from sparkml_ext.session import WIDE_STAGE_CONF
+from sparkml_ext.session import WIDE_STAGE_CONF, session_settings
 
 DAY1 = [
     line("u1-a", "1", "2026-01-01 10:00:00", label="1", numeric="3"),
@@ -254,15 +254,12 @@ def test_a_stage_too_long_for_the_jit_runs_operator_by_operator_in_the_features_
     cfg = clicks_config(tmp_path)
     _ingest(spark, cfg, tmp_path, "b1", DAY1)
     bronze = spark.read.format("delta").load(cfg.table_path("bronze"))
-    suite_mode = spark.conf.get("spark.sql.codegen.factoryMode")  # NO_CODEGEN: no whole-stage methods
-    spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK")  # Spark's default
-    try:
+    # Spark's default; the suite's is NO_CODEGEN (no whole-stage methods)
+    with session_settings(spark, {"spark.sql.codegen.factoryMode": "FALLBACK"}, override=True):
         features = engineer(bronze, cfg.features, cfg.source.key, cfg.source.event_time)
         features.collect()  # adaptive execution plans its stages as it runs them
         plan = features._jdf.queryExecution().executedPlan()
         stages = spark._jvm.org.apache.spark.sql.execution.debug.package.codegenStringSeq(plan)
-    finally:
-        spark.conf.set("spark.sql.codegen.factoryMode", suite_mode)
     longest = max(stages.apply(i)._3().maxMethodCodeSize() for i in range(stages.size()))
     assert longest > 8000, f"the longest generated method is {longest} bytes: the limit may no longer be needed"
 
@@ -276,13 +273,10 @@ def test_a_stage_too_long_for_the_jit_runs_operator_by_operator_in_the_features_
     monkeypatch.setattr(lake, "merge_by_key", merge_noting_the_limit)
     build_features(spark, cfg)
     assert spark.conf.get(name, None) is None  # the session's default again
-    spark.conf.set(name, "12000")  # a user's own value
-    try:
+    with session_settings(spark, {name: "12000"}, override=True):  # a user's own value
         _ingest(spark, cfg, tmp_path, "b2", DAY1_LATER)
         build_features(spark, cfg)
         assert spark.conf.get(name) == "12000"
-    finally:
-        spark.conf.unset(name)
     assert limits_seen == [limit, "12000"]
 
 
