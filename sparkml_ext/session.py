@@ -52,9 +52,10 @@ DELTA_SQL_CONF = {
 # computes every row column of a wide table at once (a hundred columns made 14,156 bytes),
 # ran in the bytecode interpreter. At this limit Spark runs such a stage operator by
 # operator, in methods the JIT compiles (those columns took half the time; the whole job 9%
-# less, benchmarks/engine.py at 4M rows). Only for the features job: MLlib's
-# pipeline transforms ran 4x slower with it (figures: benchmarks/README.md), so
-# `session_settings` scopes it to the features write.
+# less, benchmarks/engine.py at 4M rows; the generator's rows 30% less at 1M). Only for the
+# jobs that compute such rows, the features write and the generator: MLlib's pipeline
+# transforms ran 4x slower with it (figures: benchmarks/README.md), so `session_settings`
+# scopes it to them.
 WIDE_STAGE_CONF = {"spark.sql.codegen.hugeMethodLimit": "8000"}
 
 # Java 17's G1 throws OutOfMemoryError after 2 retries while JNI code (lz4, snappy, zstd)
