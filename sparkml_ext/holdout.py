@@ -214,8 +214,13 @@ def evaluate(scored: DataFrame, task: str, label: str) -> dict:
     `scored` holds `prediction` and `score` (the positive class's probability for
     classification); a multiclass model's `probability` vector; clustering reads the
     `features` vector too (silhouette).
+
+    Only the columns the metrics read are cached: caching a model's whole output makes
+    Spark compute every column it carries (an MLlib pipeline's frequency lookups over the
+    whole feature table took 10 s more on 15k test rows than its `prediction` alone).
     """
-    scored = scored.cache()
+    reads = {CLUSTERING: ["features"], MULTICLASS: ["probability"], CLASSIFICATION: ["score"]}
+    scored = scored.select(*([] if task == CLUSTERING else [label]), "prediction", *reads.get(task, [])).cache()
     try:
         if task == CLUSTERING:
             return {"silhouette": ClusteringEvaluator().evaluate(scored)}
