@@ -60,6 +60,10 @@ def test_gbt_is_stored_reloads_and_scores_idempotently(spark, lakehouse):
     again = evaluate_model(reloaded, pinned.where(split.of() == "test"), CLASSIFICATION, "label")
     assert again["log_loss"] == pytest.approx(metrics["log_loss"], abs=1e-12)
     assert again["auc_roc"] == pytest.approx(metrics["auc_roc"], abs=1e-12)
+    # Only what the metrics read is computed: a column that fails when computed goes untouched.
+    tripwire = F.raise_error(F.lit("evaluate computed a column no metric reads"))
+    unread = pinned.where(split.of() == "test").withColumn("unread", tripwire)
+    assert evaluate_model(reloaded, unread, CLASSIFICATION, "label")["auc_roc"] == pytest.approx(again["auc_roc"], abs=1e-12)
 
     first = score(spark, cfg, "gbt/v1")
     predictions = spark.read.format("delta").load(cfg.table_path("predictions"))
