@@ -62,8 +62,8 @@ SECONDS_PER_DAY = 86_400
 # The events are cached for the three outputs, and Spark plans a cached query without
 # adaptive execution unless told it may change the cache's partitioning (nothing here
 # relies on it): the window's 64 shuffle partitions then stay 64 tasks whatever the rows.
-# With it, 100k rows took 6.2-6.7 s instead of 10.6-14.5 s, 1M rows 28-33 s instead of
-# 38-42 s. The rows are wide (see WIDE_STAGE_CONF).
+# With it, 100k rows took 6.2-7.9 s instead of 10.6-14.8 s, 1M rows 28-33 s instead of
+# 38-42 s (benchmarks/README.md). The rows are wide (see WIDE_STAGE_CONF).
 GENERATOR_CONF = {**WIDE_STAGE_CONF, "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true"}
 
 
