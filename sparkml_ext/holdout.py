@@ -219,8 +219,9 @@ def evaluate(scored: DataFrame, task: str, label: str) -> dict:
     Spark compute every column it carries (an MLlib pipeline's frequency lookups over the
     whole feature table took 10 s more on 15k test rows than its `prediction` alone).
     """
-    reads = {CLUSTERING: ["features"], MULTICLASS: ["probability"], CLASSIFICATION: ["score"]}
-    scored = scored.select(*([] if task == CLUSTERING else [label]), "prediction", *reads.get(task, [])).cache()
+    reads = {CLUSTERING: ["features", "prediction"], MULTICLASS: [label, "prediction", "probability"],
+             CLASSIFICATION: [label, "prediction", "score"]}.get(task, [label, "prediction"])
+    scored = scored.select(*reads).cache()
     try:
         if task == CLUSTERING:
             return {"silhouette": ClusteringEvaluator().evaluate(scored)}
