@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from sparkml_ext import lake
 from sparkml_ext.config import GenerateConfig
 from sparkml_ext.holdout import PLANTED
-from sparkml_ext.session import WIDE_STAGE_CONF, session_settings
+from sparkml_ext.session import WIDE_STAGE_CONF, cached, session_settings
 
 EXTENSIONS = {"csv": "tsv", "json": "json", "parquet": "parquet"}
 DEFECTS = {
@@ -85,21 +85,18 @@ def generate_clicks(
     started = time.perf_counter()
     # A value the session has wins. A cached plan keeps the conf of its persist(), so the
     # settings cover that too.
-    with session_settings(spark, GENERATOR_CONF, override=False):
-        events = _with_defects(_events(spark, spec), spec).persist()
-        try:
-            lake.replace_table(events.select("event_id", F.col("p_click").alias(PLANTED), "label", "batch", "defect"),
-                               truth_path,
-                               dataclasses.asdict(spec))
-            batch_dirs = _land(spark, events, spec, landing_dir)
-            per_batch = {
-                r["batch"]: r for r in events.groupBy("batch")
-                .agg(F.count("*").alias("rows"), F.count("defect").alias("malformed"),
-                     F.sum("p_click").alias("p_sum"))
-                .collect()  # driver-ok: one row per batch
-            }
-        finally:
-            events.unpersist()
+    with (session_settings(spark, GENERATOR_CONF, override=False),
+          cached(_with_defects(_events(spark, spec), spec)) as events):
+        lake.replace_table(events.select("event_id", F.col("p_click").alias(PLANTED), "label", "batch", "defect"),
+                           truth_path,
+                           dataclasses.asdict(spec))
+        batch_dirs = _land(spark, events, spec, landing_dir)
+        per_batch = {
+            r["batch"]: r for r in events.groupBy("batch")
+            .agg(F.count("*").alias("rows"), F.count("defect").alias("malformed"),
+                 F.sum("p_click").alias("p_sum"))
+            .collect()  # driver-ok: one row per batch
+        }
     malformed = sum(r["malformed"] for r in per_batch.values())
     seconds = round(time.perf_counter() - started, 3)
     return {

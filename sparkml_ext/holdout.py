@@ -27,6 +27,7 @@ from pyspark.sql.types import NumericType
 
 from sparkml_ext import lake
 from sparkml_ext.config import HoldoutConfig, PipelineConfig, parse_duration
+from sparkml_ext.session import cached
 
 SPLITS = ("train", "validation", "test")
 EXCLUDED = "excluded"  # a time split's gap, and rows without an event time
@@ -221,18 +222,15 @@ def evaluate(scored: DataFrame, task: str, label: str) -> dict:
     """
     reads = {CLUSTERING: ["features", "prediction"], MULTICLASS: [label, "prediction", "probability"],
              CLASSIFICATION: [label, "prediction", "score"]}.get(task, [label, "prediction"])
-    scored = scored.select(*reads).cache()
-    try:
+    with cached(scored.select(*reads)) as metric_rows:
         if task == CLUSTERING:
-            return {"silhouette": ClusteringEvaluator().evaluate(scored)}
+            return {"silhouette": ClusteringEvaluator().evaluate(metric_rows)}
         if task == REGRESSION:
-            return {m: RegressionEvaluator(labelCol=label, metricName=m).evaluate(scored)
+            return {m: RegressionEvaluator(labelCol=label, metricName=m).evaluate(metric_rows)
                     for m in ("rmse", "mae", "r2")}
         if task == MULTICLASS:
-            return multiclass_metrics(scored, label)
-        return binary_metrics(scored, label, "score")
-    finally:
-        scored.unpersist()
+            return multiclass_metrics(metric_rows, label)
+        return binary_metrics(metric_rows, label, "score")
 
 
 def multiclass_metrics(scored: DataFrame, label: str) -> dict:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 # Maven Central serves the Delta 4.4 jars for Spark 4.2 as 4.4.0; the Python package
 # delta-spark 4.4.1 is a thin wrapper over the same JVM API (its 4.4.1 jar was never
@@ -178,6 +178,17 @@ def session_settings(spark: SparkSession, settings: Mapping[str, str], *, overri
                 spark.conf.unset(name)
             else:
                 spark.conf.set(name, before[name])
+
+
+@contextmanager
+def cached(frame: DataFrame) -> Iterator[DataFrame]:
+    """`frame` persisted for a block that reads it several times, and released when the block
+    ends, also when it fails: a cached frame holds executor memory until it is unpersisted."""
+    frame = frame.persist()
+    try:
+        yield frame
+    finally:
+        frame.unpersist()
 
 
 def _start_jvm(app_name: str, settings: Mapping[str, str], output: Path) -> None:
