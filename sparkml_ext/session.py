@@ -10,6 +10,9 @@ Three ways to run, one function:
 
 Where the embedded JVM's own output goes (Ivy's report, log4j, Spark's log lines) is the
 caller's choice (`jvm_output`); `sparkml_ext.console` decides it for the CLI.
+
+What a job lends the session for one block is scoped here too: settings
+(`session_settings`) and cached frames (`cached`), both given back when the block ends.
 """
 
 from __future__ import annotations
