@@ -88,9 +88,20 @@ def test_gbt_is_stored_reloads_and_scores_idempotently(spark, lakehouse):
         ("kmeans", ["train_mllib.params={k: 3, seed: 1}", "train_mllib.grid={}"], "silhouette"),
     ],
 )
-def test_each_model_type_trains(spark, lakehouse, model, overrides, metric):
-    """(The logistic regression trains in the README example's test below.)"""
-    card = train_mllib(spark, clicks_config(lakehouse, f"train_mllib.model={model}", *overrides))
+def test_each_model_type_trains(spark, lakehouse, model, overrides, metric, monkeypatch):
+    """(The logistic regression trains in the README example's test below.) Only what a
+    model reads is computed: a feature-table column that fails when computed goes untouched
+    (a cache of whole rows would compute it)."""
+    cfg = clicks_config(lakehouse, f"train_mllib.model={model}", *overrides)
+    read_version = lake.read_version
+
+    def with_tripwire(spark, path, version=None):
+        table, pinned = read_version(spark, path, version)
+        tripwire = F.raise_error(F.lit("train-mllib computed a column no model reads"))
+        return (table.withColumn("unread", tripwire) if path == cfg.table_path("features") else table), pinned
+
+    monkeypatch.setattr(lake, "read_version", with_tripwire)
+    card = train_mllib(spark, cfg)
     assert card["model_version"].startswith(f"{model}/v")
     assert metric in card["metrics"]
     assert card["holdout"]["by"] == ("hash" if "holdout.by=hash" in overrides else "time")
