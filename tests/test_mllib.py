@@ -12,6 +12,7 @@ import mlflow
 import pytest
 from clickdata import CLICKS, as_events, clicks_config
 from pyspark.ml import PipelineModel
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from shipping import run_cli
 
@@ -34,6 +35,11 @@ FAST = ["train_mllib.params={maxIter: 5, seed: 7}", "train_mllib.grid={maxDepth:
 @pytest.fixture(scope="module")
 def lakehouse(fresh_lake):
     return fresh_lake("chain")
+
+
+def with_unread_column(frame: DataFrame, reader: str) -> DataFrame:
+    """`frame` with a column that fails the job when computed: `reader` must not compute it."""
+    return frame.withColumn("unread", F.raise_error(F.lit(f"{reader} computed a column it does not read")))
 
 
 def test_gbt_is_stored_reloads_and_scores_idempotently(spark, lakehouse):
@@ -61,8 +67,7 @@ def test_gbt_is_stored_reloads_and_scores_idempotently(spark, lakehouse):
     assert again["log_loss"] == pytest.approx(metrics["log_loss"], abs=1e-12)
     assert again["auc_roc"] == pytest.approx(metrics["auc_roc"], abs=1e-12)
     # Only what the metrics read is computed: a column that fails when computed goes untouched.
-    tripwire = F.raise_error(F.lit("evaluate computed a column no metric reads"))
-    unread = pinned.where(split.of() == "test").withColumn("unread", tripwire)
+    unread = with_unread_column(pinned.where(split.of() == "test"), "evaluate")
     assert evaluate_model(reloaded, unread, CLASSIFICATION, "label")["auc_roc"] == pytest.approx(again["auc_roc"], abs=1e-12)
 
     first = score(spark, cfg, "gbt/v1")
@@ -97,8 +102,7 @@ def test_each_model_type_trains(spark, lakehouse, model, overrides, metric, monk
 
     def with_tripwire(spark, path, version=None):
         table, pinned = read_version(spark, path, version)
-        tripwire = F.raise_error(F.lit("train-mllib computed a column no model reads"))
-        return (table.withColumn("unread", tripwire) if path == cfg.table_path("features") else table), pinned
+        return (with_unread_column(table, "train-mllib") if path == cfg.table_path("features") else table), pinned
 
     monkeypatch.setattr(lake, "read_version", with_tripwire)
     card = train_mllib(spark, cfg)
