@@ -33,6 +33,7 @@ from typing import Any
 from sparkml_ext import modelstore, storage
 from sparkml_ext.config import ConfigError, PipelineConfig
 from sparkml_ext.feature_spec import spec_fingerprint
+from sparkml_ext.stage_columns import pipeline_inputs
 
 log = logging.getLogger(__name__)
 MODEL_PATH = "model"  # the logged model's name inside its run
@@ -195,24 +196,6 @@ class Untracked:
 
     def published(self, card: dict) -> None:
         pass
-
-
-def pipeline_inputs(model: Any) -> list[str]:
-    """Columns a PipelineModel reads from its input (those no earlier stage produces)."""
-    produced: set[str] = set()
-    needed: list[str] = []
-    for stage in model.stages:
-        for param in ("inputCol", "inputCols", "featuresCol"):
-            if stage.hasParam(param) and stage.isDefined(stage.getParam(param)):
-                value = stage.getOrDefault(stage.getParam(param))
-                needed += [c for c in ([value] if isinstance(value, str) else value)
-                           if c not in produced and c not in needed]
-        for param in ("outputCol", "outputCols", "predictionCol", "probabilityCol",
-                      "rawPredictionCol"):
-            if stage.hasParam(param) and stage.isDefined(stage.getParam(param)):
-                value = stage.getOrDefault(stage.getParam(param))
-                produced.update([value] if isinstance(value, str) else value)
-    return needed
 
 
 class TorchPyfuncModel:

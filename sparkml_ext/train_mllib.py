@@ -57,6 +57,7 @@ from sparkml_ext.holdout import (
     resolve_split,
 )
 from sparkml_ext.session import cached
+from sparkml_ext.stage_columns import fit_columns
 
 
 def _xgboost(name: str) -> Estimator:
@@ -291,7 +292,8 @@ def _search(
     *stages, estimator = pipeline.getStages()
     prepared = Pipeline(stages=stages).fit(data.where(F.col("_split") == "train"))
     encoded = prepared.transform(data)
-    with cached(encoded.select(*_read_columns(estimator, encoded.columns), "_split")) as inputs:
+    read = fit_columns(estimator)
+    with cached(encoded.select(*[c for c in encoded.columns if c in read], "_split")) as inputs:
         train = inputs.where(F.col("_split") == "train")
         validation = inputs.where(F.col("_split") == "validation")
 
@@ -305,16 +307,6 @@ def _search(
     best = (max if evaluator.isLargerBetter() else min)(range(len(results)), key=scores.__getitem__)
     model = PipelineModel(stages=[*prepared.stages, results[best][1]])
     return model, {"kind": "train_validation_split", "scores": scores, "grid": _grid_text(grid), "best": best}
-
-
-def _read_columns(estimator: Estimator, columns: list[str]) -> list[str]:
-    """Those of `columns` that the estimator's column params name (features, label, weight, ...)."""
-    named: set[str] = set()
-    for param in estimator.params:
-        if param.name.lower().endswith(("col", "cols")) and estimator.isDefined(param):
-            value = estimator.getOrDefault(param)
-            named.update([value] if isinstance(value, str) else value or [])
-    return [c for c in columns if c in named]
 
 
 def _grid_text(grid: list[dict]) -> list[dict]:

@@ -25,7 +25,7 @@ from sparkml_ext.online.publish import publish_online
 from sparkml_ext.online.scorer import Scorer
 from sparkml_ext.online.store import SQLiteStore
 from sparkml_ext.score import score
-from sparkml_ext.tracking import pipeline_inputs
+from sparkml_ext.stage_columns import pipeline_inputs
 from sparkml_ext.train_mllib import evaluate_model, train_mllib
 
 pytestmark = pytest.mark.slow

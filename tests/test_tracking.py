@@ -24,7 +24,8 @@ from sparkml_ext.bridge.predict import torch_predictions
 from sparkml_ext.config import ConfigError
 from sparkml_ext.feature_spec import feature_columns
 from sparkml_ext.holdout import card_split
-from sparkml_ext.tracking import Tracker, pipeline_inputs
+from sparkml_ext.stage_columns import pipeline_inputs
+from sparkml_ext.tracking import Tracker
 from sparkml_ext.train_mllib import train_mllib
 from sparkml_ext.train_torch import train_torch
 
