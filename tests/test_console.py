@@ -67,7 +67,8 @@ def test_verbose_shows_the_jvm_output_and_keeps_no_log(tmp_path):
     assert code == EXIT_INPUT, output  # no bronze table yet
     assert ":: resolving dependencies" in output and "log4j" in output
     assert "features refused: no bronze table" in output
-    assert not re.search(r"^spark: .*log: ", output, re.MULTILINE) and not (tmp_path / "state").exists()
+    # no log named: neither the session's `spark: ... log: <file>` line nor a failure's `full log:`
+    assert not re.search(r"^spark: .*log: |full log: ", output, re.MULTILINE) and not (tmp_path / "state").exists()
 
 
 def test_the_progress_line_makes_way_for_the_jobs_own_lines(monkeypatch):
