@@ -111,6 +111,9 @@ def create_once(uri: str, data: bytes) -> bool:
     put with `If-None-Match: *` (S3 refuses it when the key exists). Two writers racing for
     one name: exactly one wins, and a reader never sees a partial file. Another store is
     checked first and then written: exclusive only for one writer at a time.
+
+    A put refused by an object with the same bytes counts as written: on S3 that is this
+    put's own, stored before its reply was lost. So `data` must be unique to the writer.
     """
     if uri.startswith(S3_SCHEMES):
         return _put_if_absent(uri, data)
@@ -157,10 +160,18 @@ def _put_if_absent(uri: str, data: bytes) -> bool:
     except ImportError as err:
         raise RuntimeError(f"writing {uri} once needs boto3 ({err}): pip install 'sparkml-ext[s3]'") from None
     bucket, _, key = uri.split("://", 1)[1].partition("/")
+    client = boto3.client("s3")
     try:
-        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
         return True
     except ClientError as err:
-        if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-            return False  # there already, or another writer's put of the same key is in flight
+        if err.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise
+    # Refused: the key is taken (or another put of it is in flight). Taken by this very put,
+    # if S3 stored it and the reply was lost, so that botocore's retry found it there.
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") == "NoSuchKey":
+            return False  # the put in flight is another writer's: it is not stored yet
         raise

@@ -226,10 +226,8 @@ class CuttableLink:
             live, self._open = self._open, []
         if listener is not None:
             listener.close()
-        for conn in live:  # a reset (linger 0), not a polite close: the client sees the connection die
-            with contextlib.suppress(OSError):
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()
+        for conn in live:  # the client sees the connection die
+            _reset(conn)
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -244,14 +242,65 @@ class CuttableLink:
                 continue
             with self._lock:
                 self._open += [client, server]
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            self._relay(client, server)
+
+    def _relay(self, client: socket.socket, server: socket.socket) -> None:
+        for source, sink in ((client, server), (server, client)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
                 sink.sendall(data)
-        for end in (source, sink):
-            with contextlib.suppress(OSError):
-                end.close()
+        _close(source, sink)
+
+
+def _close(*ends: socket.socket) -> None:
+    for end in ends:
+        with contextlib.suppress(OSError):
+            end.close()
+
+
+def _reset(end: socket.socket) -> None:
+    """End the connection now, and with a reset (linger 0) once closed, not a polite close.
+    The shutdown wakes the pump blocked reading it: a socket closed under a blocked reader
+    stays open in the kernel, and its peer would wait for a timeout."""
+    with contextlib.suppress(OSError):
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        end.shutdown(socket.SHUT_RDWR)
+    _close(end)
+
+
+class LostReplyLink(CuttableLink):
+    """A relay that loses one reply: the first `PUT /<path>` reaches the server and is acted
+    on, and the client's connection is reset instead of hearing the answer (an interim
+    `100 Continue` still passes), as when a network drops a reply that S3 has already
+    acted on. The client's retry then meets its own object. `lost` is set once it happened."""
+
+    def __init__(self, upstream_port: int, path: str) -> None:
+        self.request, self.lost = f"PUT /{path} ".encode(), threading.Event()
+        super().__init__(upstream_port)
+
+    def _relay(self, client: socket.socket, server: socket.socket) -> None:
+        aimed = threading.Event()  # this connection carries the request whose reply goes
+        threading.Thread(target=self._requests, args=(client, server, aimed), daemon=True).start()
+        threading.Thread(target=self._replies, args=(server, client, aimed), daemon=True).start()
+
+    def _requests(self, client: socket.socket, server: socket.socket, aimed: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if data.startswith(self.request) and not self.lost.is_set():
+                    aimed.set()  # before the server can have seen the request
+                server.sendall(data)
+        _close(client, server)
+
+    def _replies(self, server: socket.socket, client: socket.socket, aimed: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                if aimed.is_set() and not data.startswith(b"HTTP/1.1 100 "):
+                    self.lost.set()
+                    _reset(client)
+                    break
+                client.sendall(data)
+        _close(server, client)

@@ -2,10 +2,13 @@
 session is the package's for an S3 location, whatever else the test process runs):
 
     python tests/s3_writers.py append <table URI> <writer name> <commits>
+    python tests/s3_writers.py plain <table URI> <commits>
     python tests/s3_writers.py race <commit file URI>
 
 `append`: `commits` one-row commits through `lake.append_once`, each with its own
-transaction id, as ingest appends a batch. `race`: two threads write one commit file through
+transaction id, as ingest appends a batch. `plain`: `commits` one-row appends with Spark's
+own writer and no transaction id, as a user's job writes, then the rows the table holds, as
+JSON. `race`: two threads write one commit file through
 the log store the session configures (300,000 lines each, so both are past the "is it
 there?" check before either upload completes) and print each one's outcome as JSON.
 """
@@ -38,6 +41,14 @@ def append(table: str, writer: str, commits: int) -> None:
     spark.stop()
 
 
+def plain(table: str, commits: int) -> None:
+    spark = session("plain-appender", table)
+    for i in range(commits):
+        spark.createDataFrame([(i,)], "i int").write.format("delta").mode("append").save(table)
+    print(json.dumps(sorted(row.i for row in spark.read.format("delta").load(table).collect())))
+    spark.stop()
+
+
 def race(commit_file: str) -> None:
     from py4j.protocol import Py4JJavaError
 
@@ -61,5 +72,7 @@ def race(commit_file: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "append":
         append(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "plain":
+        plain(sys.argv[2], int(sys.argv[3]))
     else:
         race(sys.argv[2])

@@ -305,11 +305,54 @@ def test_the_log_store_lets_one_of_two_racing_commits_win_and_tells_the_other(s3
     fs, path = filesystem(f"s3a://{BUCKET}/{key}")
     with fs.open_input_stream(path) as src:
         assert set(src.read().decode().splitlines()) == {json.dumps({"writer": winner})}  # whole, one writer's
-    puts = [line for line in s3_log.read_text().splitlines() if f"PUT /{BUCKET}/{key}" in line]
+    # S3 refused the second upload itself
+    assert _put_statuses(s3_log, key) == ["200", "412"]
+
+
+def test_a_commit_whose_reply_is_lost_is_taken_as_its_own_not_committed_again(s3, s3_log):
+    """S3 stores a commit file and the reply is lost (a relay resets the connection instead of
+    passing it on); S3A's retry is refused (412) by that very object. The log store reads it
+    back, finds its own bytes and reports the commit made. Taken for a rival's commit, Delta
+    would commit the same files again at the next version: one write twice in the history,
+    read twice by a stream or the change feed."""
+    from faultkit import LostReplyLink
+
+    table = "lost-reply/events"
+    key = f"{table}/_delta_log/{1:020d}.json"  # the second append's commit
+    link = LostReplyLink(int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]), f"{BUCKET}/{key}")
+    env = {**os.environ, **QUICK_JVMS, **s3, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{link.port}",
+           "PYSPARK_PYTHON": sys.executable}
+    written = subprocess.run([sys.executable, str(REPO / "tests" / "s3_writers.py"), "plain",
+                              f"s3a://{BUCKET}/{table}", "3"], env=env, capture_output=True, text=True,
+                             timeout=600, check=False)
+    assert written.returncode == 0, written.stdout[-3000:] + written.stderr[-3000:]
+    assert link.lost.is_set() and _put_statuses(s3_log, key) == ["200", "412"]  # stored, then refused
+    assert json.loads(written.stdout.strip().splitlines()[-1]) == [0, 1, 2]
+    assert [k.rpartition("/")[2] for k in _commits(s3, table)] == [f"{v:020d}.json" for v in range(3)]
+
+
+def test_a_pointer_whose_reply_is_lost_publishes_one_version(s3, s3_log, monkeypatch):
+    """The same lost reply for a model version's pointer, written by boto3 (`create_once`):
+    the publisher takes the object for its own, and the run is one version, not two."""
+    from faultkit import LostReplyLink
+
+    root = f"s3a://{BUCKET}/lost-reply/models"
+    key = "lost-reply/models/gbt/v1.json"
+    link = LostReplyLink(int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]), f"{BUCKET}/{key}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{link.port}")
+    published = modelstore.publish(root, "gbt", _stage(root, "its reply lost"))
+    assert link.lost.is_set() and _put_statuses(s3_log, key) == ["200", "412"]
+    assert published.version == 1 and [v.name for v in modelstore.versions(root, "gbt")] == ["gbt/v1"]
+    assert not create_once(f"{root}/gbt/v1.json", b"another writer's pointer")
+
+
+def _put_statuses(s3_log: Path, key: str) -> list[str]:
+    """The HTTP statuses of the server's PUTs of `key`, sorted, less server errors: moto's
+    server once failed one of two simultaneous PUTs with a 500 that stored nothing, and the
+    client retries those, as on AWS."""
+    puts = [line for line in s3_log.read_text().splitlines() if f"PUT /{BUCKET}/{key} " in line]
     statuses = sorted(line.split('" ')[-1].split()[0] for line in puts)
-    # S3 refused the second upload itself. A server error (moto's server once failed one of
-    # two simultaneous PUTs with a 500 that stored nothing) is one S3A retries, as on AWS.
-    assert [s for s in statuses if not s.startswith("5")] == ["200", "412"], statuses
+    return [s for s in statuses if not s.startswith("5")]
 
 
 @pytest.mark.slow

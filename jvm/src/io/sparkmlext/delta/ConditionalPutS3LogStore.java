@@ -1,8 +1,11 @@
 package io.sparkmlext.delta;
 
+import java.io.ByteArrayOutputStream;
 import java.io.IOException;
+import java.io.InputStream;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.FileAlreadyExistsException;
+import java.util.Arrays;
 import java.util.Iterator;
 
 import io.delta.storage.HadoopFileSystemLogStore;
@@ -28,6 +31,12 @@ import org.apache.hadoop.fs.s3a.RemoteFileChangedException;
  * <p>The option is mandatory ({@code must}), so a store or connector that cannot write
  * conditionally fails the commit instead of overwriting another writer's. An object is
  * visible only once its upload completes, so a partial commit file is never read.
+ *
+ * <p>A 412 can also answer this writer's own upload: S3 stored it, the reply was lost, and
+ * the connector's retry found the key taken. Delta would then take its own commit for a
+ * rival's and commit the same actions again at the next version. So a refused writer reads
+ * the object back, and a byte-equal object is its own commit (Delta's commitInfo carries a
+ * fresh txnId, so another writer's commit never has the same bytes).
  */
 public class ConditionalPutS3LogStore extends HadoopFileSystemLogStore {
 
@@ -50,17 +59,40 @@ public class ConditionalPutS3LogStore extends HadoopFileSystemLogStore {
         if (!overwrite) {
             create.must(CONDITIONAL_CREATE, true);
         }
+        byte[] commit = joined(actions);
         try (FSDataOutputStream out = create.build()) {
-            while (actions.hasNext()) {
-                out.write((actions.next() + "\n").getBytes(StandardCharsets.UTF_8));
-            }
-        } catch (RemoteFileChangedException lost) {  // S3A's name for a 412 on the final PUT
+            out.write(commit);
+        } catch (RemoteFileChangedException refused) {  // S3A's name for a 412 on the final PUT
             if (overwrite) {
-                throw lost;
+                throw refused;
+            }
+            if (Arrays.equals(readBack(fs, path, refused), commit)) {
+                return;  // our own upload: S3 stored it, and its reply was lost
             }
             FileAlreadyExistsException taken = new FileAlreadyExistsException(path.toString());
-            taken.initCause(lost);
+            taken.initCause(refused);
             throw taken;
+        }
+    }
+
+    private static byte[] joined(Iterator<String> actions) {
+        StringBuilder lines = new StringBuilder();
+        while (actions.hasNext()) {
+            lines.append(actions.next()).append('\n');
+        }
+        return lines.toString().getBytes(StandardCharsets.UTF_8);
+    }
+
+    /** The object that refused our upload; if it cannot be read, whose commit it is stays unknown. */
+    private static byte[] readBack(FileSystem fs, Path path, IOException refused) throws IOException {
+        try (InputStream in = fs.open(path)) {
+            return in.readAllBytes();
+        } catch (IOException unread) {
+            IOException unknown = new IOException(
+                    path + ": S3 refused the commit, and the object there could not be read to tell whose it is",
+                    unread);
+            unknown.addSuppressed(refused);
+            throw unknown;
         }
     }
 
