@@ -25,6 +25,7 @@ from sparkml_ext.landing import (
     IngestError,
     IngestReport,
     land,
+    refuse_taken_names,
     unreadable_files_refused,
     validate,
 )
@@ -37,6 +38,7 @@ def ingest_batch(
     started = time.monotonic()
     path = cfg.batch_path(batch_id, input_path)
     _check_options(cfg)
+    refuse_taken_names(cfg)
     with unreadable_files_refused(path):
         lines, skipped, fingerprint = scan_batch(spark, cfg, path)
     batch = Batch(batch_id, path, fingerprint, count=lambda: (lines, skipped),

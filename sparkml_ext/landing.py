@@ -127,6 +127,19 @@ class Batch:
     fingerprint_as: Callable[[str], str] | None = None
 
 
+def refuse_taken_names(cfg: PipelineConfig) -> None:
+    """Refuse, before anything is read, a source column named as a column ingest adds: the
+    batch id and the event date in bronze (a user's own column of that name would meet ours
+    in the write, as Delta's "duplicate column" error), and its working columns."""
+    added = {BATCH: "the batch that landed each record",
+             **({lake.DATE_COLUMN: "the date of source.event_time, bronze's partition"} if cfg.source.event_time else {}),
+             **{name: "ingest's own bookkeeping" for name in INTERNAL}}
+    clashing = [f"{name!r} ({added[name]})" for name in cfg.source.schema if name in added]
+    if clashing:
+        raise ConfigError(f"{cfg.path}: source.schema: ingest adds a column named {', '.join(clashing)}; "
+                          "the source's column needs another name")
+
+
 def land(spark: SparkSession, cfg: PipelineConfig, batch: Batch, started: float) -> IngestReport:
     """Land `batch` in bronze and quarantine exactly once (`started`: the job's start, for
     the report's seconds): see the module's docstring."""

@@ -46,6 +46,7 @@ from sparkml_ext.landing import (
     IngestError,
     IngestReport,
     land,
+    refuse_taken_names,
     validate,
 )
 
@@ -59,6 +60,7 @@ def ingest_table(spark: SparkSession, cfg: PipelineConfig) -> IngestReport:
     """Land the source table's versions not ingested yet; when there are none, the last
     batch's report, marked already ingested (nothing written)."""
     started = time.monotonic()
+    refuse_taken_names(cfg)
     name, key = source_name(cfg)
     latest = _latest_version(spark, cfg, name, key)
     _require_change_feed(spark, cfg, name, key)

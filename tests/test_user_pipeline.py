@@ -126,6 +126,21 @@ def test_the_pipeline_refuses_a_source_without_batch_folders(spark, tmp_path):
     assert code == EXIT_INPUT and "no batch folder" in err and f"{tmp_path}/landing" in err
 
 
+@pytest.mark.parametrize("column", ["event_date", "_batch_id"])
+def test_a_source_column_named_as_one_ingest_adds_is_refused_before_anything_is_read(spark, tmp_path, column):
+    """Bronze gets the event's date (its partition) and the batch id beside the source's
+    columns: a source column of either name met ours in the write, as Delta's raw
+    "duplicate column" error after the whole batch was read and checked."""
+    (tmp_path / "landing" / WEEKS[0]).mkdir(parents=True)
+    (tmp_path / "landing" / WEEKS[0] / "part.csv").write_text("r1,s1,2025-01-01 00:00:00,0,1.0,2.0,a,x\n")
+    pipeline = tmp_path / "sensors.yaml"
+    pipeline.write_text(USER_PIPELINE.format(root=tmp_path).replace("kind: string}", f"kind: string, {column}: string}}"))
+    code, _, err = run_cli("ingest", f"--pipeline={pipeline}", f"--batch-id={WEEKS[0]}")
+    assert code == EXIT_CONFIG, err
+    assert f"sensors.yaml: source.schema: ingest adds a column named '{column}' (" in err
+    assert not (tmp_path / "lake").exists()
+
+
 @pytest.fixture(scope="module")
 def separate_jobs(spark, user) -> dict:
     """The first week's jobs one by one, as a user (or a scheduler) runs them, then `report`."""
