@@ -15,9 +15,13 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+
+if TYPE_CHECKING:
+    from botocore.exceptions import ClientError  # the s3 extra
 
 S3_SCHEMES = ("s3://", "s3a://")
 
@@ -165,13 +169,18 @@ def _put_if_absent(uri: str, data: bytes) -> bool:
         client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
         return True
     except ClientError as err:
-        if err.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+        if _error_code(err) not in ("PreconditionFailed", "ConditionalRequestConflict"):
             raise
     # Refused: the key is taken (or another put of it is in flight). Taken by this very put,
     # if S3 stored it and the reply was lost, so that botocore's retry found it there.
     try:
         return client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
     except ClientError as err:
-        if err.response.get("Error", {}).get("Code") == "NoSuchKey":
+        if _error_code(err) == "NoSuchKey":
             return False  # the put in flight is another writer's: it is not stored yet
         raise
+
+
+def _error_code(err: ClientError) -> str | None:
+    """S3's error code of a botocore ClientError ("PreconditionFailed", "NoSuchKey", ...)."""
+    return err.response.get("Error", {}).get("Code")

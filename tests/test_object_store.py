@@ -218,7 +218,7 @@ def test_s3_lost_in_the_middle_of_a_shard_read_names_the_object_and_the_rerun_re
     from faultkit import CuttableLink
 
     remote = write_shards(f"s3a://{BUCKET}/shards/cut", _table(6_000), 5, **SHARDS, batch_rows=700)
-    link = CuttableLink(int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
+    link = CuttableLink(_server_port(s3))
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{link.port}")
     data = ShardDataset.from_manifest(read_manifest(remote), batch_size=250, chunk_rows=400, shuffle=False,
                                       shuffle_buffer=250)  # one batch per window: files are read as needed
@@ -319,7 +319,7 @@ def test_a_commit_whose_reply_is_lost_is_taken_as_its_own_not_committed_again(s3
 
     table = "lost-reply/events"
     key = f"{table}/_delta_log/{1:020d}.json"  # the second append's commit
-    link = LostReplyLink(int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]), f"{BUCKET}/{key}")
+    link = LostReplyLink(_server_port(s3), f"{BUCKET}/{key}")
     env = {**os.environ, **QUICK_JVMS, **s3, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{link.port}",
            "PYSPARK_PYTHON": sys.executable}
     written = subprocess.run([sys.executable, str(REPO / "tests" / "s3_writers.py"), "plain",
@@ -338,12 +338,17 @@ def test_a_pointer_whose_reply_is_lost_publishes_one_version(s3, s3_log, monkeyp
 
     root = f"s3a://{BUCKET}/lost-reply/models"
     key = "lost-reply/models/gbt/v1.json"
-    link = LostReplyLink(int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]), f"{BUCKET}/{key}")
+    link = LostReplyLink(_server_port(s3), f"{BUCKET}/{key}")
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{link.port}")
     published = modelstore.publish(root, "gbt", _stage(root, "its reply lost"))
     assert link.lost.is_set() and _put_statuses(s3_log, key) == ["200", "412"]
     assert published.version == 1 and [v.name for v in modelstore.versions(root, "gbt")] == ["gbt/v1"]
     assert not create_once(f"{root}/gbt/v1.json", b"another writer's pointer")
+
+
+def _server_port(env: dict[str, str]) -> int:
+    """The S3 server's port, for a relay in front of it."""
+    return int(env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
 
 
 def _put_statuses(s3_log: Path, key: str) -> list[str]:
@@ -405,7 +410,7 @@ def test_s3_lost_in_the_middle_of_an_ingest_write_leaves_nothing_and_the_rerun_l
     records = click_lines("s3", 20_000) + ["not\ta\trecord"]  # one to quarantine
     boto3.client("s3").put_object(Bucket=BUCKET, Key=f"{landing}/b1/part-00000.tsv",
                                   Body="".join(f"{r}\n" for r in records).encode())
-    link = CuttableLink(int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
+    link = CuttableLink(_server_port(s3))
     env = {**os.environ, **QUICK_JVMS, **s3, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{link.port}",
            "SPARKML_EXT_LAKEHOUSE": f"s3a://{BUCKET}/{lake}", "SPARKML_EXT_LANDING": f"s3a://{BUCKET}/{landing}",
            "SPARKML_EXT_TRACKING": "disabled", "PYSPARK_PYTHON": sys.executable}

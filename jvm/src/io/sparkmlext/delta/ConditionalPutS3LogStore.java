@@ -1,6 +1,5 @@
 package io.sparkmlext.delta;
 
-import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.InputStream;
 import java.nio.charset.StandardCharsets;
